@@ -1,0 +1,262 @@
+"""AnnData → validated matrices, label codes and minibatch loaders.
+
+Nothing here writes to the AnnData it is given. Minibatches are cut in bulk (one fancy-index of the sparse
+or dense matrix per batch), never cell by cell.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from .distributions import COUNT_LIKELIHOODS
+
+logger = logging.getLogger(__name__)
+
+Matrix = np.ndarray | sp.csr_matrix
+
+_CHUNK = 4096  # rows checked at a time when validating a dense matrix
+
+
+class InputError(ValueError):
+    """Raised when the AnnData or an argument cannot be used as given; the message says what to do."""
+
+
+# -- matrices ------------------------------------------------------------------------------------------------
+def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
+    """The cells × genes matrix (``adata.X`` or ``adata.layers[layer]``) as CSR or a dense ndarray.
+
+    CSR and dense arrays are returned without a copy; other sparse formats are converted."""
+    if not isinstance(adata, AnnData):
+        raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
+    if adata.isbacked:
+        raise InputError(
+            "adata is backed (opened with backed='r'); load it into memory first: adata = adata.to_memory()"
+        )
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); it needs both")
+    if layer is None:
+        x = adata.X
+        where = "adata.X"
+    else:
+        if layer not in adata.layers:
+            raise InputError(
+                f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}); "
+                "pass layer=None to use adata.X"
+            )
+        x = adata.layers[layer]
+        where = f"adata.layers[{layer!r}]"
+    if x is None:
+        raise InputError(f"{where} is empty (None); put the counts there or pass layer=")
+    if sp.issparse(x):
+        x = x if x.format == "csr" else sp.csr_matrix(x)
+    elif isinstance(x, np.ndarray):
+        pass
+    elif hasattr(x, "toarray"):
+        x = np.asarray(x.toarray())
+    else:
+        x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"{where} has dtype {x.dtype}; it must be numeric")
+    return x
+
+
+def _values(x: Matrix) -> Iterator[np.ndarray]:
+    """The stored values of ``x`` in chunks (non-zeros only for sparse)."""
+    if sp.issparse(x):
+        yield x.data
+    else:
+        for start in range(0, x.shape[0], _CHUNK):
+            yield x[start : start + _CHUNK]
+
+
+def validate_matrix(x: Matrix, likelihood: str, where: str = "adata.X") -> None:
+    """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells for count likelihoods."""
+    counts = likelihood in COUNT_LIKELIHOODS
+    for chunk in _values(x):
+        if chunk.dtype.kind == "f":
+            if not np.isfinite(chunk).all():
+                raise InputError(
+                    f"{where} contains NaN or infinite values; remove or impute them before fitting "
+                    "(e.g. adata = adata[:, np.isfinite(adata.X.sum(0))])"
+                )
+        if counts:
+            if (chunk < 0).any():
+                raise InputError(
+                    f"{where} has negative values, but likelihood={likelihood!r} models raw counts; "
+                    "pass the raw counts (layer='counts' if they are in a layer) or use likelihood='gaussian'"
+                )
+            if chunk.dtype.kind == "f" and not np.all(chunk == np.round(chunk)):
+                raise InputError(
+                    f"{where} has non-integer values, but likelihood={likelihood!r} models raw counts; "
+                    "pass the raw (unnormalised) counts (layer='counts' if they are in a layer) or use "
+                    "likelihood='gaussian' for log-normalised data"
+                )
+    if counts:
+        totals = np.asarray(x.sum(axis=1)).ravel()
+        empty = int((totals == 0).sum())
+        if empty:
+            raise InputError(
+                f"{empty} cells have zero total counts in {where}; a count model cannot use them. "
+                "Remove them first: sc.pp.filter_cells(adata, min_counts=1)"
+            )
+
+
+def to_dense_float(x: Matrix, rows: np.ndarray | slice) -> np.ndarray:
+    """Rows of ``x`` as a dense float32 array (one bulk slice)."""
+    block = x[rows]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return block.astype(np.float32, copy=False)
+
+
+# -- genes ---------------------------------------------------------------------------------------------------
+def align_genes(adata: AnnData, genes: Sequence[str]) -> np.ndarray | None:
+    """Column indices of ``adata`` that give the model's ``genes`` in order, or None if they already match."""
+    names = pd.Index(adata.var_names)
+    if len(names) == len(genes) and (names == pd.Index(genes)).all():
+        return None
+    if not names.is_unique:
+        raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
+    idx = names.get_indexer(pd.Index(genes))
+    missing = [g for g, i in zip(genes, idx) if i < 0]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of the model's {len(genes)} genes are missing from adata.var_names "
+            f"(e.g. {missing[:5]}); the model needs the genes it was trained on (any order; extra genes are "
+            "ignored)"
+        )
+    extra = len(names) - len(genes)
+    if extra:
+        logger.info("using the model's %d genes; %d other genes in adata are ignored", len(genes), extra)
+    return idx
+
+
+# -- labels --------------------------------------------------------------------------------------------------
+class CategoryEncoder:
+    """Maps the categorical obs columns a model conditions on to integer codes, with fixed category orders."""
+
+    def __init__(self, categories: dict[str, list[str]]) -> None:
+        self.categories = {k: [str(c) for c in v] for k, v in categories.items()}
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.categories)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(v) for v in self.categories.values()]
+
+    @classmethod
+    def fit(cls, adata: AnnData, keys: Sequence[str]) -> CategoryEncoder:
+        cats: dict[str, list[str]] = {}
+        for key in keys:
+            col = _obs_column(adata, key)
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                order = [str(c) for c in col.cat.categories if (col == c).any()]
+            else:
+                order = sorted({str(v) for v in col})
+            cats[key] = order
+        return cls(cats)
+
+    def encode(self, adata: AnnData, overrides: dict[str, str] | None = None) -> np.ndarray:
+        """(cells, n_keys) int64 codes; ``overrides`` sets a key to one category for every cell."""
+        overrides = overrides or {}
+        unknown = set(overrides) - set(self.categories)
+        if unknown:
+            raise InputError(
+                f"cannot set {sorted(unknown)}: the model is conditioned on {self.keys or 'no labels'}"
+            )
+        codes = np.zeros((adata.n_obs, len(self.categories)), dtype=np.int64)
+        for j, (key, order) in enumerate(self.categories.items()):
+            lookup = {c: i for i, c in enumerate(order)}
+            if key in overrides:
+                value = str(overrides[key])
+                if value not in lookup:
+                    raise InputError(f"{value!r} is not a category of {key!r}; the model knows {order}")
+                codes[:, j] = lookup[value]
+                continue
+            col = _obs_column(adata, key).astype(str)
+            unseen = sorted(set(col.unique()) - set(lookup))
+            if unseen:
+                raise InputError(
+                    f"adata.obs[{key!r}] has categories the model never saw: {unseen[:5]}; the model knows "
+                    f"{order}. Map them to known categories, or train on data that includes them"
+                )
+            codes[:, j] = col.map(lookup).to_numpy()
+        return codes
+
+
+def _obs_column(adata: AnnData, key: str) -> pd.Series:
+    if key not in adata.obs.columns:
+        raise InputError(
+            f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}); "
+            "check the spelling or add the labels first"
+        )
+    col = adata.obs[key]
+    if col.isna().any():
+        raise InputError(
+            f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values (NaN); fill them "
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)) or drop those cells"
+        )
+    return col
+
+
+# -- minibatches ---------------------------------------------------------------------------------------------
+class CellData(torch.utils.data.Dataset):
+    """Indexed by a whole array of cell indices at once; returns (x, codes) for that minibatch."""
+
+    def __init__(self, x: Matrix, codes: np.ndarray) -> None:
+        self.x, self.codes = x, torch.from_numpy(codes)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.sort(idx)  # sorted row access is faster for CSR and does not change what a batch holds
+        return torch.from_numpy(to_dense_float(self.x, idx)), self.codes[idx]
+
+
+class BatchSampler(torch.utils.data.Sampler):
+    """Yields index arrays of ``batch_size`` cells; a last batch of fewer than 3 cells joins the previous
+    one (batch norm needs more than one). Shuffles with its own seeded generator, a new order each epoch."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.indices, self.batch_size, self.shuffle = np.asarray(indices), batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+
+    def _bounds(self) -> list[int]:
+        n = len(self.indices)
+        bounds = list(range(0, n, self.batch_size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 3:
+            del bounds[-2]
+        return bounds
+
+    def __len__(self) -> int:
+        return len(self._bounds()) - 1
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
+        bounds = self._bounds()
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            yield order[a:b]
+
+
+def make_loader(
+    x: Matrix, codes: np.ndarray, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
+) -> torch.utils.data.DataLoader:
+    """A DataLoader whose every item is a whole minibatch, sliced in bulk."""
+    sampler = BatchSampler(indices, batch_size, shuffle, seed)
+    return torch.utils.data.DataLoader(CellData(x, codes), sampler=sampler, batch_size=None, num_workers=0)
+
+
+def split_indices(n: int, validation_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split; no validation cells when ``validation_size`` is 0."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * validation_size))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -1,0 +1,111 @@
+"""Observation likelihoods, written once in numerically stable form.
+
+Every function returns the element-wise log-probability (same shape as ``x``); the caller sums over genes.
+Parameters are given the way the decoder produces them:
+
+- ``nb``: mean ``mu`` > 0 and inverse dispersion ``theta`` > 0 (variance = mu + mu**2 / theta).
+- ``zinb``: as ``nb`` plus ``zi_logits``, the logit of the probability of an extra (dropout) zero.
+- ``poisson``: rate ``mu``.
+- ``gaussian``: mean ``mu`` and variance ``var``.
+- ``bernoulli``: ``logits`` of the probability that ``x`` is 1.
+
+The forms avoid ``log`` of a difference and ``exp`` of large arguments: NB uses ``lgamma`` and
+``log(theta + mu)`` once, ZINB mixes in log-space with ``logaddexp``/``logsigmoid``, Bernoulli uses softplus.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LIKELIHOODS = ("nb", "zinb", "poisson", "gaussian", "bernoulli")
+COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
+
+_EPS = 1e-8
+
+
+def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Negative binomial log-pmf with mean ``mu`` and inverse dispersion ``theta``."""
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    return (
+        theta * (torch.log(theta + _EPS) - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+def log_zinb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor) -> torch.Tensor:
+    """Zero-inflated NB: with probability sigmoid(zi_logits) an extra zero, otherwise NB(mu, theta)."""
+    log_pi = F.logsigmoid(zi_logits)
+    log_not_pi = F.logsigmoid(-zi_logits)
+    nb = log_nb(x, mu, theta)
+    zero = torch.logaddexp(log_pi, log_not_pi + nb)
+    return torch.where(x < 0.5, zero, log_not_pi + nb)
+
+
+def log_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Poisson log-pmf with rate ``mu``."""
+    return x * torch.log(mu + _EPS) - mu - torch.lgamma(x + 1.0)
+
+
+def log_gaussian(x: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Gaussian log-density with mean ``mu`` and variance ``var`` (clamped away from zero)."""
+    var = var.clamp_min(1e-6)
+    return -0.5 * (torch.log(2 * torch.pi * var) + (x - mu) ** 2 / var)
+
+
+def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Bernoulli log-pmf of binary ``x`` given ``logits``: x*l - softplus(l)."""
+    return x * logits - F.softplus(logits)
+
+
+def log_prob(likelihood: str, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Element-wise log p(x | params) for the named likelihood."""
+    if likelihood == "nb":
+        return log_nb(x, params["mu"], params["theta"])
+    if likelihood == "zinb":
+        return log_zinb(x, params["mu"], params["theta"], params["zi_logits"])
+    if likelihood == "poisson":
+        return log_poisson(x, params["mu"])
+    if likelihood == "gaussian":
+        return log_gaussian(x, params["mu"], params["var"])
+    if likelihood == "bernoulli":
+        return log_bernoulli(x, params["logits"])
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+
+
+def sample(likelihood: str, params: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one observation per element from the likelihood (counts for count likelihoods)."""
+    if likelihood in ("nb", "zinb"):
+        mu, theta = params["mu"], params["theta"].expand_as(params["mu"])
+        # NB as a Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu).
+        rate = torch._standard_gamma(theta.double(), generator=generator) * (mu.double() / theta.double())
+        x = torch.poisson(rate, generator=generator).to(mu.dtype)
+        if likelihood == "zinb":
+            pi = torch.sigmoid(params["zi_logits"])
+            zero = torch.rand(x.shape, generator=generator, dtype=pi.dtype, device=pi.device) < pi
+            x = torch.where(zero, torch.zeros_like(x), x)
+        return x
+    if likelihood == "poisson":
+        return torch.poisson(params["mu"], generator=generator)
+    if likelihood == "gaussian":
+        mu = params["mu"]
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        return mu + params["var"].clamp_min(1e-6).sqrt() * eps
+    if likelihood == "bernoulli":
+        p = torch.sigmoid(params["logits"])
+        return (torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) < p).to(p.dtype)
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+
+
+def mean(likelihood: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Expected value of the likelihood."""
+    if likelihood == "zinb":
+        return params["mu"] * torch.sigmoid(-params["zi_logits"])
+    if likelihood in ("nb", "poisson", "gaussian"):
+        return params["mu"]
+    if likelihood == "bernoulli":
+        return torch.sigmoid(params["logits"])
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")

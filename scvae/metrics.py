@@ -1,0 +1,45 @@
+"""Measures of a representation: how well it keeps cell types apart and how well it mixes batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.neighbors import NearestNeighbors
+
+
+def _neighbours(rep: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k nearest other cells of each cell (Euclidean)."""
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(rep)
+    idx = nn.kneighbors(rep, return_distance=False)
+    return idx[:, 1:]
+
+
+def knn_accuracy(rep: np.ndarray, labels, k: int = 15) -> float:
+    """Leave-one-out k-NN classification accuracy: the fraction of cells whose label is the majority label of
+    their ``k`` nearest neighbours in ``rep`` (ties go to the first label in sorted order)."""
+    codes, _ = pd.factorize(np.asarray(labels), sort=True)
+    nbr = codes[_neighbours(np.asarray(rep), k)]
+    counts = np.zeros((len(codes), codes.max() + 1), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(codes)), k), nbr.ravel()), 1)
+    return float((counts.argmax(1) == codes).mean())
+
+
+def batch_mixing(rep: np.ndarray, batches, k: int = 15) -> float:
+    """Mean fraction of each cell's ``k`` nearest neighbours that come from another batch, divided by the
+    fraction expected if batches were perfectly mixed (1 - the cell's own batch share). 1 is ideal mixing,
+    0 no mixing at all."""
+    codes, _ = pd.factorize(np.asarray(batches))
+    share = np.bincount(codes) / len(codes)
+    other = (codes[_neighbours(np.asarray(rep), k)] != codes[:, None]).mean(1)
+    return float(np.mean(other / (1.0 - share[codes])))
+
+
+def ilisi(rep: np.ndarray, batches, k: int = 30) -> float:
+    """Median local inverse Simpson index of batches over each cell's ``k``-neighbourhood (itself included):
+    1 when neighbourhoods hold one batch, up to the number of batches when they are evenly mixed."""
+    codes, _ = pd.factorize(np.asarray(batches))
+    nbr = np.concatenate([np.arange(len(codes))[:, None], _neighbours(np.asarray(rep), k)], axis=1)
+    counts = np.zeros((len(codes), codes.max() + 1))
+    np.add.at(counts, (np.repeat(np.arange(len(codes)), k + 1), codes[nbr].ravel()), 1)
+    p = counts / counts.sum(1, keepdims=True)
+    return float(np.median(1.0 / (p**2).sum(1)))

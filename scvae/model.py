@@ -1,0 +1,508 @@
+"""The AnnData-facing API: ``fit`` trains a model and writes its latent space into ``adata.obsm``; the returned
+:class:`SCVAE` embeds, decodes and samples new AnnData with the same genes, and saves to / loads from a folder.
+
+Nothing is registered on ``adata``: everything the model needs to read new data (gene names, label columns and
+their category orders, the layer) is kept in the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from . import __version__
+from . import distributions as D
+from .data import (
+    CategoryEncoder,
+    InputError,
+    align_genes,
+    get_matrix,
+    make_loader,
+    split_indices,
+    to_dense_float,
+    validate_matrix,
+)
+from .module import VAE
+from .train import TrainSettings, default_max_epochs, train
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.pt"
+CONFIG_FILE = "scvae.json"
+FORMAT_VERSION = 1
+
+# Module settings, saved with the model and used to rebuild it.
+_ARCH_KEYS = (
+    "n_latent", "n_hidden", "n_layers", "likelihood", "encode_covariates", "dispersion", "dropout", "norm",
+)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class SCVAE:
+    """A trained (conditional) VAE and what it needs to read AnnData: genes, labels and their categories.
+
+    Create one with :func:`scvae.model.fit` or :func:`scvae.model.load`."""
+
+    def __init__(self, module: VAE, config: dict[str, Any], history: pd.DataFrame | None = None) -> None:
+        self.module = module
+        self.config = config
+        self.history = history if history is not None else pd.DataFrame()
+        self.encoder = CategoryEncoder(config["categories"])
+
+    # -- description ---------------------------------------------------------------------------------------
+    @property
+    def genes(self) -> list[str]:
+        return self.config["genes"]
+
+    @property
+    def likelihood(self) -> str:
+        return self.config["likelihood"]
+
+    def __repr__(self) -> str:
+        c = self.config
+        labels = ", ".join(f"{k} ({len(v)})" for k, v in c["categories"].items()) or "none"
+        return (
+            f"SCVAE: {c['likelihood']} likelihood, {len(c['genes'])} genes, latent {c['n_latent']}, "
+            f"{c['n_layers']}×{c['n_hidden']} hidden; labels: {labels}; trained {c.get('epochs_trained', 0)} "
+            "epochs"
+        )
+
+    # -- reading AnnData -------------------------------------------------------------------------------------
+    def _read(
+        self, adata: AnnData, overrides: dict[str, str] | None = None, codes_needed: bool = True
+    ) -> tuple[Any, np.ndarray]:
+        """The model's genes of ``adata`` (validated) and the label codes."""
+        layer = self.config.get("layer")
+        x = get_matrix(adata, layer)
+        idx = align_genes(adata, self.genes)
+        if idx is not None:
+            x = x[:, idx]
+        validate_matrix(x, self.likelihood, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+        codes = self.encoder.encode(adata, overrides)
+        return x, codes
+
+    def _device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def _batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self._device()
+        for start in range(0, x.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            xb = torch.from_numpy(to_dense_float(x, rows)).to(device)
+            yield xb, torch.from_numpy(codes[rows]).to(device)
+
+    def _transform_overrides(self, transform_batch: str | dict[str, str] | None) -> dict[str, str] | None:
+        if transform_batch is None or isinstance(transform_batch, dict):
+            return transform_batch
+        batch_key = self.config.get("batch_key")
+        if batch_key is None:
+            raise InputError(
+                "transform_batch given as a single category, but the model has no batch_key; pass a dict "
+                f"{{key: category}} with a key of {self.encoder.keys or 'its labels (it has none)'}"
+            )
+        return {batch_key: transform_batch}
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def get_latent(
+        self, adata: AnnData, *, give_mean: bool = True, batch_size: int = 1024, seed: int = 0
+    ) -> np.ndarray:
+        """Latent representation of every cell of ``adata`` (cells × n_latent).
+
+        ``give_mean=True`` returns the posterior mean; otherwise one draw from q(z | x), seeded by ``seed``."""
+        x, codes = self._read(adata)
+        gen = torch.Generator(device=self._device()).manual_seed(seed)
+        self.module.eval()
+        out = []
+        for xb, cb in self._batches(x, codes, batch_size):
+            mean, logvar = self.module.inference(xb, cb)
+            if not give_mean:
+                eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
+                mean = mean + torch.exp(0.5 * logvar) * eps
+            out.append(mean.cpu())
+        z = torch.cat(out).numpy()
+        _refuse_nonfinite(z, "latent representation")
+        return z
+
+    @torch.no_grad()
+    def get_normalized_expression(
+        self,
+        adata: AnnData,
+        *,
+        transform_batch: str | dict[str, str] | None = None,
+        library_size: float = 1.0,
+        n_samples: int = 1,
+        batch_size: int = 1024,
+        seed: int = 0,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised expression of every cell: the decoder's mean, from the posterior mean of z (``n_samples=1``)
+        or averaged over ``n_samples`` draws of z.
+
+        For count likelihoods this is the expected frequency of each gene times ``library_size`` (1: rows sum
+        to 1; 1e4: comparable to ``sc.pp.normalize_total``). For ``gaussian`` it is the mean, for ``bernoulli``
+        the probability of detection.
+
+        ``transform_batch`` decodes every cell as if it came from another batch or condition (counterfactual):
+        a category of ``batch_key``, or a dict ``{obs key: category}`` for any label the model is conditioned on.
+        The encoder still sees each cell's own labels.
+        """
+        n_samples = _check_positive_int("n_samples", n_samples)
+        x, codes = self._read(adata)
+        decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
+        gen = torch.Generator(device=self._device()).manual_seed(seed)
+        self.module.eval()
+        out = []
+        device = self._device()
+        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
+            db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
+            mean, logvar = self.module.inference(xb, cb)
+            acc = torch.zeros(xb.shape, device=device)
+            for _ in range(n_samples):
+                z = mean
+                if n_samples > 1:
+                    eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
+                    z = mean + torch.exp(0.5 * logvar) * eps
+                params = self.module.generative(z, db)
+                if self.module.counts:
+                    acc += params["rho"] * library_size
+                else:
+                    acc += D.mean(self.likelihood, params)
+            out.append((acc / n_samples).cpu())
+        expr = torch.cat(out).numpy()
+        _refuse_nonfinite(expr, "normalized expression")
+        if return_numpy:
+            return expr
+        return pd.DataFrame(expr, index=adata.obs_names.copy(), columns=pd.Index(self.genes))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        adata: AnnData,
+        *,
+        n_samples: int = 1,
+        transform_batch: str | dict[str, str] | None = None,
+        batch_size: int = 1024,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Posterior predictive samples: z ~ q(z | x), then x' ~ p(x | z) with each cell's own library size.
+
+        Returns cells × genes (``n_samples=1``) or n_samples × cells × genes."""
+        n_samples = _check_positive_int("n_samples", n_samples)
+        x, codes = self._read(adata)
+        decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
+        device = self._device()
+        gen = torch.Generator(device=device).manual_seed(seed)
+        self.module.eval()
+        draws = np.zeros((n_samples, x.shape[0], x.shape[1]), dtype=np.float32)
+        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
+            db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
+            mean, logvar = self.module.inference(xb, cb)
+            for s in range(n_samples):
+                eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
+                params = self.module.generative(mean + torch.exp(0.5 * logvar) * eps, db, self.module.library(xb))
+                draws[s, start : start + xb.shape[0]] = D.sample(self.likelihood, params, gen).cpu().numpy()
+        return draws[0] if n_samples == 1 else draws
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the model to folder ``path``: weights (``model.pt``, tensors only) and ``scvae.json`` (version,
+        settings, genes, category orders, training history)."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace the model there")
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        torch.save(state, path / WEIGHTS_FILE)
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "scvae_version": __version__,
+            "config": self.config,
+            "history": self.history.to_dict(orient="list"),
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(doc, indent=1))
+
+    def plot_history(self, ax=None):
+        """Training and validation ELBO, reconstruction and KL per epoch (see :func:`scvae.pl.history`)."""
+        from .pl import history
+
+        return history(self, ax=ax)
+
+
+def _refuse_nonfinite(values: np.ndarray, what: str) -> None:
+    if not np.isfinite(values).all():
+        raise FloatingPointError(
+            f"the model produced NaN/inf in the {what}; its weights are not usable (training diverged?). "
+            "Retrain with a lower lr, and check that the data are what the likelihood expects"
+        )
+
+
+def _build_module(config: dict[str, Any]) -> VAE:
+    keys = list(config["categories"])
+    batch_key = config.get("batch_key")
+    return VAE(
+        len(config["genes"]),
+        n_categories=[len(v) for v in config["categories"].values()],
+        dispersion_key_index=keys.index(batch_key) if batch_key in keys else None,
+        **{k: config[k] for k in _ARCH_KEYS},
+    )
+
+
+def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
+    """Load a model saved with :meth:`SCVAE.save`. Only tensors are read (``weights_only``): no pickled
+    objects are ever executed."""
+    path = Path(path)
+    cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not cfg_file.is_file() or not w_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved scvae model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        doc = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{cfg_file} is not valid JSON (truncated or edited?): {err}") from err
+    if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{cfg_file} has format version {doc.get('format_version') if isinstance(doc, dict) else None}; "
+            f"this scvae ({__version__}) reads version {FORMAT_VERSION}. Load it with the scvae version that "
+            "saved it, or retrain"
+        )
+    config = doc["config"]
+    module = _build_module(config)
+    try:
+        state = torch.load(w_file, map_location=map_location, weights_only=True)
+        module.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - any failure here means the file is not ours or is damaged
+        raise InputError(f"{w_file} could not be read as this model's weights (truncated or tampered?): {err}") from err
+    module.eval()
+    return SCVAE(module, config, pd.DataFrame(doc.get("history", {})))
+
+
+def fit(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    condition_key: str | None = None,
+    covariate_keys: Sequence[str] | None = None,
+    likelihood: str = "nb",
+    n_latent: int = 10,
+    n_hidden: int = 128,
+    n_layers: int = 1,
+    dispersion: str = "gene",
+    encode_covariates: bool = True,
+    dropout: float = 0.1,
+    norm: str = "batch",
+    max_epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    beta: float = 1.0,
+    kl_warmup_epochs: int | None = None,
+    validation_size: float = 0.1,
+    early_stopping: bool = True,
+    patience: int = 20,
+    seed: int = 0,
+    key_added: str = "X_scvae",
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    progress_bar: bool = True,
+) -> SCVAE:
+    """Train a VAE (or a conditional VAE) on the counts in ``adata`` and write its latent space.
+
+    Writes ``adata.obsm[key_added]`` (posterior mean of z, cells × ``n_latent``) and ``adata.uns["scvae"]``
+    (the run's settings and final ELBO); changes nothing else in ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes. Raw counts (integers, any dtype, dense or sparse) for count likelihoods.
+    layer
+        Read the data from ``adata.layers[layer]`` instead of ``adata.X``.
+    batch_key, condition_key, covariate_keys
+        Categorical ``obs`` columns to condition on (cVAE): one-hot encoded and given to the decoder (and to
+        the encoder unless ``encode_covariates=False``). ``batch_key`` is the one corrected for, and the one
+        ``dispersion="gene-batch"`` and ``transform_batch`` refer to; ``condition_key`` is a perturbation or
+        condition for counterfactual decoding.
+    likelihood
+        ``"nb"`` (negative binomial, default), ``"zinb"``, ``"poisson"``, ``"gaussian"`` (continuous, e.g.
+        log-normalised data) or ``"bernoulli"`` (detection: x > 0).
+    n_latent, n_hidden, n_layers
+        Latent dimension and the width and depth of encoder and decoder.
+    dispersion
+        ``"gene"`` or ``"gene-batch"`` (NB/ZINB inverse dispersion per gene, or per gene and batch).
+    encode_covariates, dropout, norm
+        Give the labels to the encoder; dropout rate; ``"batch"``, ``"layer"`` or ``"none"`` normalisation.
+    max_epochs
+        Default: about 3 million cell passes, between 20 and 400 epochs; early stopping usually ends sooner.
+    batch_size, lr, weight_decay
+        Minibatch size and Adam's learning rate and weight decay.
+    beta, kl_warmup_epochs
+        Weight of the KL term, reached linearly over ``kl_warmup_epochs`` (default: a quarter of
+        ``max_epochs``, at most 50; 0 for none).
+    validation_size
+        Fraction of cells held out (seeded) for the validation ELBO that early stopping watches.
+    early_stopping, patience
+        Stop when the validation ELBO has not improved for ``patience`` epochs after warm-up; the best
+        weights are kept either way.
+    seed
+        Seeds weights, minibatch order, the validation split and sampling. The caller's random state
+        (torch, numpy, random) is left untouched.
+    key_added
+        ``obsm`` key of the latent representation.
+    accelerator, devices, strategy
+        Passed to Lightning's ``Trainer``: ``"auto"`` uses a GPU if there is one; ``strategy="ddp"`` with
+        ``devices=N`` trains on N devices.
+    progress_bar
+        Show a progress bar over epochs.
+
+    Returns
+    -------
+    The trained :class:`SCVAE`; ``model.history`` holds per-epoch ELBO, reconstruction and KL (per cell).
+
+    Examples
+    --------
+    >>> adata = scvae.datasets.cellbench()
+    >>> model = scvae.model.fit(adata, batch_key="batch")
+    >>> sc.pp.neighbors(adata, use_rep="X_scvae")
+    """
+    if likelihood not in D.LIKELIHOODS:
+        raise InputError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
+    for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("batch_size", batch_size)):
+        _check_positive_int(name, value)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 0:
+        raise InputError(f"n_layers must be a non-negative integer, got {n_layers!r}")
+    if max_epochs is not None:
+        _check_positive_int("max_epochs", max_epochs)
+    if not 0 <= validation_size < 1:
+        raise InputError(f"validation_size must be in [0, 1), got {validation_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise InputError(f"lr must be a positive number, got {lr!r}")
+    if adata.is_view:
+        raise InputError(
+            "adata is a view of another AnnData (e.g. adata[mask]); results cannot be written into a view. "
+            "Make it an object of its own first: adata = adata[mask].copy()"
+        )
+    if isinstance(covariate_keys, str):
+        covariate_keys = [covariate_keys]
+    keys = [k for k in (batch_key, condition_key, *(covariate_keys or [])) if k is not None]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"batch_key, condition_key and covariate_keys must be different columns, got {keys}")
+    if dispersion == "gene-batch" and batch_key is None:
+        raise InputError("dispersion='gene-batch' needs batch_key")
+
+    x = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    validate_matrix(x, likelihood, where)
+    if not pd.Index(adata.var_names).is_unique:
+        raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
+    encoder = CategoryEncoder.fit(adata, keys)
+    codes = encoder.encode(adata)
+    if batch_size > adata.n_obs:
+        raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
+
+    n = adata.n_obs
+    max_epochs = max_epochs or default_max_epochs(n)
+    if kl_warmup_epochs is None:
+        kl_warmup_epochs = min(max_epochs // 4, 50)
+    val_size = validation_size if n * validation_size >= 3 else 0.0
+    train_idx, val_idx = split_indices(n, val_size, seed)
+    if len(train_idx) < 3:
+        raise InputError(f"adata has {n} cells; at least a handful are needed to train")
+    batch_size = min(batch_size, len(train_idx))
+
+    config: dict[str, Any] = {
+        "genes": [str(g) for g in adata.var_names],
+        "categories": encoder.categories,
+        "layer": layer,
+        "batch_key": batch_key,
+        "condition_key": condition_key,
+        "covariate_keys": list(covariate_keys or []),
+        "n_latent": int(n_latent),
+        "n_hidden": int(n_hidden),
+        "n_layers": int(n_layers),
+        "likelihood": likelihood,
+        "encode_covariates": bool(encode_covariates),
+        "dispersion": dispersion,
+        "dropout": float(dropout),
+        "norm": norm,
+        "max_epochs": int(max_epochs),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "beta": float(beta),
+        "kl_warmup_epochs": int(kl_warmup_epochs),
+        "validation_size": float(val_size),
+        "early_stopping": bool(early_stopping),
+        "patience": int(patience),
+        "seed": int(seed),
+    }
+
+    with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
+        torch.manual_seed(seed)
+        module = _build_module(config)
+        train_loader = make_loader(x, codes, train_idx, batch_size, shuffle=True, seed=seed)
+        val_loader = (
+            make_loader(x, codes, val_idx, max(batch_size, 1024), shuffle=False) if len(val_idx) else None
+        )
+        settings = TrainSettings(
+            max_epochs=max_epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            beta=beta,
+            kl_warmup_steps=kl_warmup_epochs * len(train_loader),
+            early_stopping=early_stopping,
+            patience=patience,
+            progress_bar=progress_bar,
+        )
+        history, best = train(
+            module, train_loader, val_loader, settings, accelerator=accelerator, devices=devices, strategy=strategy
+        )
+    module.eval()
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        module.to("cuda")
+    else:
+        module.to("cpu")
+
+    hist = pd.DataFrame(history)
+    config["epochs_trained"] = len(hist)
+    config["best_epoch"] = int(best.best_epoch)
+    model = SCVAE(module, config, hist)
+    latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
+
+    adata.obsm[key_added] = latent
+    adata.uns["scvae"] = _uns_record(config, hist, key_added)
+    logger.info("trained %d epochs (best %d); wrote adata.obsm[%r]", len(hist), best.best_epoch, key_added)
+    return model
+
+
+def _cuda_devices(accelerator: str) -> list[int]:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+def _uns_record(config: dict[str, Any], hist: pd.DataFrame, key_added: str) -> dict[str, Any]:
+    """The run's settings in a form AnnData can write to .h5ad (no None, no nested category lists)."""
+    record: dict[str, Any] = {"version": __version__, "key_added": key_added}
+    for k, v in config.items():
+        if k in ("genes", "categories") or v is None or v == []:
+            continue
+        record[k] = v
+    record["n_genes"] = len(config["genes"])
+    for col in ("elbo_train", "elbo_validation"):
+        if col in hist:
+            record[col] = float(hist[col].iloc[config["best_epoch"] - 1])
+    return record
