@@ -217,6 +217,13 @@ class SCVAE:
                 draws[s, start : start + xb.shape[0]] = D.sample(self.likelihood, params, gen).cpu().numpy()
         return draws[0] if n_samples == 1 else draws
 
+    def predict_perturbation(self, adata: AnnData, **kwargs: Any) -> AnnData:
+        """Predicted response of a held-out cell type to a stimulus; see
+        :func:`scvae.perturbation.predict_perturbation` for the arguments."""
+        from .perturbation import predict_perturbation
+
+        return predict_perturbation(self, adata, **kwargs)
+
     # -- persistence -----------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the model to folder ``path``: weights (``model.pt``, tensors only) and ``scvae.json`` (version,
