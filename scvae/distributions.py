@@ -21,15 +21,21 @@ import torch.nn.functional as F
 LIKELIHOODS = ("nb", "zinb", "poisson", "gaussian", "bernoulli")
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 
-_EPS = 1e-8
+
+def _safe_log(v: torch.Tensor) -> torch.Tensor:
+    """log of a non-negative tensor, with 0 mapped to log of the dtype's smallest normal number (finite)."""
+    return torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))
 
 
 def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Negative binomial log-pmf with mean ``mu`` and inverse dispersion ``theta``."""
-    log_theta_mu = torch.log(theta + mu + _EPS)
+    """Negative binomial log-pmf with mean ``mu`` and inverse dispersion ``theta``.
+
+    theta * log(theta / (theta + mu)) is written -theta * log1p(mu / theta), exact as theta grows large
+    (the Poisson limit) where the difference of two logs would cancel."""
+    theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
     return (
-        theta * (torch.log(theta + _EPS) - log_theta_mu)
-        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        -theta * torch.log1p(mu / theta)
+        + x * (_safe_log(mu) - torch.log(theta + mu))
         + torch.lgamma(x + theta)
         - torch.lgamma(theta)
         - torch.lgamma(x + 1.0)
@@ -47,7 +53,7 @@ def log_zinb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, zi_logits: 
 
 def log_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """Poisson log-pmf with rate ``mu``."""
-    return x * torch.log(mu + _EPS) - mu - torch.lgamma(x + 1.0)
+    return x * _safe_log(mu) - mu - torch.lgamma(x + 1.0)
 
 
 def log_gaussian(x: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,144 @@
+"""The data layer: matrix access, validation, label codes, gene alignment, minibatches."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scvae.data import (
+    BatchSampler,
+    CategoryEncoder,
+    InputError,
+    align_genes,
+    get_matrix,
+    make_loader,
+    split_indices,
+    validate_matrix,
+)
+
+
+def _adata(x, **obs):
+    a = ad.AnnData(x)
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    a.var_names = [f"g{j}" for j in range(a.n_vars)]
+    for k, v in obs.items():
+        a.obs[k] = v
+    return a
+
+
+COUNTS = np.random.default_rng(0).poisson(2.0, (40, 7)).astype(np.float32) + np.eye(40, 7, dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [np.asarray, sp.csr_matrix, sp.csc_matrix, lambda x: x.astype(np.int32), lambda x: sp.csr_matrix(x.astype(np.int64))],
+)
+def test_get_matrix_accepts_dense_sparse_and_integer_inputs(convert):
+    x = get_matrix(_adata(convert(COUNTS)), None)
+    assert sp.isspmatrix_csr(x) or isinstance(x, np.ndarray)
+    dense = x.toarray() if sp.issparse(x) else x
+    np.testing.assert_array_equal(dense, COUNTS)
+    validate_matrix(x, "nb")
+
+
+def test_get_matrix_reads_a_layer_and_names_missing_ones():
+    a = _adata(np.zeros((40, 7), np.float32))
+    a.layers["counts"] = COUNTS
+    np.testing.assert_array_equal(get_matrix(a, "counts"), COUNTS)
+    with pytest.raises(InputError, match="layer 'raw' is not in adata.layers"):
+        get_matrix(a, "raw")
+
+
+@pytest.mark.parametrize(
+    ("value", "likelihood", "message"),
+    [
+        (np.nan, "gaussian", "NaN or infinite"),
+        (np.inf, "nb", "NaN or infinite"),
+        (-1.0, "nb", "negative values"),
+        (0.5, "zinb", "non-integer values"),
+        (2.5, "poisson", "non-integer values"),
+    ],
+)
+@pytest.mark.parametrize("fmt", [np.asarray, sp.csr_matrix])
+def test_validation_refuses_bad_values_with_a_clear_message(value, likelihood, message, fmt):
+    x = COUNTS.copy()
+    x[3, 2] = value
+    with pytest.raises(InputError, match=message):
+        validate_matrix(get_matrix(_adata(fmt(x)), None), likelihood)
+
+
+def test_validation_accepts_continuous_data_for_gaussian_and_refuses_empty_cells_for_counts():
+    x = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
+    validate_matrix(x, "gaussian")
+    empty = COUNTS.copy()
+    empty[5] = 0
+    with pytest.raises(InputError, match="1 cells have zero total counts.*filter_cells"):
+        validate_matrix(empty, "nb")
+
+
+def test_empty_and_backed_anndata_are_refused(tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        get_matrix(ad.AnnData(np.zeros((0, 5), np.float32)), None)
+    a = _adata(sp.csr_matrix(COUNTS))
+    a.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    with pytest.raises(InputError, match="backed"):
+        get_matrix(backed, None)
+
+
+def test_category_encoder_keeps_category_order_and_refuses_unseen_or_missing_labels():
+    a = _adata(COUNTS, batch=pd.Categorical(["b"] * 20 + ["a"] * 20, categories=["b", "a"]), cond=["x", "y"] * 20)
+    enc = CategoryEncoder.fit(a, ["batch", "cond"])
+    assert enc.categories == {"batch": ["b", "a"], "cond": ["x", "y"]}
+    codes = enc.encode(a)
+    assert codes.shape == (40, 2) and codes[0, 0] == 0 and codes[-1, 0] == 1
+    assert (enc.encode(a, {"cond": "y"})[:, 1] == 1).all()
+    b = a.copy()
+    b.obs["batch"] = ["c"] * 40
+    with pytest.raises(InputError, match="never saw.*'c'"):
+        enc.encode(b)
+    with pytest.raises(InputError, match="'z' is not a category of 'cond'"):
+        enc.encode(a, {"cond": "z"})
+    with pytest.raises(InputError, match="'nope' is not a column of adata.obs"):
+        CategoryEncoder.fit(a, ["nope"])
+    b.obs["batch"] = [None] + ["a"] * 39
+    with pytest.raises(InputError, match="missing values"):
+        CategoryEncoder.fit(b, ["batch"])
+
+
+def test_align_genes_reorders_ignores_extras_and_names_missing_genes():
+    a = _adata(COUNTS)
+    assert align_genes(a, list(a.var_names)) is None
+    order = ["g3", "g0", "g6"]
+    np.testing.assert_array_equal(align_genes(a, order), [3, 0, 6])
+    with pytest.raises(InputError, match="1 of the model's 2 genes are missing.*'gX'"):
+        align_genes(a, ["g0", "gX"])
+
+
+def test_batch_sampler_covers_every_cell_once_and_merges_a_tiny_last_batch():
+    idx = np.arange(257)
+    sampler = BatchSampler(idx, 128, shuffle=True, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 2  # 128 + 129: the lone last cell joins the previous batch
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), idx)
+    again = list(BatchSampler(idx, 128, shuffle=True, seed=3))
+    np.testing.assert_array_equal(batches[0], again[0])
+    assert not np.array_equal(list(sampler)[0], batches[0])  # a new order each epoch
+
+
+def test_loader_slices_minibatches_in_bulk_from_sparse_data():
+    x = sp.csr_matrix(COUNTS)
+    codes = np.arange(40)[:, None] % 3
+    loader = make_loader(x, codes, np.arange(40), 16, shuffle=False)
+    got = [b for b in loader]
+    assert [len(b[0]) for b in got] == [16, 16, 8]
+    np.testing.assert_array_equal(got[0][0].numpy(), COUNTS[:16])
+    np.testing.assert_array_equal(got[2][1].numpy().ravel(), codes[32:].ravel())
+
+
+def test_split_is_seeded_and_disjoint():
+    tr, va = split_indices(100, 0.1, seed=0)
+    assert len(va) == 10 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 100
+    tr2, va2 = split_indices(100, 0.1, seed=0)
+    np.testing.assert_array_equal(va, va2)

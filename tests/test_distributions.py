@@ -1,0 +1,146 @@
+"""The likelihoods against scipy.stats, on random and extreme parameters, in float64 and float32."""
+
+import numpy as np
+import pytest
+import scipy.special as sps
+import scipy.stats as st
+import torch
+
+from scvae import distributions as D
+
+RNG = np.random.default_rng(0)
+
+
+def _nb_params(n):
+    mu = np.exp(RNG.uniform(np.log(1e-3), np.log(1e5), n))
+    theta = np.exp(RNG.uniform(np.log(1e-4), np.log(1e6), n))
+    x = np.concatenate([np.zeros(n // 4), RNG.integers(1, 10, n // 4), RNG.negative_binomial(
+        np.maximum(theta[: n - n // 2], 1e-3), theta[: n - n // 2] / (theta[: n - n // 2] + mu[: n - n // 2]))])
+    x = np.concatenate([x[: n - 3], [1e6, 5e4, 0.0]])  # very large counts included
+    return x.astype(np.float64), mu, theta
+
+
+def _t(a, dtype=torch.float64):
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def test_nb_matches_scipy_float64_over_extreme_parameters():
+    x, mu, theta = _nb_params(4000)
+    ours = D.log_nb(_t(x), _t(mu), _t(theta)).numpy()
+    ref = st.nbinom.logpmf(x, theta, theta / (theta + mu))
+    ok = np.isfinite(ref)
+    assert ok.mean() > 0.99
+    # Absolute error relative to the size of the terms involved (lgamma of large arguments).
+    scale = 1.0 + np.abs(ref)
+    assert np.max(np.abs(ours[ok] - ref[ok]) / scale[ok]) < 1e-6
+
+
+def test_nb_float32_is_accurate_in_the_usual_range():
+    mu = np.exp(RNG.uniform(np.log(0.01), np.log(1e3), 2000))
+    theta = np.exp(RNG.uniform(np.log(0.05), np.log(1e3), 2000))
+    x = RNG.negative_binomial(theta, theta / (theta + mu)).astype(np.float64)
+    ours = D.log_nb(_t(x, torch.float32), _t(mu, torch.float32), _t(theta, torch.float32)).numpy()
+    ref = st.nbinom.logpmf(x, theta, theta / (theta + mu))
+    assert np.all(np.isfinite(ours))
+    # float32 keeps ~7 digits of the largest term (lgamma(x + theta)), whatever the form of the sum.
+    scale = 1 + np.abs(ref) + np.abs(sps.gammaln(x + theta))
+    assert np.max(np.abs(ours - ref) / scale) < 1e-6
+
+
+def test_nb_has_finite_gradients_at_extremes():
+    x = _t([0.0, 1.0, 1e5, 3.0], torch.float32)
+    mu = _t([1e-6, 1e4, 1e-2, 2.0], torch.float32).requires_grad_()
+    theta = _t([1e-4, 1e6, 1e-3, 1e4], torch.float32).requires_grad_()
+    D.log_nb(x, mu, theta).sum().backward()
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(theta.grad).all()
+
+
+def test_zinb_matches_mixture_of_point_mass_and_nb():
+    x, mu, theta = _nb_params(2000)
+    logits = RNG.normal(0, 4, len(x))
+    ours = D.log_zinb(_t(x), _t(mu), _t(theta), _t(logits)).numpy()
+    pi = sps.expit(logits)
+    nb = st.nbinom.pmf(x, theta, theta / (theta + mu))
+    lognb = st.nbinom.logpmf(x, theta, theta / (theta + mu))
+    ref = np.where(x == 0, np.log(pi + (1 - pi) * nb), np.log1p(-pi) + lognb)
+    ok = np.isfinite(ref)
+    assert ok.mean() > 0.99
+    assert np.max(np.abs(ours[ok] - ref[ok]) / (1 + np.abs(ref[ok]))) < 1e-6
+
+
+def test_zinb_is_stable_for_extreme_logits():
+    x = _t([0.0, 0.0, 5.0, 5.0], torch.float32)
+    mu = _t([3.0, 3.0, 3.0, 3.0], torch.float32)
+    theta = _t([2.0, 2.0, 2.0, 2.0], torch.float32)
+    logits = _t([80.0, -80.0, 80.0, -80.0], torch.float32)
+    out = D.log_zinb(x, mu, theta, logits)
+    assert torch.isfinite(out).all()
+    assert abs(out[0].item()) < 1e-6  # certain dropout: log p(0) = 0
+    assert abs(out[3].item() - D.log_nb(x[3:], mu[3:], theta[3:]).item()) < 1e-5
+
+
+def test_poisson_matches_scipy():
+    mu = np.exp(RNG.uniform(np.log(1e-4), np.log(1e5), 2000))
+    x = np.concatenate([RNG.poisson(mu[:-2]), [0, 1e6]]).astype(np.float64)
+    ours = D.log_poisson(_t(x), _t(mu)).numpy()
+    ref = st.poisson.logpmf(x, mu)
+    assert np.max(np.abs(ours - ref) / (1 + np.abs(ref))) < 1e-7
+
+
+def test_gaussian_matches_scipy_and_clamps_variance():
+    x, m = RNG.normal(0, 10, 1000), RNG.normal(0, 10, 1000)
+    var = np.exp(RNG.uniform(-10, 10, 1000))
+    ours = D.log_gaussian(_t(x), _t(m), _t(var)).numpy()
+    np.testing.assert_allclose(ours, st.norm.logpdf(x, m, np.sqrt(var)), rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(D.log_gaussian(_t([1.0]), _t([1.0]), _t([0.0]))).all()
+
+
+def test_bernoulli_matches_scipy_for_extreme_logits():
+    logits = np.concatenate([RNG.normal(0, 5, 1000), [-200.0, 200.0, -200.0, 200.0]])
+    x = np.concatenate([RNG.integers(0, 2, 1000), [0, 1, 1, 0]]).astype(np.float64)
+    ours = D.log_bernoulli(_t(x), _t(logits)).numpy()
+    ref = np.where(x == 1, -np.logaddexp(0, -logits), -np.logaddexp(0, logits))
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("likelihood", D.LIKELIHOODS)
+def test_samples_have_the_likelihoods_mean_and_variance(likelihood):
+    n = 200_000
+    gen = torch.Generator().manual_seed(0)
+    params = {
+        "mu": torch.full((n,), 4.0, dtype=torch.float64),
+        "theta": torch.full((n,), 2.0, dtype=torch.float64),
+        "zi_logits": torch.full((n,), -1.0, dtype=torch.float64),
+        "var": torch.full((n,), 2.5, dtype=torch.float64),
+        "logits": torch.full((n,), 0.7, dtype=torch.float64),
+    }
+    x = D.sample(likelihood, params, gen).numpy()
+    expected_mean = D.mean(likelihood, params)[0].item()
+    pi = sps.expit(-1.0)
+    expected_var = {
+        "nb": 4 + 16 / 2,
+        "zinb": (1 - pi) * (4 + 16 / 2) + pi * (1 - pi) * 16,
+        "poisson": 4.0,
+        "gaussian": 2.5,
+        "bernoulli": sps.expit(0.7) * (1 - sps.expit(0.7)),
+    }[likelihood]
+    assert abs(x.mean() - expected_mean) < 4 * np.sqrt(expected_var / n)
+    assert abs(x.var() / expected_var - 1) < 0.03
+    if likelihood in D.COUNT_LIKELIHOODS:
+        assert np.all(x == np.round(x)) and x.min() >= 0
+
+
+def test_log_prob_sums_to_one_over_support():
+    # The pmfs normalise: sum over x of p(x) = 1 for a few parameter settings.
+    xs = torch.arange(0, 3000, dtype=torch.float64)
+    for mu, theta, logit in [(0.5, 0.3, -2.0), (20.0, 5.0, 0.5), (100.0, 50.0, 1.0)]:
+        p = {"mu": torch.tensor(mu, dtype=torch.float64), "theta": torch.tensor(theta, dtype=torch.float64),
+             "zi_logits": torch.tensor(logit, dtype=torch.float64)}
+        for lik in D.COUNT_LIKELIHOODS:
+            total = torch.logsumexp(D.log_prob(lik, xs, p), 0).exp().item()
+            assert abs(total - 1) < 1e-8, (lik, mu, theta)
+
+
+def test_unknown_likelihood_is_refused():
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        D.log_prob("gamma", torch.zeros(1), {})

@@ -1,0 +1,224 @@
+"""The AnnData API: fit, latent quality, outputs, persistence, reproducibility and bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+import torch
+
+import scvae
+from scvae.data import InputError
+from scvae.metrics import knn_accuracy
+
+
+def _snapshot(adata):
+    """Everything in an AnnData, for before/after comparison."""
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
+    return {
+        "X": x,
+        "X_type": type(adata.X),
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "layers": {k: v.copy() for k, v in adata.layers.items()},
+        "obsm": set(adata.obsm.keys()),
+        "uns": set(adata.uns.keys()),
+    }
+
+
+def _assert_unchanged(before, adata, allowed_obsm=(), allowed_uns=()):
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
+    np.testing.assert_array_equal(before["X"], x)
+    assert type(adata.X) is before["X_type"]
+    pd.testing.assert_frame_equal(before["obs"], adata.obs)
+    pd.testing.assert_frame_equal(before["var"], adata.var)
+    assert set(adata.layers) == set(before["layers"])
+    assert set(adata.obsm) - before["obsm"] <= set(allowed_obsm)
+    assert set(adata.uns) - before["uns"] <= set(allowed_uns)
+
+
+def test_fit_writes_latent_and_record_and_nothing_else(pbmc):
+    pbmc.layers["extra"] = pbmc.X.copy()
+    before = _snapshot(pbmc)
+    model = scvae.model.fit(pbmc, max_epochs=5, seed=0, progress_bar=False, key_added="X_test")
+    _assert_unchanged(before, pbmc, allowed_obsm={"X_test"}, allowed_uns={"scvae"})
+    assert pbmc.obsm["X_test"].shape == (700, 10) and np.isfinite(pbmc.obsm["X_test"]).all()
+    rec = pbmc.uns["scvae"]
+    assert rec["key_added"] == "X_test" and rec["likelihood"] == "nb" and rec["seed"] == 0
+    assert rec["epochs_trained"] == len(model.history) == 5
+    assert {"elbo_train", "elbo_validation", "reconstruction_train", "kl_validation"} <= set(model.history)
+
+
+def test_latent_separates_cell_types_at_least_as_well_as_pca(pbmc_model):
+    model, adata = pbmc_model
+    ref = adata.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    sc.pp.pca(ref, n_comps=50, random_state=0)
+    acc_vae = knn_accuracy(adata.obsm["X_scvae"], adata.obs["cell_type"], k=15)
+    acc_pca = knn_accuracy(ref.obsm["X_pca"], adata.obs["cell_type"], k=15)
+    assert acc_vae > 0.75
+    assert acc_vae >= acc_pca - 0.02, (acc_vae, acc_pca)
+
+
+def test_training_improves_the_validation_elbo_and_history_plots(pbmc_model):
+    model, _ = pbmc_model
+    h = model.history
+    assert h["elbo_validation"].iloc[model.config["best_epoch"] - 1] > h["elbo_validation"].iloc[0] + 50
+    assert np.isclose(h["elbo_train"], h["reconstruction_train"] - h["kl_train"]).all()
+    axes = model.plot_history()
+    assert len(axes) == 3 and axes[0].get_title().startswith("ELBO")
+
+
+def test_scanpy_pipeline_runs_on_the_latent(pbmc_model, tmp_path):
+    _, adata = pbmc_model
+    adata = adata.copy()
+    sc.pp.neighbors(adata, use_rep="X_scvae")
+    sc.tl.umap(adata)
+    sc.tl.leiden(adata, flavor="igraph", n_iterations=2)
+    assert adata.obs["leiden"].nunique() > 3
+    adata.write_h5ad(tmp_path / "out.h5ad")  # uns["scvae"] must be writable
+
+
+def test_save_load_reproduces_latent_exactly(pbmc_model, tmp_path):
+    model, adata = pbmc_model
+    model.save(tmp_path / "m")
+    loaded = scvae.model.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.get_latent(adata), adata.obsm["X_scvae"])
+    np.testing.assert_array_equal(
+        loaded.get_normalized_expression(adata, return_numpy=True),
+        model.get_normalized_expression(adata, return_numpy=True),
+    )
+    pd.testing.assert_frame_equal(loaded.history, model.history, check_dtype=False)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+
+
+def test_load_refuses_damaged_or_foreign_files(pbmc_model, tmp_path):
+    model, _ = pbmc_model
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(InputError, match="truncated or tampered"):
+        scvae.model.load(tmp_path / "m")
+    model.save(tmp_path / "v", overwrite=True)
+    cfg = tmp_path / "v" / "scvae.json"
+    cfg.write_text(cfg.read_text().replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(InputError, match="format version 99"):
+        scvae.model.load(tmp_path / "v")
+    with pytest.raises(FileNotFoundError, match="not a saved scvae model"):
+        scvae.model.load(tmp_path)
+
+
+def test_same_seed_same_latent_and_callers_random_state_untouched(pbmc):
+    torch.manual_seed(123)
+    np.random.seed(7)
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    a, b, c = pbmc.copy(), pbmc.copy(), pbmc.copy()
+    scvae.model.fit(a, max_epochs=8, seed=3, progress_bar=False)
+    scvae.model.fit(b, max_epochs=8, seed=3, progress_bar=False)
+    scvae.model.fit(c, max_epochs=8, seed=4, progress_bar=False)
+    np.testing.assert_array_equal(a.obsm["X_scvae"], b.obsm["X_scvae"])
+    assert not np.allclose(a.obsm["X_scvae"], c.obsm["X_scvae"])
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert all(np.array_equal(x, y) for x, y in zip(np.random.get_state(), np_state))
+
+
+def test_new_data_with_genes_in_another_order_gives_the_same_latent(pbmc_model):
+    model, adata = pbmc_model
+    rng = np.random.default_rng(0)
+    shuffled = adata[:, rng.permutation(adata.n_vars)].copy()
+    shuffled.X = sp.csc_matrix(shuffled.X)  # another sparse format too
+    np.testing.assert_allclose(model.get_latent(shuffled), adata.obsm["X_scvae"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="genes are missing from adata.var_names"):
+        model.get_latent(adata[:, 5:].copy())
+
+
+def test_outputs_normalized_expression_and_samples(pbmc_model):
+    model, adata = pbmc_model
+    expr = model.get_normalized_expression(adata, library_size=1e4)
+    assert isinstance(expr, pd.DataFrame) and expr.shape == (700, 765)
+    np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-4)
+    assert list(expr.columns) == list(adata.var_names)
+    draws = model.sample(adata, n_samples=2, seed=0)
+    assert draws.shape == (2, 700, 765) and (draws == np.round(draws)).all() and draws.min() >= 0
+    again = model.sample(adata, n_samples=2, seed=0)
+    np.testing.assert_array_equal(draws, again)
+    # Posterior predictive gene means follow the data's gene means.
+    real = np.asarray(adata.X.mean(0)).ravel()
+    r = np.corrcoef(np.log1p(real), np.log1p(draws.mean((0, 1))))[0, 1]
+    assert r > 0.95
+
+
+def test_conditional_model_decodes_counterfactually_and_checks_categories():
+    adata = scvae.datasets.cellbench()
+    adata = adata[:, :800].copy()
+    adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
+    model = scvae.model.fit(adata, batch_key="batch", dispersion="gene-batch", max_epochs=15, progress_bar=False)
+    assert model.config["categories"]["batch"] == sorted(adata.obs["batch"].unique())
+    as_drop = model.get_normalized_expression(adata, transform_batch="Dropseq_3cl", return_numpy=True)
+    own = model.get_normalized_expression(adata, return_numpy=True)
+    drop = (adata.obs["batch"] == "Dropseq_3cl").to_numpy()
+    np.testing.assert_allclose(as_drop[drop], own[drop], rtol=1e-5, atol=1e-8)
+    assert not np.allclose(as_drop[~drop], own[~drop])
+    as_dict = model.get_normalized_expression(adata, transform_batch={"batch": "Dropseq_3cl"}, return_numpy=True)
+    np.testing.assert_array_equal(as_drop, as_dict)
+    with pytest.raises(InputError, match="is not a category of 'batch'"):
+        model.get_normalized_expression(adata, transform_batch="nowhere")
+    new = adata[:20].copy()
+    new.obs["batch"] = "unseen plate"
+    with pytest.raises(InputError, match="never saw"):
+        model.get_latent(new)
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "poisson", "gaussian", "bernoulli"])
+def test_other_likelihoods_fit_real_data(pbmc, likelihood):
+    if likelihood == "gaussian":
+        sc.pp.normalize_total(pbmc, target_sum=1e4)
+        sc.pp.log1p(pbmc)
+    model = scvae.model.fit(pbmc, likelihood=likelihood, max_epochs=30, progress_bar=False)
+    acc = knn_accuracy(pbmc.obsm["X_scvae"], pbmc.obs["cell_type"])
+    assert acc > 0.6, (likelihood, acc)
+    assert np.isfinite(model.get_normalized_expression(pbmc, return_numpy=True)).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_latent": 0}, "n_latent must be a positive integer"),
+        ({"batch_size": 10_000}, "batch_size=10000 is larger than the number of cells"),
+        ({"likelihood": "gamma"}, "likelihood must be one of"),
+        ({"batch_key": "missing"}, "'missing' is not a column of adata.obs"),
+        ({"layer": "counts"}, "layer 'counts' is not in adata.layers"),
+        ({"batch_key": "cell_type", "condition_key": "cell_type"}, "must be different columns"),
+        ({"validation_size": 1.5}, "validation_size"),
+        ({"dispersion": "gene-batch"}, "needs batch_key"),
+    ],
+)
+def test_bad_arguments_fail_before_training_with_a_clear_message(pbmc, kwargs, message):
+    before = _snapshot(pbmc)
+    with pytest.raises(InputError, match=message):
+        scvae.model.fit(pbmc, max_epochs=1, progress_bar=False, **kwargs)
+    _assert_unchanged(before, pbmc)
+
+
+def test_normalised_data_view_and_nan_are_refused_without_changing_adata(pbmc):
+    norm = pbmc.copy()
+    sc.pp.normalize_total(norm)
+    with pytest.raises(InputError, match="non-integer values.*likelihood='gaussian'"):
+        scvae.model.fit(norm, max_epochs=1, progress_bar=False)
+    with pytest.raises(InputError, match="view"):
+        scvae.model.fit(pbmc[:100], max_epochs=1, progress_bar=False)
+    bad = pbmc.copy()
+    bad.X = bad.X.toarray()
+    bad.X[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        scvae.model.fit(bad, max_epochs=1, progress_bar=False)
+    assert "X_scvae" not in bad.obsm and "scvae" not in bad.uns
+
+
+def test_divergence_is_reported_and_nan_never_written(pbmc):
+    with pytest.raises(scvae.train.TrainingDiverged, match="lr"):
+        scvae.model.fit(pbmc, max_epochs=3, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
+    assert "X_scvae" not in pbmc.obsm

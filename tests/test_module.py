@@ -1,0 +1,78 @@
+"""The pure-torch VAE, without Lightning or AnnData."""
+
+import numpy as np
+import pytest
+import torch
+
+from scvae import distributions as D
+from scvae.module import VAE, kl_normal_standard
+
+
+def _counts(n=64, g=30, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.poisson(torch.rand(n, g, generator=gen) * 5, generator=gen) + 1
+
+
+def test_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    mean, logvar = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(200_000, 3, 4, dtype=torch.float64)
+    log_q = torch.distributions.Normal(mean, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    mc = (log_q - log_p).mean(0)
+    np.testing.assert_allclose(kl_normal_standard(mean, logvar).numpy(), mc.numpy(), atol=0.02)
+
+
+@pytest.mark.parametrize("likelihood", D.LIKELIHOODS)
+@pytest.mark.parametrize("cats", [(), (3,), (2, 4)])
+def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
+    torch.manual_seed(0)
+    x = _counts()
+    if likelihood == "gaussian":
+        x = torch.log1p(x)
+    codes = torch.stack([torch.arange(64) % k for k in cats], 1) if cats else None
+    dispersion = "gene-batch" if cats and likelihood in ("nb", "zinb") else "gene"
+    vae = VAE(30, n_latent=3, n_hidden=16, likelihood=likelihood, n_categories=cats,
+              dispersion=dispersion, dispersion_key_index=0 if cats else None)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        out = vae.loss(x, codes)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else out["loss"].item()
+        assert out["reconstruction"].shape == (64,) and out["kl"].shape == (64,)
+    assert torch.isfinite(out["loss"]) and out["loss"].item() < first
+
+
+def test_count_decoder_gives_frequencies_scaled_by_library():
+    vae = VAE(30, n_latent=4, likelihood="nb").eval()
+    z, lib = torch.randn(5, 4), torch.tensor([[10.0], [100.0], [1.0], [5.0], [1e4]])
+    p = vae.generative(z, None, lib)
+    torch.testing.assert_close(p["rho"].sum(-1), torch.ones(5))
+    torch.testing.assert_close(p["mu"], p["rho"] * lib)
+
+
+def test_covariates_reach_the_decoder_and_optionally_not_the_encoder():
+    vae = VAE(30, n_latent=4, n_categories=(2,), encode_covariates=False).eval()
+    x = _counts(4)
+    a = vae.inference(x, torch.zeros(4, 1, dtype=torch.long))
+    b = vae.inference(x, torch.ones(4, 1, dtype=torch.long))
+    torch.testing.assert_close(a, b)  # the encoder does not see the label
+    z = torch.randn(4, 4)
+    ra = vae.generative(z, torch.zeros(4, 1, dtype=torch.long))["rho"]
+    rb = vae.generative(z, torch.ones(4, 1, dtype=torch.long))["rho"]
+    assert not torch.allclose(ra, rb)  # the decoder does
+    with_enc = VAE(30, n_latent=4, n_categories=(2,)).eval()
+    assert not torch.allclose(with_enc.inference(x, torch.zeros(4, 1, dtype=torch.long))[0],
+                              with_enc.inference(x, torch.ones(4, 1, dtype=torch.long))[0])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="likelihood"):
+        VAE(10, likelihood="gamma")
+    with pytest.raises(ValueError, match="dispersion"):
+        VAE(10, dispersion="cell")
+    with pytest.raises(ValueError, match="batch"):
+        VAE(10, dispersion="gene-batch")
