@@ -13,6 +13,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from . import datasets, metrics, model, pl  # noqa: E402
+from . import datasets, metrics, model, pl, tl  # noqa: E402
 
-__all__ = ["datasets", "metrics", "model", "pl", "__version__"]
+__all__ = ["datasets", "metrics", "model", "pl", "tl", "__version__"]

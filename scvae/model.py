@@ -31,7 +31,7 @@ from .data import (
     validate_matrix,
 )
 from .module import VAE
-from .train import TrainSettings, default_max_epochs, train
+from .train import TrainSettings, default_max_epochs, read_checkpoint, train
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ FORMAT_VERSION = 1
 # Module settings, saved with the model and used to rebuild it.
 _ARCH_KEYS = (
     "n_latent", "n_hidden", "n_layers", "likelihood", "encode_covariates", "dispersion", "dropout", "norm",
+    "prior", "n_pseudo_inputs", "objective", "n_importance",
 )
 
 
@@ -217,6 +218,18 @@ class SCVAE:
                 draws[s, start : start + xb.shape[0]] = D.sample(self.likelihood, params, gen).cpu().numpy()
         return draws[0] if n_samples == 1 else draws
 
+    def log_likelihood(
+        self, adata: AnnData, *, n_samples: int = 1000, batch_size: int = 256, seed: int = 0
+    ) -> np.ndarray:
+        """Per-cell estimate of the marginal log-likelihood log p(x) (nats), by importance sampling with
+        q(z | x) as proposal: log (1/K) sum_k p(x, z_k) / q(z_k | x), K = ``n_samples``, in log-space and in
+        chunks (memory does not grow with K). Rises with K towards log p(x); >= the ELBO in expectation. For
+        count likelihoods p(x) is given the cell's library size. Works for any prior, objective and likelihood.
+        See :func:`scvae.objectives.log_likelihood` (which can also return the ELBO estimate)."""
+        from .objectives import log_likelihood
+
+        return log_likelihood(self, adata, n_samples=n_samples, batch_size=batch_size, seed=seed)
+
     def predict_perturbation(self, adata: AnnData, **kwargs: Any) -> AnnData:
         """Predicted response of a held-out cell type to a stimulus; see
         :func:`scvae.perturbation.predict_perturbation` for the arguments."""
@@ -264,7 +277,7 @@ def _build_module(config: dict[str, Any]) -> VAE:
         len(config["genes"]),
         n_categories=[len(v) for v in config["categories"].values()],
         dispersion_key_index=keys.index(batch_key) if batch_key in keys else None,
-        **{k: config[k] for k in _ARCH_KEYS},
+        **{k: config[k] for k in _ARCH_KEYS if k in config},  # models saved before a key existed: its default
     )
 
 
@@ -317,6 +330,11 @@ def fit(
     weight_decay: float = 1e-6,
     beta: float = 1.0,
     kl_warmup_epochs: int | None = None,
+    kl_warmup_steps: int | None = None,
+    objective: str = "elbo",
+    n_importance: int = 1,
+    prior: str = "normal",
+    n_pseudo_inputs: int = 100,
     validation_size: float = 0.1,
     early_stopping: bool = True,
     patience: int = 20,
@@ -326,6 +344,8 @@ def fit(
     devices: int | str = "auto",
     strategy: str = "auto",
     progress_bar: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> SCVAE:
     """Train a VAE (or a conditional VAE) on the counts in ``adata`` and write its latent space.
 
@@ -335,7 +355,9 @@ def fit(
     Parameters
     ----------
     adata
-        Cells × genes. Raw counts (integers, any dtype, dense or sparse) for count likelihoods.
+        Cells × genes. Raw counts (integers, any dtype, dense or sparse) for count likelihoods. Cells with no
+        counts are refused (filter them with ``sc.pp.filter_cells(adata, min_counts=1)``); genes with no counts
+        are kept and learned as (nearly) never expressed.
     layer
         Read the data from ``adata.layers[layer]`` instead of ``adata.X``.
     batch_key, condition_key, covariate_keys
@@ -358,7 +380,16 @@ def fit(
         Minibatch size and Adam's learning rate and weight decay.
     beta, kl_warmup_epochs
         Weight of the KL term, reached linearly over ``kl_warmup_epochs`` (default: a quarter of
-        ``max_epochs``, at most 50; 0 for none).
+        ``max_epochs``, at most 50; 0 for none). ``kl_warmup_steps`` (minibatches), if given, replaces
+        ``kl_warmup_epochs``. The weight of each epoch is the ``kl_weight`` column of ``model.history``.
+    objective, n_importance
+        ``"elbo"`` (default) or ``"iwae"``: the importance-weighted bound with ``n_importance`` = K samples
+        per cell (for ``"elbo"``, K > 1 averages the ELBO over K samples). With IWAE, beta and the warm-up
+        weight log p(z) - log q(z | x) inside every importance weight (see :mod:`scvae.module`).
+    prior, n_pseudo_inputs
+        ``"normal"`` (N(0, I)) or ``"vamp"``: a VampPrior, the mixture of the encoder's posteriors at
+        ``n_pseudo_inputs`` learned pseudo-inputs, initialised from random training cells; its KL is estimated
+        by Monte Carlo. Pseudo-inputs carry no labels (see :mod:`scvae.priors`).
     validation_size
         Fraction of cells held out (seeded) for the validation ELBO that early stopping watches.
     early_stopping, patience
@@ -374,6 +405,10 @@ def fit(
         ``devices=N`` trains on N devices.
     progress_bar
         Show a progress bar over epochs.
+    checkpoint_dir, resume
+        Write a checkpoint to ``checkpoint_dir`` after every epoch; with ``resume=True``, continue the run saved
+        there (same data and settings; ``max_epochs`` counts from the start of that run). Ctrl-C during training
+        stops cleanly after the current minibatch and keeps the best weights so far, with or without checkpoints.
 
     Returns
     -------
@@ -385,6 +420,8 @@ def fit(
     >>> model = scvae.model.fit(adata, batch_key="batch")
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")
     """
+    if not isinstance(adata, AnnData):
+        raise InputError(f"expected an AnnData object, got {type(adata).__name__}; e.g. adata = sc.read_h5ad(path)")
     if likelihood not in D.LIKELIHOODS:
         raise InputError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
     for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("batch_size", batch_size)):
@@ -393,6 +430,16 @@ def fit(
         raise InputError(f"n_layers must be a non-negative integer, got {n_layers!r}")
     if max_epochs is not None:
         _check_positive_int("max_epochs", max_epochs)
+    if objective not in ("elbo", "iwae"):
+        raise InputError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
+    if prior not in ("normal", "vamp"):
+        raise InputError(f"prior must be 'normal' or 'vamp', got {prior!r}")
+    _check_positive_int("n_importance", n_importance)
+    _check_positive_int("n_pseudo_inputs", n_pseudo_inputs)
+    if kl_warmup_steps is not None and (
+        isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, (int, np.integer)) or kl_warmup_steps < 0
+    ):
+        raise InputError(f"kl_warmup_steps must be a non-negative integer, got {kl_warmup_steps!r}")
     if not 0 <= validation_size < 1:
         raise InputError(f"validation_size must be in [0, 1), got {validation_size!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -417,11 +464,19 @@ def fit(
         raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
     encoder = CategoryEncoder.fit(adata, keys)
     codes = encoder.encode(adata)
+    if condition_key is not None and len(encoder.categories[condition_key]) < 2:
+        raise InputError(
+            f"adata.obs[{condition_key!r}] has a single category ({encoder.categories[condition_key]}); a condition "
+            "needs at least two (e.g. control and stimulated). Pass it as a covariate or drop condition_key"
+        )
+    if resume and checkpoint_dir is None:
+        raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
     if batch_size > adata.n_obs:
         raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
 
     n = adata.n_obs
     max_epochs = max_epochs or default_max_epochs(n)
+    warmup_given = kl_warmup_epochs is not None
     if kl_warmup_epochs is None:
         kl_warmup_epochs = min(max_epochs // 4, 50)
     val_size = validation_size if n * validation_size >= 3 else 0.0
@@ -451,16 +506,34 @@ def fit(
         "weight_decay": float(weight_decay),
         "beta": float(beta),
         "kl_warmup_epochs": int(kl_warmup_epochs),
+        "kl_warmup_steps": None if kl_warmup_steps is None else int(kl_warmup_steps),
+        "objective": objective,
+        "n_importance": int(n_importance),
+        "prior": prior,
+        "n_pseudo_inputs": int(n_pseudo_inputs),
         "validation_size": float(val_size),
         "early_stopping": bool(early_stopping),
         "patience": int(patience),
         "seed": int(seed),
     }
 
+    checkpoint = None
+    if resume:
+        checkpoint = read_checkpoint(checkpoint_dir)
+        if not warmup_given:  # the default depends on max_epochs, which may differ when resuming
+            config["kl_warmup_epochs"] = kl_warmup_epochs = checkpoint["config"]["kl_warmup_epochs"]
+        _check_checkpoint_matches(checkpoint, config, checkpoint_dir)
+    start_epoch = checkpoint["epoch"] if checkpoint else 0
+
     with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + start_epoch)
         module = _build_module(config)
-        train_loader = make_loader(x, codes, train_idx, batch_size, shuffle=True, seed=seed)
+        if prior == "vamp":  # pseudo-inputs start as random training cells (seeded)
+            rows = np.random.default_rng(seed).choice(train_idx, n_pseudo_inputs, replace=len(train_idx) < n_pseudo_inputs)
+            module.init_pseudo_inputs(torch.from_numpy(to_dense_float(x, rows)))
+        if checkpoint:
+            module.load_state_dict(checkpoint["module"])
+        train_loader = make_loader(x, codes, train_idx, batch_size, shuffle=True, seed=seed + start_epoch)
         val_loader = (
             make_loader(x, codes, val_idx, max(batch_size, 1024), shuffle=False) if len(val_idx) else None
         )
@@ -469,13 +542,16 @@ def fit(
             lr=lr,
             weight_decay=weight_decay,
             beta=beta,
-            kl_warmup_steps=kl_warmup_epochs * len(train_loader),
+            kl_warmup_steps=kl_warmup_epochs * len(train_loader) if kl_warmup_steps is None else kl_warmup_steps,
             early_stopping=early_stopping,
             patience=patience,
             progress_bar=progress_bar,
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+            resume=checkpoint,
         )
         history, best = train(
-            module, train_loader, val_loader, settings, accelerator=accelerator, devices=devices, strategy=strategy
+            module, train_loader, val_loader, settings, accelerator=accelerator, devices=devices, strategy=strategy,
+            config=config,
         )
     module.eval()
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
@@ -493,6 +569,20 @@ def fit(
     adata.uns["scvae"] = _uns_record(config, hist, key_added)
     logger.info("trained %d epochs (best %d); wrote adata.obsm[%r]", len(hist), best.best_epoch, key_added)
     return model
+
+
+# Settings that may differ between a run and its resumption.
+_RESUMABLE = ("max_epochs", "early_stopping", "patience")
+
+
+def _check_checkpoint_matches(checkpoint: dict[str, Any], config: dict[str, Any], checkpoint_dir: Any) -> None:
+    saved = checkpoint.get("config", {})
+    differ = sorted(k for k in set(saved) | set(config) if k not in _RESUMABLE and saved.get(k) != config.get(k))
+    if differ:
+        raise InputError(
+            f"the checkpoint in {checkpoint_dir} was made with other data or settings ({', '.join(differ)} differ); "
+            "resume with the same adata and arguments, or start a new run in an empty checkpoint_dir"
+        )
 
 
 def _cuda_devices(accelerator: str) -> list[int]:

@@ -3,11 +3,26 @@
     x ──► encoder q(z | x, c) = N(mu, diag sigma^2) ──► z = mu + sigma * eps ──► decoder p(x | z, c, l)
 
 ``c`` is the concatenated one-hot encoding of zero or more categorical labels (batch, condition, covariates),
-``l`` the observed library size (total counts of the cell) for count likelihoods. The loss is the negative
-ELBO per cell, -(E_q[log p(x | z)] - kl_weight * KL(q(z | x) || N(0, I))), with the KL in closed form.
+``l`` the observed library size (total counts of the cell) for count likelihoods. The default loss is the
+negative ELBO per cell, -(E_q[log p(x | z)] - kl_weight * KL(q(z | x) || N(0, I))), with the KL in closed form.
+
+Other objectives and priors (see :mod:`scvae.objectives` and :mod:`scvae.priors`):
+
+- ``prior="vamp"``: a VampPrior, p(z) = 1/K sum_k q(z | u_k) over learned pseudo-inputs u_k; its KL is a
+  Monte Carlo estimate, log q(z | x) - log p(z) at the sampled z.
+- ``objective="iwae"``: the importance-weighted bound with ``n_importance`` = K samples,
+  log 1/K sum_k w_k with log w_k = log p(x | z_k) + kl_weight * (log p(z_k) - log q(z_k | x)). With
+  ``kl_weight=1`` this is the IWAE bound (Burda et al. 2016); a ``kl_weight`` (beta, or the KL warm-up) below 1
+  tempers the prior-to-posterior ratio inside every weight, so warm-up and beta mean the same for both
+  objectives, and K=1 gives back the beta-weighted ELBO. The encoder is trained with the doubly reparameterised
+  gradient of the bound (DReG, Tucker et al. 2019), whose signal-to-noise ratio does not decay with K; the
+  decoder with the usual IWAE gradient.
+- ``objective="elbo"`` with ``n_importance`` > 1 averages the ELBO over K samples.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +30,10 @@ from torch import nn
 
 from . import distributions as D
 from .nn import MLP, GaussianEncoder
+from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal
 
 DISPERSIONS = ("gene", "gene-batch")
+OBJECTIVES = ("elbo", "iwae")
 
 
 class VAE(nn.Module):
@@ -37,6 +54,12 @@ class VAE(nn.Module):
     dispersion
         ``"gene"``: one NB inverse dispersion per gene; ``"gene-batch"``: one per gene and category of the
         label at ``dispersion_key_index``.
+    prior
+        ``"normal"`` (N(0, I), closed-form KL) or ``"vamp"`` (VampPrior with ``n_pseudo_inputs`` components,
+        Monte Carlo KL; see :mod:`scvae.priors`).
+    objective, n_importance
+        Default training objective used by :meth:`loss`: ``"elbo"`` or ``"iwae"``, with ``n_importance``
+        samples of z per cell.
     """
 
     def __init__(
@@ -53,8 +76,18 @@ class VAE(nn.Module):
         dispersion_key_index: int | None = None,
         dropout: float = 0.1,
         norm: str = "batch",
+        prior: str = "normal",
+        n_pseudo_inputs: int = 100,
+        objective: str = "elbo",
+        n_importance: int = 1,
     ) -> None:
         super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if int(n_importance) < 1:
+            raise ValueError(f"n_importance must be a positive integer, got {n_importance!r}")
         if likelihood not in D.LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
         if dispersion not in DISPERSIONS:
@@ -80,6 +113,9 @@ class VAE(nn.Module):
             self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
         if likelihood == "gaussian":
             self.log_var = nn.Parameter(torch.zeros(n_genes))
+        self.prior, self.objective, self.n_importance = prior, objective, int(n_importance)
+        if prior == "vamp":
+            self.vamp = VampPrior(int(n_pseudo_inputs), n_genes)
 
     # -- helpers -------------------------------------------------------------------------------------------
     @property
@@ -136,20 +172,156 @@ class VAE(nn.Module):
     def library(self, x: torch.Tensor) -> torch.Tensor | None:
         return x.sum(dim=-1, keepdim=True) if self.counts else None
 
-    def loss(
-        self, x: torch.Tensor, cats: torch.Tensor | None = None, kl_weight: float = 1.0
+    # -- prior -----------------------------------------------------------------------------------------------
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Means and log-variances (K, n_latent) of the VampPrior's mixture, or None for the normal prior.
+
+        The pseudo-inputs are encoded with an all-zero covariate vector (they carry no labels) and with the
+        encoder's batch-norm/dropout in evaluation mode."""
+        if self.prior != "vamp":
+            return None
+        n_cov = sum(self.n_categories) if self.encode_covariates else 0
+
+        def encode(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cov = u.new_zeros(u.shape[0], n_cov) if n_cov else None
+            with eval_mode(self.encoder):
+                return self.encoder(u, cov)
+
+        return self.vamp.components(encode)
+
+    def log_prior(
+        self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """log p(z), summed over the latent axis; ``components`` may be passed to reuse the VampPrior's."""
+        if self.prior != "vamp":
+            return log_standard_normal(z)
+        return VampPrior.log_prob(z, components if components is not None else self.prior_components())
+
+    @torch.no_grad()
+    def init_pseudo_inputs(self, x: torch.Tensor) -> None:
+        """Initialise the VampPrior's pseudo-inputs from cells ``x`` (K × genes, raw data as given to
+        :meth:`loss`): their encoder input, e.g. ``log1p`` of counts."""
+        if self.prior != "vamp":
+            raise ValueError("init_pseudo_inputs needs prior='vamp'")
+        self.vamp.initialize(self.encoder_input(x))
+
+    # -- objectives ------------------------------------------------------------------------------------------
+    def log_importance_weights(
+        self,
+        x: torch.Tensor,
+        cats: torch.Tensor | None = None,
+        n_samples: int = 1,
+        *,
+        kl_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+        components: tuple[torch.Tensor, torch.Tensor] | None = None,
+        posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+        dreg: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Per-cell reconstruction log-likelihood and KL, and the mean loss (negative weighted ELBO)."""
-        mean, logvar = self.inference(x, cats)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-        params = self.generative(z, cats, self.library(x))
-        reconstruction = D.log_prob(self.likelihood, x, params).sum(-1)
-        kl = kl_normal_standard(mean, logvar)
+        """Draw ``n_samples`` z ~ q(z | x) per cell and return the terms of the log importance weights.
+
+        Parameters
+        ----------
+        x, cats
+            Data (cells × genes) and label codes (cells × n_keys) as for :meth:`loss`.
+        n_samples
+            Samples S of z per cell.
+        kl_weight
+            Weight on log p(z) - log q(z | x) inside the weight (1 for the true weights).
+        generator
+            Source of the noise (seeded by the caller); the global torch RNG when None.
+        components, posterior
+            Precomputed VampPrior components and (mean, logvar) of q(z | x), to avoid recomputing them.
+        dreg
+            Give the encoder the doubly reparameterised gradient of the IWAE bound (Tucker et al. 2019) instead of
+            the standard one, whose signal-to-noise ratio falls as K grows: log q(z | x) is evaluated with
+            q's parameters detached (z keeps its path), and the gradient reaching z from
+            ``logsumexp(log_weight)`` is multiplied once more by the normalised weight. The values returned are
+            unchanged; only gradients differ. Meant for the IWAE loss only.
+
+        Returns
+        -------
+        dict of (S, cells) tensors: ``log_weight`` = ``log_px_z + kl_weight * (log_pz - log_qz)``, and its
+        terms ``log_px_z``, ``log_pz``, ``log_qz``; plus ``mean`` and ``logvar`` of q (cells × n_latent).
+        """
+        mean, logvar = posterior if posterior is not None else self.inference(x, cats)
+        eps = torch.randn(
+            (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
+        )
+        z = mean + torch.exp(0.5 * logvar) * eps  # (S, B, d)
+        s, b = n_samples, x.shape[0]
+        flat_cats = cats.repeat(s, 1) if cats is not None and self.n_categories else cats
+        lib = self.library(x)
+        params = self.generative(z.reshape(s * b, -1), flat_cats, lib.repeat(s, 1) if lib is not None else None)
+        log_px_z = D.log_prob(self.likelihood, x.repeat(s, 1), params).sum(-1).reshape(s, b)
+        log_qz = log_normal_diag(z, mean.detach(), logvar.detach()) if dreg else log_normal_diag(z, mean, logvar)
+        log_pz = self.log_prior(z, components)
+        log_weight = log_px_z + kl_weight * (log_pz - log_qz)
+        if dreg and z.requires_grad:
+            w = torch.softmax(log_weight.detach(), dim=0).unsqueeze(-1)  # normalised weights (S, B, 1)
+            z.register_hook(lambda grad: grad * w)
         return {
-            "loss": (kl_weight * kl - reconstruction).mean(),
-            "reconstruction": reconstruction,
-            "kl": kl,
+            "log_weight": log_weight,
+            "log_px_z": log_px_z,
+            "log_pz": log_pz,
+            "log_qz": log_qz,
+            "mean": mean,
+            "logvar": logvar,
         }
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        cats: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+        objective: str | None = None,
+        n_importance: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-cell reconstruction log-likelihood and KL, and the mean loss.
+
+        Parameters
+        ----------
+        x, cats
+            Data (cells × genes) and label codes (cells × n_keys, or None).
+        kl_weight
+            beta times the KL warm-up factor.
+        objective, n_importance
+            ``"elbo"`` or ``"iwae"`` and the number of samples K; default: the module's own settings.
+
+        Returns
+        -------
+        dict with ``loss`` (scalar to minimise: the negative weighted ELBO, or the negative IWAE bound),
+        ``reconstruction`` and ``kl`` (per cell; averaged over the K samples, the KL in closed form for the
+        normal prior and Monte Carlo for the VampPrior, so reconstruction - kl is an ELBO estimate), and for
+        ``objective="iwae"`` also ``iwae``, the per-cell bound (with the given ``kl_weight``).
+        """
+        objective = self.objective if objective is None else objective
+        k = self.n_importance if n_importance is None else int(n_importance)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective == "elbo" and k == 1 and self.prior == "normal":
+            # The default path, unchanged: one sample, closed-form KL.
+            mean, logvar = self.inference(x, cats)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            params = self.generative(z, cats, self.library(x))
+            reconstruction = D.log_prob(self.likelihood, x, params).sum(-1)
+            kl = kl_normal_standard(mean, logvar)
+            return {
+                "loss": (kl_weight * kl - reconstruction).mean(),
+                "reconstruction": reconstruction,
+                "kl": kl,
+            }
+        dreg = objective == "iwae" and torch.is_grad_enabled()
+        terms = self.log_importance_weights(x, cats, k, kl_weight=kl_weight, dreg=dreg)
+        reconstruction = terms["log_px_z"].mean(0)
+        if self.prior == "normal":
+            kl = kl_normal_standard(terms["mean"], terms["logvar"])
+        else:
+            kl = (terms["log_qz"] - terms["log_pz"]).mean(0)
+        if objective == "elbo":
+            return {"loss": (kl_weight * kl - reconstruction).mean(), "reconstruction": reconstruction, "kl": kl}
+        iwae = torch.logsumexp(terms["log_weight"], dim=0) - math.log(k)
+        return {"loss": -iwae.mean(), "reconstruction": reconstruction, "kl": kl, "iwae": iwae}
 
 
 def kl_normal_standard(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

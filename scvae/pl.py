@@ -34,3 +34,121 @@ def history(model: SCVAE, ax=None):
         for a in ax:
             a.axvline(best, color="grey", lw=0.8, ls=":")
     return ax
+
+
+def reg_mean_plot(
+    pred,
+    real_stim,
+    real_ctrl,
+    *,
+    n_top: int = 100,
+    top_genes=None,
+    n_labels: int = 10,
+    pred_normalized: bool = False,
+    result: dict | None = None,
+    ax=None,
+    title: str | None = None,
+):
+    """Predicted vs real mean log-normalised expression of every gene (scGen's reg-mean plot).
+
+    Each point is a gene: x its mean over the real stimulated cells, y over the predicted cells. The top
+    ``n_top`` DEGs (real stimulated vs control, see :func:`scvae.tl.evaluate_perturbation`) are highlighted
+    and the first ``n_labels`` of them named; the legend gives R² (squared Pearson correlation of the means)
+    over all genes and over the top DEGs.
+
+    Parameters
+    ----------
+    pred, real_stim, real_ctrl
+        Predicted cells (counts, or log-normalised with ``pred_normalized=True``) and the real stimulated and
+        control cells of the same cell type (counts).
+    n_top, top_genes
+        Number of top DEGs to find, or the genes to highlight.
+    n_labels
+        How many of the top DEGs to name on the plot.
+    result
+        The dict of :func:`scvae.tl.evaluate_perturbation` for these cells, to avoid computing it again.
+    ax, title
+        Axes to draw on (default: a new figure) and a title.
+
+    Returns
+    -------
+    The matplotlib axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from .tl import evaluate_perturbation
+
+    if result is None:
+        result = evaluate_perturbation(
+            pred, real_stim, real_ctrl, n_top=n_top, top_genes=top_genes, pred_normalized=pred_normalized
+        )
+    means, top = result["means"], list(result["top_genes"])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.scatter(means["real"], means["predicted"], s=6, c="0.7", lw=0, label=f"all genes: R² = {result['r2_all']:.3f}")
+    ax.scatter(
+        means.loc[top, "real"], means.loc[top, "predicted"], s=10, c="tab:red", lw=0,
+        label=f"top {len(top)} DEGs: R² = {result['r2_top']:.3f}",
+    )
+    hi = float(max(means["real"].max(), means["predicted"].max())) * 1.05
+    ax.plot([0, hi], [0, hi], color="k", lw=0.7, ls="--")
+    for gene in top[:n_labels]:
+        ax.annotate(
+            gene, (means.loc[gene, "real"], means.loc[gene, "predicted"]), fontsize=7,
+            xytext=(3, 3), textcoords="offset points",
+        )
+    ax.set_xlabel("mean expression, real stimulated (log-norm.)")
+    ax.set_ylabel("mean expression, predicted (log-norm.)")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def perturbation_violin(
+    pred,
+    real_stim,
+    real_ctrl,
+    gene: str,
+    *,
+    pred_normalized: bool = False,
+    labels: tuple[str, str, str] = ("control", "stimulated (real)", "stimulated (predicted)"),
+    ax=None,
+):
+    """Violins of one gene's log-normalised expression in the real control, real stimulated and predicted
+    cells (each normalised over ``pred``'s genes, as in :func:`scvae.tl.evaluate_perturbation`).
+
+    Returns
+    -------
+    The matplotlib axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .data import InputError
+    from .tl import log_normalize
+
+    genes = [str(g) for g in pred.var_names]
+    if gene not in genes:
+        raise InputError(f"gene {gene!r} is not among the predicted genes (e.g. {genes[:5]})")
+    values = []
+    for adata, normalized in ((real_ctrl, False), (real_stim, False), (pred, pred_normalized)):
+        if gene not in adata.var_names:
+            raise InputError(f"gene {gene!r} is missing from one of the AnnData given")
+        sub = adata[:, genes]
+        x = sub.X if normalized else log_normalize(sub)
+        col = x[:, genes.index(gene)]
+        values.append(np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=float).ravel())
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.4))
+    parts = ax.violinplot(values, showmeans=True, showextrema=False)
+    for body, color in zip(parts["bodies"], ("tab:blue", "tab:orange", "tab:green")):
+        body.set_facecolor(color)
+        body.set_alpha(0.6)
+    rng = np.random.default_rng(0)
+    for i, v in enumerate(values, start=1):
+        ax.scatter(i + rng.uniform(-0.08, 0.08, len(v)), v, s=2, c="k", alpha=0.3, lw=0)
+    ax.set_xticks([1, 2, 3], labels)
+    ax.set_ylabel(f"{gene} (log-norm.)")
+    ax.set_title(gene)
+    return ax

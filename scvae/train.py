@@ -6,9 +6,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import signal
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -38,6 +41,8 @@ class TrainSettings:
     patience: int = 20
     min_delta: float = 0.0
     progress_bar: bool = True
+    checkpoint_dir: Path | None = None
+    resume: dict[str, Any] | None = None  # a checkpoint read by read_checkpoint(), to continue from
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,12 +57,20 @@ class TrainingPlan(pl.LightningModule):
         super().__init__()
         self.module = module
         self.settings = settings
-        self.history: list[dict[str, float]] = []
+        resume = settings.resume or {}
+        self.history: list[dict[str, float]] = list(resume.get("history", []))
+        self.start_epoch = int(resume.get("epoch", 0))
+        self.start_step = int(resume.get("step", 0))
         self._sums: dict[str, dict[str, torch.Tensor | float]] = {}
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken, counting those of the run this one resumed."""
+        return self.start_step + self.global_step
 
     def kl_weight(self) -> float:
         steps = self.settings.kl_warmup_steps
-        warm = 1.0 if steps <= 0 else min(1.0, self.global_step / steps)
+        warm = 1.0 if steps <= 0 else min(1.0, self.step / steps)
         return self.settings.beta * warm
 
     def _accumulate(self, split: str, out: dict[str, torch.Tensor]) -> None:
@@ -66,6 +79,8 @@ class TrainingPlan(pl.LightningModule):
         sums["reconstruction"] = sums["reconstruction"] + rec.sum()
         sums["kl"] = sums["kl"] + kl.sum()
         sums["n"] += rec.shape[0]
+        if "iwae" in out:  # objective="iwae": also the per-cell importance-weighted bound
+            sums["iwae"] = sums.get("iwae", 0.0) + out["iwae"].detach().sum()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, cats = batch
@@ -80,7 +95,7 @@ class TrainingPlan(pl.LightningModule):
     def close_epoch(self) -> dict[str, float]:
         """This epoch's history row, computed once (callbacks call it from their ``on_train_epoch_end``,
         which Lightning runs after validation and before the module's own hook)."""
-        epoch = float(self.current_epoch + 1)
+        epoch = float(self.start_epoch + self.current_epoch + 1)
         if self.history and self.history[-1]["epoch"] == epoch:
             return self.history[-1]
         row: dict[str, float] = {"epoch": epoch, "kl_weight": self.kl_weight()}
@@ -95,14 +110,20 @@ class TrainingPlan(pl.LightningModule):
             row[f"reconstruction_{split}"] = rec
             row[f"kl_{split}"] = kl
             row[f"elbo_{split}"] = rec - kl
+            if "iwae" in sums:
+                iwae = self.trainer.strategy.reduce(torch.as_tensor(sums["iwae"]).double(), reduce_op="sum")
+                row[f"iwae_{split}"] = float(iwae / n_all)
         self._sums = {}
         self.history.append(row)
         return row
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
+        opt = torch.optim.Adam(
             self.module.parameters(), lr=self.settings.lr, eps=0.01, weight_decay=self.settings.weight_decay
         )
+        if self.settings.resume is not None:
+            opt.load_state_dict(self.settings.resume["optimizer"])
+        return opt
 
 
 class BestWeights(pl.Callback):
@@ -112,15 +133,19 @@ class BestWeights(pl.Callback):
 
     def __init__(self, monitor: str, settings: TrainSettings) -> None:
         self.monitor, self.settings = monitor, settings
-        self.best = -math.inf
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.wait = 0
+        resume = settings.resume or {}
+        self.best = float(resume.get("best", -math.inf))
+        self.best_epoch = int(resume.get("best_epoch", 0))
+        self.best_state: dict[str, torch.Tensor] | None = resume.get("best_state")
+        self.wait = int(resume.get("wait", 0))
         self.diverged_at: int | None = None
+        self.interrupted_at: int | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         row = plan.close_epoch()
-        value = row.get(self.monitor, math.nan)
+        if self.monitor not in row:  # an epoch cut short (Ctrl-C) has no validation pass to judge it by
+            return
+        value = row[self.monitor]
         finite = all(math.isfinite(v) for v in row.values()) and all(
             torch.isfinite(p).all() for p in plan.module.parameters()
         )
@@ -150,16 +175,87 @@ class BestWeights(pl.Callback):
             plan.module.load_state_dict(self.best_state)
 
 
+class Checkpoint(pl.Callback):
+    """After every epoch, writes what is needed to continue training (weights, optimizer, history, early-stopping
+    state) to ``directory/checkpoint.pt`` (tensors and plain Python values only: loadable with
+    ``weights_only=True``)."""
+
+    def __init__(self, directory: Path, best: BestWeights, config: dict[str, Any]) -> None:
+        self.directory, self.best, self.config = Path(directory), best, config
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
+        if not trainer.is_global_zero or self.best.diverged_at is not None:
+            return
+        row = plan.close_epoch()
+        state = {
+            "config": self.config,
+            "epoch": int(row["epoch"]),
+            "step": plan.step,
+            "history": plan.history,
+            "module": {k: v.detach().cpu() for k, v in plan.module.state_dict().items()},
+            "optimizer": trainer.optimizers[0].state_dict(),
+            "best": self.best.best,
+            "best_epoch": self.best.best_epoch,
+            "best_state": {k: v.cpu() for k, v in (self.best.best_state or {}).items()} or None,
+            "wait": self.best.wait,
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.directory / "checkpoint.pt")  # atomic: an interrupted write leaves the old one
+
+
+def read_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """The state written by :class:`Checkpoint`, read without unpickling arbitrary objects."""
+    path = Path(directory) / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class StopOnInterrupt(pl.Callback):
+    """Turns Ctrl-C (SIGINT) during training into a clean stop after the current minibatch, so the best
+    weights so far are kept and returned (Lightning's own handling exits the process)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupt received: stopping after this minibatch and keeping the best weights so far")
+
+    def on_train_start(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, plan: TrainingPlan, *args: Any) -> None:
+        if self.requested:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class EpochBar(pl.Callback):
     """One progress bar over epochs, showing the latest ELBOs."""
 
-    def __init__(self, max_epochs: int) -> None:
-        self.max_epochs = max_epochs
+    def __init__(self, max_epochs: int, start_epoch: int = 0) -> None:
+        self.max_epochs, self.start_epoch = max_epochs, start_epoch
         self.bar: tqdm | None = None
 
     def on_train_start(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         if trainer.is_global_zero:
-            self.bar = tqdm(total=self.max_epochs, desc="scvae", unit="epoch", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.max_epochs, initial=self.start_epoch, desc="scvae", unit="epoch", dynamic_ncols=True
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         if self.bar is not None:
@@ -188,6 +284,7 @@ def _quiet_lightning():
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
             warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+            warnings.filterwarnings("ignore", message=".*treespec.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):
@@ -203,20 +300,32 @@ def train(
     accelerator: str = "auto",
     devices: int | str = "auto",
     strategy: str = "auto",
+    config: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, float]], BestWeights]:
-    """Train ``module`` in place; returns the per-epoch history and the early-stopping record."""
+    """Train ``module`` in place; returns the per-epoch history and the early-stopping record.
+
+    ``settings.max_epochs`` counts from the start of the first run when resuming."""
     plan = TrainingPlan(module, settings)
-    monitor = "elbo_validation" if val_loader is not None else "elbo_train"
+    metric = "iwae" if getattr(module, "objective", "elbo") == "iwae" else "elbo"  # the bound being optimised
+    monitor = f"{metric}_validation" if val_loader is not None else f"{metric}_train"
     best = BestWeights(monitor, settings)
-    callbacks: list[pl.Callback] = [best]
+    interrupt = StopOnInterrupt()
+    callbacks: list[pl.Callback] = [best, interrupt]
+    if settings.checkpoint_dir is not None:
+        callbacks.append(Checkpoint(settings.checkpoint_dir, best, config or {}))
     if settings.progress_bar:
-        callbacks.append(EpochBar(settings.max_epochs))
+        callbacks.append(EpochBar(settings.max_epochs, plan.start_epoch))
+    remaining = settings.max_epochs - plan.start_epoch
+    if remaining <= 0:
+        logger.info("the checkpoint already holds all %d epochs; nothing left to train", settings.max_epochs)
+        best.on_train_end(None, plan)  # type: ignore[arg-type]
+        return plan.history, best
     with _quiet_lightning():
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
-            max_epochs=settings.max_epochs,
+            max_epochs=remaining,
             callbacks=callbacks,
             logger=False,
             enable_checkpointing=False,
@@ -226,7 +335,15 @@ def train(
             deterministic=False,
             **settings.extra,
         )
-        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        try:
+            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        finally:
+            interrupt.restore()
+    if interrupt.requested:
+        logger.warning(
+            "training interrupted at epoch %d; kept the best weights, from epoch %d", len(plan.history),
+            best.best_epoch,
+        )
     if best.diverged_at is not None:
         causes = (
             "likely causes: a learning rate that is too high (try lr=1e-4), data that are not what the "

@@ -222,3 +222,13 @@ def test_divergence_is_reported_and_nan_never_written(pbmc):
     with pytest.raises(scvae.train.TrainingDiverged, match="lr"):
         scvae.model.fit(pbmc, max_epochs=3, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
     assert "X_scvae" not in pbmc.obsm
+
+
+def test_genes_never_expressed_are_kept_without_nan(pbmc):
+    x = pbmc.X.toarray()
+    x[:, :5] = 0  # five genes with no counts in any cell
+    pbmc.X = sp.csr_matrix(x)
+    model = scvae.model.fit(pbmc, max_epochs=5, progress_bar=False)
+    expr = model.get_normalized_expression(pbmc, return_numpy=True)
+    assert np.isfinite(expr).all() and np.isfinite(pbmc.obsm["X_scvae"]).all()
+    assert expr[:, :5].mean() < expr[:, 5:].mean() / 5  # learned as (nearly) never expressed

@@ -1,0 +1,222 @@
+"""The ``scvae`` command line: train, embed, predict and inspect from a shell.
+
+Every command reads an .h5ad, never overwrites its input, refuses to overwrite an existing output without
+``--force``, and on bad input prints one line (``scvae: error: ...``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXAMPLES = {
+    "fit": "scvae fit data/cellbench_counts_hvg3000.h5ad -o cellbench_scvae.h5ad --batch-key batch --model-dir cellbench_model",
+    "embed": "scvae embed new_cells.h5ad --model-dir cellbench_model -o new_cells_scvae.h5ad",
+    "predict-perturbation": (
+        "scvae predict-perturbation data/kang_ifnb_counts.h5ad --model-dir kang_model -o cd14_predicted.h5ad "
+        "--condition-key condition --control control --stimulated stimulated --cell-type-key cell_type "
+        '--target "CD14 Mono"'
+    ),
+    "info": "scvae info cellbench_model",
+}
+
+
+class CommandError(Exception):
+    """A problem with the command's input that the user can fix; printed as one line."""
+
+
+def _read(path: str):
+    import anndata as ad
+
+    p = Path(path)
+    if not p.is_file():
+        raise CommandError(f"input file {path} does not exist")
+    if p.suffix != ".h5ad":
+        raise CommandError(f"{path} is not an .h5ad file; convert it first (e.g. with scanpy.read_10x_h5 and write_h5ad)")
+    try:
+        return ad.read_h5ad(p)
+    except Exception as err:  # noqa: BLE001 - anything h5py/anndata raises means: not a readable .h5ad
+        raise CommandError(f"{path} could not be read as an .h5ad file ({type(err).__name__}: {err})") from err
+
+
+def _check_output(inp: str, out: str, force: bool) -> Path:
+    o = Path(out)
+    if o.resolve() == Path(inp).resolve():
+        raise CommandError("the output file is the input file; choose another -o (the input is never overwritten)")
+    if o.exists() and not force:
+        raise CommandError(f"{out} exists; pass --force to overwrite it")
+    if o.suffix != ".h5ad":
+        raise CommandError(f"output {out} must end in .h5ad")
+    return o
+
+
+def _model_dir_free(model_dir: str | None, force: bool) -> None:
+    if model_dir and Path(model_dir).exists() and any(Path(model_dir).iterdir()) and not force:
+        raise CommandError(f"model folder {model_dir} exists and is not empty; pass --force to replace it")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from . import model as m
+
+    out = _check_output(args.input, args.output, args.force)
+    _model_dir_free(args.model_dir, args.force)
+    adata = _read(args.input)
+    model = m.fit(
+        adata,
+        layer=args.layer,
+        batch_key=args.batch_key,
+        condition_key=args.condition_key,
+        likelihood=args.likelihood,
+        n_latent=args.n_latent,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        progress_bar=args.progress,
+        key_added=args.key_added,
+    )
+    adata.write_h5ad(out)
+    if args.model_dir:
+        model.save(args.model_dir, overwrite=args.force)
+    logging.getLogger("scvae").info("wrote %s%s", out, f" and model {args.model_dir}" if args.model_dir else "")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+
+    out = _check_output(args.input, args.output, args.force)
+    model = _load(args.model_dir)
+    adata = _read(args.input)
+    adata.obsm[args.key_added] = model.get_latent(adata)
+    adata.write_h5ad(out)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    out = _check_output(args.input, args.output, args.force)
+    model = _load(args.model_dir)
+    adata = _read(args.input)
+    pred = model.predict_perturbation(
+        adata,
+        condition_key=args.condition_key,
+        control=args.control,
+        stimulated=args.stimulated,
+        cell_type_key=args.cell_type_key,
+        target=args.target,
+        method=args.method,
+        seed=args.seed,
+    )
+    pred.write_h5ad(out)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    model = _load(args.model_dir)
+    c = model.config
+    lines = [
+        repr(model),
+        f"genes: {len(c['genes'])} (first: {', '.join(c['genes'][:5])})",
+        f"layer: {c.get('layer') or 'X'}",
+    ]
+    for key, cats in c["categories"].items():
+        lines.append(f"label {key}: {len(cats)} categories: {', '.join(cats[:10])}{' ...' if len(cats) > 10 else ''}")
+    shown = {k: v for k, v in c.items() if k not in ("genes", "categories")}
+    lines.append("settings: " + json.dumps(shown))
+    if not model.history.empty:
+        last = model.history.iloc[c.get("best_epoch", len(model.history)) - 1]
+        elbo = last.get("elbo_validation", last.get("elbo_train"))
+        lines.append(f"best epoch: {c.get('best_epoch')} (ELBO per cell {elbo:.2f})")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _load(model_dir: str):
+    from . import model as m
+
+    if not Path(model_dir).is_dir():
+        raise CommandError(f"model folder {model_dir} does not exist")
+    return m.load(model_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scvae", description="Variational autoencoders for single-cell counts, on .h5ad files.",
+        epilog="Run 'scvae COMMAND --help' for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        if name != "info":
+            p.add_argument("input", help="input .h5ad (raw counts in X, or in --layer)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings and errors only")
+        return p
+
+    f = add("fit", "train a model; write the input plus obsm['X_scvae'] and uns['scvae'] to OUTPUT", cmd_fit)
+    f.add_argument("-o", "--output", required=True, help="output .h5ad")
+    f.add_argument("--model-dir", help="also save the trained model in this folder")
+    f.add_argument("--layer", help="read counts from adata.layers[LAYER] instead of X")
+    f.add_argument("--batch-key", help="obs column of batches to correct for")
+    f.add_argument("--condition-key", help="obs column of conditions (e.g. control/stimulated)")
+    f.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "gaussian", "bernoulli"])
+    f.add_argument("--n-latent", type=int, default=10)
+    f.add_argument("--max-epochs", type=int, default=None, help="default: scaled to the number of cells")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--accelerator", default="auto", help="auto (GPU if there is one), cpu, gpu")
+    f.add_argument("--key-added", default="X_scvae")
+    f.add_argument("--force", action="store_true", help="overwrite OUTPUT and --model-dir if they exist")
+
+    e = add("embed", "embed new cells with a saved model; write them with obsm['X_scvae']", cmd_embed)
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--key-added", default="X_scvae")
+    e.add_argument("--force", action="store_true")
+
+    p = add("predict-perturbation", "predict a cell type's response to a stimulus; write predicted cells", cmd_predict)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("-o", "--output", required=True)
+    for opt in ("--condition-key", "--control", "--stimulated", "--cell-type-key", "--target"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--method", default="delta", choices=["delta", "counterfactual"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+
+    i = add("info", "print what a saved model was trained on", cmd_info)
+    i.add_argument("model_dir", help="folder written by 'scvae fit --model-dir' or model.save")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        sys.stdout.write(f"scvae {__version__}\n")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="scvae: %(message)s", stream=sys.stderr
+    )
+    args.progress = not args.quiet and sys.stderr.isatty()
+    from .data import InputError
+
+    try:
+        args.func(args)
+    except (CommandError, InputError, FileNotFoundError, FileExistsError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        sys.stderr.write(f"scvae: error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("scvae: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

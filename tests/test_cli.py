@@ -1,0 +1,84 @@
+"""The command line: a whole run through the console script, and one-line errors with exit status 2."""
+
+import shutil
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import scvae
+from scvae.cli import main
+
+DATA = scvae.datasets.data_dir() / "pbmc68k_counts.h5ad"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run of `scvae fit` through the installed console script."""
+    d = tmp_path_factory.mktemp("cli")
+    inp = d / "in.h5ad"
+    shutil.copy(DATA, inp)
+    before = inp.read_bytes()
+    proc = subprocess.run(
+        ["scvae", "fit", str(inp), "-o", str(d / "out.h5ad"), "--model-dir", str(d / "model"), "--max-epochs", "3"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert inp.read_bytes() == before  # the input file is never touched
+    return d
+
+
+def test_fit_writes_output_and_model(trained):
+    out = ad.read_h5ad(trained / "out.h5ad")
+    assert out.obsm["X_scvae"].shape == (700, 10) and np.isfinite(out.obsm["X_scvae"]).all()
+    assert out.uns["scvae"]["max_epochs"] == 3
+    model = scvae.model.load(trained / "model")
+    np.testing.assert_allclose(model.get_latent(out), out.obsm["X_scvae"], rtol=1e-5, atol=1e-6)
+
+
+def test_embed_and_info(trained, capsys):
+    assert main(["embed", str(DATA), "--model-dir", str(trained / "model"), "-o", str(trained / "emb.h5ad")]) == 0
+    emb = ad.read_h5ad(trained / "emb.h5ad")
+    np.testing.assert_allclose(emb.obsm["X_scvae"], ad.read_h5ad(trained / "out.h5ad").obsm["X_scvae"], atol=1e-5)
+    assert main(["info", str(trained / "model")]) == 0
+    text = capsys.readouterr().out
+    assert "765 genes" in text and "nb likelihood" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "missing.h5ad", "-o", "o.h5ad"], "does not exist"),
+        (["fit", "{bad}", "-o", "o.h5ad"], "could not be read as an .h5ad"),
+        (["fit", "{txt}", "-o", "o.h5ad"], "is not an .h5ad file"),
+        (["fit", "{data}", "-o", "o.h5ad", "--batch-key", "nope"], "'nope' is not a column of adata.obs"),
+        (["fit", "{norm}", "-o", "o.h5ad"], "non-integer values"),
+        (["fit", "{data}", "-o", "{data}"], "the output file is the input file"),
+        (["fit", "{data}", "-o", "{exists}"], "pass --force"),
+        (["embed", "{kang}", "--model-dir", "{model}", "-o", "o.h5ad"], "genes are missing"),
+        (["info", "no_such_model"], "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.h5ad").write_text("not hdf5")
+    (tmp_path / "x.txt").write_text("")
+    (tmp_path / "exists.h5ad").write_text("")
+    norm = ad.read_h5ad(DATA)
+    norm.X = norm.X / 3.0
+    norm.write_h5ad(tmp_path / "norm.h5ad")
+    paths = {"bad": "bad.h5ad", "txt": "x.txt", "data": str(DATA), "norm": "norm.h5ad", "exists": "exists.h5ad",
+             "kang": str(scvae.datasets.data_dir() / "kang_ifnb_counts.h5ad"), "model": str(trained / "model")}
+    code = main([a.format(**paths) for a in argv] + ["-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("scvae: error:") and message in err[0], err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_every_command_has_help_with_an_example():
+    for cmd in ("fit", "embed", "predict-perturbation", "info"):
+        proc = subprocess.run([sys.executable, "-m", "scvae.cli", cmd, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "example:" in proc.stdout and "scvae " + cmd in proc.stdout

@@ -1,0 +1,282 @@
+"""Perturbation prediction (scGen task) on real data: Kang et al. 2018 PBMCs, three cell types, the HVGs of the
+training cells; the stimulated B cells are held out and predicted."""
+
+from __future__ import annotations
+
+import copy
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+import scvae
+from scvae import tl
+from scvae.data import InputError
+from scvae.perturbation import balanced_indices, linear_shift, predict_perturbation
+
+TYPES = ["CD4 T", "CD14 Mono", "B"]
+TARGET = "B"
+LABELS = dict(condition_key="condition", control="control", stimulated="stimulated", cell_type_key="cell_type")
+FIT = dict(n_latent=10, max_epochs=60, progress_bar=False, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models train faster on one thread, and much faster when the cores are shared (CI runners)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, AnnData]:
+    """Training cells (everything but stimulated B cells) and the real B cells, on 1,000 HVGs of training."""
+    full = scvae.datasets.kang()
+    full = full[full.obs["cell_type"].isin(TYPES).to_numpy()].copy()
+    is_b = (full.obs["cell_type"] == TARGET).to_numpy()
+    is_stim = (full.obs["condition"] == "stimulated").to_numpy()
+    train = full[~(is_b & is_stim)].copy()
+    import scanpy as sc
+
+    tmp = AnnData(X=tl.log_normalize(train), var=pd.DataFrame(index=train.var_names.copy()))
+    sc.pp.highly_variable_genes(tmp, n_top_genes=1000)
+    genes = tmp.var_names[tmp.var["highly_variable"].to_numpy()]
+    return {
+        "train": train[:, genes].copy(),
+        "stim": full[is_b & is_stim][:, genes].copy(),
+        "ctrl": full[is_b & ~is_stim][:, genes].copy(),
+    }
+
+
+@pytest.fixture(scope="module")
+def vae(data):
+    return scvae.model.fit(data["train"], **FIT)
+
+
+@pytest.fixture(scope="module")
+def cvae(data):
+    return scvae.model.fit(data["train"], condition_key="condition", **FIT)
+
+
+@pytest.fixture(scope="module")
+def top(data) -> list[str]:
+    both = AnnData(
+        X=sp.vstack([data["stim"].X, data["ctrl"].X]).tocsr(),
+        obs=pd.DataFrame({"condition": ["stimulated"] * data["stim"].n_obs + ["control"] * data["ctrl"].n_obs},
+                         index=[str(i) for i in range(data["stim"].n_obs + data["ctrl"].n_obs)]),
+        var=data["stim"].var.copy(),
+    )
+    return tl.rank_de_genes(both, "condition", "stimulated", "control", 100)
+
+
+@pytest.fixture(scope="module")
+def no_change(data, top) -> dict:
+    return tl.evaluate_perturbation(data["ctrl"], data["stim"], data["ctrl"], top_genes=top)
+
+
+# -- quality -------------------------------------------------------------------------------------------------------
+def test_delta_beats_no_change_on_held_out_type(vae, data, top, no_change):
+    pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
+    res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"], top_genes=top)
+    # measured (seed 0, 60 epochs): no change 0.57 (top-100) / 0.79 (all); delta 0.79 / 0.85, Δ corr. 0.69
+    assert res["r2_top"] > no_change["r2_top"] + 0.15
+    assert res["r2_all"] > no_change["r2_all"] + 0.03
+    assert res["delta_corr_top"] > 0.6
+    # the interferon response genes go up in the prediction
+    means = res["means"]
+    for gene in ("ISG15", "IFI6", "IFIT3"):
+        if gene in means.index:
+            assert means.loc[gene, "predicted"] > means.loc[gene, "control"] + 0.5
+
+
+def test_counterfactual_with_cvae(cvae, data, top, no_change):
+    pred = cvae.predict_perturbation(data["train"], target=TARGET, method="counterfactual", **LABELS)
+    rec = pred.uns["scvae_perturbation"]
+    assert rec["method"] == "counterfactual" and "delta" not in rec and rec["decoded_with_stimulated_label"]
+    res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"], top_genes=top)
+    # measured (seed 0, 60 epochs): 0.83 (top-100) / 0.86 (all), Δ corr. 0.84
+    assert res["r2_top"] > no_change["r2_top"] + 0.15
+    assert res["delta_corr_top"] > 0.7
+
+
+def test_linear_shift_baseline(data, top, no_change):
+    pred = linear_shift(data["train"], target=TARGET, **LABELS)
+    ctrl_mean = tl.gene_means(data["ctrl"])
+    delta = pred.uns["scvae_perturbation"]
+    assert delta["method"] == "linear_shift" and delta["cell_types"] == ["CD14 Mono", "CD4 T"]
+    res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"], top_genes=top, pred_normalized=True)
+    assert res["r2_top"] > no_change["r2_top"]
+    # the predicted means are the control means shifted by one vector: changes are the same for every run
+    shift = tl.gene_means(pred, normalized=True) - ctrl_mean
+    again = tl.gene_means(linear_shift(data["train"], target=TARGET, **LABELS), normalized=True) - ctrl_mean
+    np.testing.assert_allclose(shift, again, atol=1e-5)
+
+
+# -- the result ----------------------------------------------------------------------------------------------------
+def test_output_structure_and_record(vae, data):
+    pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
+    n_ctrl = data["ctrl"].n_obs
+    assert pred.shape == (n_ctrl, len(vae.genes))
+    assert list(pred.var_names) == vae.genes
+    x = pred.X.toarray()
+    assert np.all(x >= 0) and np.all(x == np.round(x))
+    # library sizes come from the source control cells: totals of the draws are close to theirs
+    lib = np.asarray(data["train"][pred.obs["source_cell"]].X.sum(1)).ravel()
+    assert abs(x.sum(1).mean() / lib.mean() - 1) < 0.1
+    np.testing.assert_allclose(pred.layers["expected_frequency"].sum(1), 1.0, rtol=1e-4)
+    assert pred.obs["predicted"].all()
+    assert (pred.obs["condition"] == "stimulated").all() and (pred.obs["cell_type"] == TARGET).all()
+    assert pred.obs_names.is_unique
+    rec = pred.uns["scvae_perturbation"]
+    assert rec["method"] == "delta" and len(rec["delta"]) == vae.config["n_latent"]
+    assert np.isfinite(rec["delta"]).all() and rec["delta_norm"] > 0.1
+    assert rec["cell_types"] == ["CD14 Mono", "CD4 T"] and rec["target"] == TARGET
+    assert rec["n_per_type"] == 354  # the smallest group: stimulated CD14 Mono
+    assert rec["n_control_cells"] == n_ctrl
+
+
+def test_seeded_and_n_cells(vae, data):
+    a = vae.predict_perturbation(data["train"], target=TARGET, seed=1, **LABELS)
+    b = vae.predict_perturbation(data["train"], target=TARGET, seed=1, **LABELS)
+    c = vae.predict_perturbation(data["train"], target=TARGET, seed=2, **LABELS)
+    assert (a.X != b.X).nnz == 0 and (a.X != c.X).nnz > 0
+    small = vae.predict_perturbation(data["train"], target=TARGET, n_cells=20, n_per_type=50, **LABELS)
+    assert small.n_obs == 20 and small.uns["scvae_perturbation"]["n_per_type"] == 50
+    many = vae.predict_perturbation(data["train"], target=TARGET, n_cells=500, **LABELS)
+    assert many.n_obs == 500 and many.obs_names.is_unique
+
+
+def test_balanced_indices_equal_counts():
+    cond = np.array(["c"] * 30 + ["s"] * 20 + ["c"] * 12 + ["s"] * 15 + ["c"] * 3 + ["s"] * 3)
+    types = np.array(["A"] * 50 + ["B"] * 27 + ["C"] * 6)
+    ctrl, stim, n = balanced_indices(cond, types, control="c", stimulated="s", min_cells=5, seed=0)
+    assert n == 12 and list(ctrl) == ["A", "B"]
+    for t in ("A", "B"):
+        assert len(ctrl[t]) == len(stim[t]) == 12 and len(set(ctrl[t])) == 12
+        assert (cond[ctrl[t]] == "c").all() and (cond[stim[t]] == "s").all() and (types[ctrl[t]] == t).all()
+    again = balanced_indices(cond, types, control="c", stimulated="s", min_cells=5, seed=0)
+    assert all((again[0][t] == ctrl[t]).all() for t in ctrl)
+
+
+def _snapshot(adata: AnnData) -> dict:
+    return {
+        "X": adata.X.copy(),
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "uns": copy.deepcopy(dict(adata.uns)),
+        "obsm": {k: v.copy() for k, v in adata.obsm.items()},
+        "layers": list(adata.layers.keys()),
+    }
+
+
+def _assert_same(adata: AnnData, before: dict) -> None:
+    assert (adata.X != before["X"]).nnz == 0
+    pd.testing.assert_frame_equal(adata.obs, before["obs"])
+    pd.testing.assert_frame_equal(adata.var, before["var"])
+    assert set(adata.uns) == set(before["uns"])
+    assert set(adata.obsm) == set(before["obsm"])
+    for k, v in before["obsm"].items():
+        np.testing.assert_array_equal(adata.obsm[k], v)
+    assert list(adata.layers.keys()) == before["layers"]
+
+
+def test_input_unchanged(vae, cvae, data, top):
+    train, stim, ctrl = data["train"], data["stim"], data["ctrl"]
+    before = {k: _snapshot(a) for k, a in data.items()}
+    vae.predict_perturbation(train, target=TARGET, **LABELS)
+    cvae.predict_perturbation(train, target=TARGET, method="counterfactual", **LABELS)
+    linear_shift(train, target=TARGET, **LABELS)
+    tl.rank_de_genes(train, "condition", "stimulated", "control", 10)
+    tl.evaluate_perturbation(ctrl, stim, ctrl, n_top=20)
+    tl.mean_r2(ctrl, stim)
+    for k, a in data.items():
+        _assert_same(a, before[k])
+
+
+# -- evaluation and plots ------------------------------------------------------------------------------------------
+def test_tl_metrics(data, top):
+    stim, ctrl = data["stim"], data["ctrl"]
+    assert tl.mean_r2(stim, stim) == pytest.approx(1.0)
+    assert 0 < tl.mean_r2(ctrl, stim) < 0.95
+    # R² over a gene subset, and the top DEGs of IFN-β are interferon-stimulated genes
+    assert tl.mean_r2(ctrl, stim, genes=top) < tl.mean_r2(ctrl, stim)
+    assert {"ISG15", "IFI6", "IFIT3", "ISG20", "MX1"} & set(top[:20])
+    res = tl.evaluate_perturbation(stim, stim, ctrl, top_genes=top)
+    assert res["r2_all"] == pytest.approx(1.0) and res["delta_corr"] == pytest.approx(1.0)
+    with pytest.raises(InputError, match="missing"):
+        tl.mean_r2(stim, ctrl[:, :10])
+
+
+def test_plots(vae, data):
+    import matplotlib.pyplot as plt
+
+    pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
+    ax = scvae.pl.reg_mean_plot(pred, data["stim"], data["ctrl"], n_top=50, title="B")
+    assert "R²" in ax.get_legend().get_texts()[0].get_text() and len(ax.texts) == 10
+    gene = "ISG15" if "ISG15" in pred.var_names else str(pred.var_names[0])
+    ax = scvae.pl.perturbation_violin(pred, data["stim"], data["ctrl"], gene)
+    assert len(ax.get_xticklabels()) == 3
+    with pytest.raises(InputError, match="not among the predicted genes"):
+        scvae.pl.perturbation_violin(pred, data["stim"], data["ctrl"], "NOT_A_GENE")
+    plt.close("all")
+
+
+# -- bad input -----------------------------------------------------------------------------------------------------
+def _with(adata: AnnData, **changes) -> AnnData:
+    out = adata.copy()
+    for key, value in changes.items():
+        out.obs[key] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(condition_key="stim"), "condition_key='stim' is not a column of adata.obs"),
+        (dict(cell_type_key="celltype"), "cell_type_key='celltype' is not a column"),
+        (dict(control="ctrl"), "control='ctrl' is not a category of adata.obs\\['condition'\\]"),
+        (dict(stimulated="IFNB"), "stimulated='IFNB' is not a category"),
+        (dict(stimulated="control"), "must be different categories"),
+        (dict(target="NK"), "target='NK' is not a cell type"),
+        (dict(method="scgen"), "method must be one of"),
+        (dict(n_cells=0), "n_cells must be a positive integer"),
+        (dict(min_cells=10_000), "no cell type other than"),
+        (dict(n_per_type=-1), "n_per_type must be a positive integer"),
+        (dict(method="counterfactual"), "needs a model conditioned on 'condition'"),
+    ],
+)
+def test_bad_arguments(vae, data, kwargs, message):
+    args = {**LABELS, "target": TARGET, **kwargs}
+    with pytest.raises(InputError, match=message):
+        vae.predict_perturbation(data["train"], **args)
+
+
+def test_bad_data(vae, cvae, data):
+    import anndata as ad
+
+    train = data["train"]
+    only_stim = ad.concat([train[(train.obs["cell_type"] != TARGET).to_numpy()], data["stim"]])
+    with pytest.raises(InputError, match="'B' has no 'control' cells"):
+        vae.predict_perturbation(only_stim, target=TARGET, **LABELS)
+    no_ctrl = train[~((train.obs["cell_type"] == TARGET) & (train.obs["condition"] == "control")).to_numpy()].copy()
+    with pytest.raises(InputError, match="target='B' is not a cell type"):
+        vae.predict_perturbation(no_ctrl, target=TARGET, **LABELS)
+    with pytest.raises(InputError, match="genes do not match the model's"):
+        vae.predict_perturbation(train[:, 5:].copy(), target=TARGET, **LABELS)
+    nan = _with(train, condition=train.obs["condition"].astype(object).where(np.arange(train.n_obs) > 0))
+    with pytest.raises(InputError, match="missing values"):
+        vae.predict_perturbation(nan, target=TARGET, **LABELS)
+    renamed = _with(train, condition=train.obs["condition"].astype(str).replace({"stimulated": "IFN"}))
+    with pytest.raises(InputError, match="not a category the model knows"):
+        cvae.predict_perturbation(renamed, target=TARGET, method="counterfactual", **{**LABELS, "stimulated": "IFN"})
+    with pytest.raises(InputError, match="expected an AnnData"):
+        predict_perturbation(vae, train.X, target=TARGET, **LABELS)

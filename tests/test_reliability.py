@@ -1,0 +1,137 @@
+"""Reliability: interruption, resumption, reproducibility in fresh processes, and property-based checks that
+no input layout corrupts the user's AnnData or yields NaN."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import scvae
+from scvae.data import InputError
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(pbmc):
+    previous = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        model = scvae.model.fit(pbmc, max_epochs=2000, progress_bar=False, early_stopping=False)
+    finally:
+        timer.cancel()
+    assert 1 <= model.config["epochs_trained"] < 2000
+    assert np.isfinite(pbmc.obsm["X_scvae"]).all()
+    assert signal.getsignal(signal.SIGINT) is previous  # the caller's handler is back
+
+
+def test_a_run_resumes_from_its_checkpoint(pbmc, tmp_path):
+    first = scvae.model.fit(pbmc.copy(), max_epochs=4, progress_bar=False, checkpoint_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    resumed = scvae.model.fit(pbmc, max_epochs=8, progress_bar=False, checkpoint_dir=tmp_path, resume=True)
+    assert list(resumed.history["epoch"]) == list(range(1, 9))
+    pd.testing.assert_frame_equal(resumed.history.iloc[:4], first.history, check_dtype=False)
+    assert resumed.history["elbo_validation"].iloc[-1] > first.history["elbo_validation"].iloc[-1]
+    with pytest.raises(InputError, match="n_latent differ"):
+        scvae.model.fit(pbmc, max_epochs=8, n_latent=5, progress_bar=False, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        scvae.model.fit(pbmc, max_epochs=8, progress_bar=False, checkpoint_dir=tmp_path / "none", resume=True)
+
+
+_FRESH = """
+import sys, numpy as np, scvae
+a = scvae.datasets.pbmc68k()
+scvae.model.fit(a, max_epochs=4, seed=11, progress_bar=False)
+np.save(sys.argv[1], a.obsm["X_scvae"])
+"""
+
+
+def test_same_seed_is_bit_identical_across_fresh_processes(tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"z{i}.npy"
+        subprocess.run([sys.executable, "-c", _FRESH, str(out)], check=True, capture_output=True)
+        outs.append(np.load(out))
+    assert outs[0].tobytes() == outs[1].tobytes()
+
+
+def test_condition_with_a_single_category_is_refused(pbmc):
+    pbmc.obs["condition"] = "control"
+    with pytest.raises(InputError, match="single category"):
+        scvae.model.fit(pbmc, condition_key="condition", max_epochs=1, progress_bar=False)
+
+
+# -- property-based: any layout of valid input trains without touching the user's data ---------------------
+@st.composite
+def count_anndata(draw):
+    n = draw(st.integers(12, 60))
+    g = draw(st.integers(2, 25))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(draw(st.floats(0.05, 20.0)), (n, g))
+    x[np.arange(n), rng.integers(0, g, n)] += 1  # no empty cells
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.uint16]))
+    fmt = draw(st.sampled_from(["dense", "csr", "csc"]))
+    x = x.astype(dtype)
+    x = {"dense": x, "csr": sp.csr_matrix(x), "csc": sp.csc_matrix(x)}[fmt]
+    a = ad.AnnData(x)
+    a.obs_names = [f"cell{i}" for i in range(n)]
+    a.var_names = [f"gene{j}" for j in range(g)]
+    n_batches = draw(st.integers(1, 4))
+    labels = rng.integers(0, n_batches, n)
+    layout = draw(st.sampled_from(["str", "categorical", "int"]))
+    a.obs["batch"] = {
+        "str": [f"b{v}" for v in labels],
+        "categorical": pd.Categorical([f"b{v}" for v in labels]),
+        "int": labels,
+    }[layout]
+    return a
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(adata=count_anndata(), use_batch=st.booleans(), likelihood=st.sampled_from(["nb", "zinb", "poisson"]))
+def test_any_valid_count_layout_trains_and_leaves_adata_unchanged(adata, use_batch, likelihood):
+    before_x = adata.X.toarray() if sp.issparse(adata.X) else adata.X.copy()
+    before_type, before_dtype = type(adata.X), adata.X.dtype
+    before_obs = adata.obs.copy()
+    model = scvae.model.fit(
+        adata, batch_key="batch" if use_batch else None, likelihood=likelihood, max_epochs=2, batch_size=8,
+        n_hidden=8, n_latent=2, progress_bar=False,
+    )
+    after_x = adata.X.toarray() if sp.issparse(adata.X) else adata.X
+    np.testing.assert_array_equal(before_x, after_x)
+    assert type(adata.X) is before_type and adata.X.dtype == before_dtype
+    pd.testing.assert_frame_equal(before_obs, adata.obs)
+    assert set(adata.obsm) == {"X_scvae"} and set(adata.uns) == {"scvae"}
+    z = adata.obsm["X_scvae"]
+    assert z.shape == (adata.n_obs, 2) and np.isfinite(z).all()
+    assert np.isfinite(model.get_normalized_expression(adata, return_numpy=True)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(adata=count_anndata(), bad=st.sampled_from(["nan", "inf", "negative", "fraction", "empty_cell"]))
+def test_any_corrupted_value_is_refused_before_training(adata, bad):
+    x = adata.X.toarray().astype(np.float64) if sp.issparse(adata.X) else adata.X.astype(np.float64)
+    i, j = adata.n_obs // 2, adata.n_vars // 2
+    if bad == "empty_cell":
+        x[i] = 0
+    else:
+        x[i, j] = {"nan": np.nan, "inf": np.inf, "negative": -3.0, "fraction": 1.5}[bad]
+    adata.X = sp.csr_matrix(x) if sp.issparse(adata.X) else x
+    with pytest.raises(InputError):
+        scvae.model.fit(adata, max_epochs=1, batch_size=8, progress_bar=False)
+    assert "X_scvae" not in adata.obsm and "scvae" not in adata.uns
+
+
+def test_interrupt_handler_is_not_left_behind_after_an_error(pbmc):
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(scvae.train.TrainingDiverged):
+        scvae.model.fit(pbmc, max_epochs=2, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
+    assert signal.getsignal(signal.SIGINT) is previous
