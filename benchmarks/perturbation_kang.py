@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--n-per-type", type=int, default=None, help="balanced δ: cells per type and condition")
     p.add_argument("--min-cells", type=int, default=10, help="balanced δ: fewest cells per condition to use a type")
     p.add_argument(
-        "--n-cells", type=int, default=0,
+        "--n-cells", type=int, default=1000,
         help="predicted cells per held-out type, at least one per control cell (0: one per control cell). More "
         "draws from the model lower the sampling noise of the predicted means; the baselines cannot do that",
     )

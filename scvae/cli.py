@@ -20,6 +20,10 @@ EXAMPLES = {
         "--condition-key condition --control control --stimulated stimulated --cell-type-key cell_type "
         '--target "CD14 Mono"'
     ),
+    "de": (
+        "scvae de data/kang_ifnb_counts.h5ad --model-dir kang_model -o cd14_de.csv --groupby condition "
+        '--group1 stimulated --group2 control --subset cell_type="CD14 Mono"'
+    ),
     "info": "scvae info cellbench_model",
 }
 
@@ -42,14 +46,14 @@ def _read(path: str):
         raise CommandError(f"{path} could not be read as an .h5ad file ({type(err).__name__}: {err})") from err
 
 
-def _check_output(inp: str, out: str, force: bool) -> Path:
+def _check_output(inp: str, out: str, force: bool, suffix: str = ".h5ad") -> Path:
     o = Path(out)
     if o.resolve() == Path(inp).resolve():
         raise CommandError("the output file is the input file; choose another -o (the input is never overwritten)")
     if o.exists() and not force:
         raise CommandError(f"{out} exists; pass --force to overwrite it")
-    if o.suffix != ".h5ad":
-        raise CommandError(f"output {out} must end in .h5ad")
+    if o.suffix != suffix:
+        raise CommandError(f"output {out} must end in {suffix}")
     return o
 
 
@@ -107,6 +111,36 @@ def cmd_predict(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     pred.write_h5ad(out)
+
+
+def cmd_de(args: argparse.Namespace) -> None:
+    out = _check_output(args.input, args.output, args.force, suffix=".csv")
+    model = _load(args.model_dir)
+    adata = _read(args.input)
+    if args.subset:
+        key, sep, value = args.subset.partition("=")
+        if not sep:
+            raise CommandError(f"--subset must look like KEY=VALUE, got {args.subset!r}")
+        if key not in adata.obs:
+            raise CommandError(f"--subset: {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
+        keep = (adata.obs[key].astype(str) == value).to_numpy()
+        if not keep.any():
+            raise CommandError(f"--subset: no cells have {key} = {value!r}")
+        adata = adata[keep].copy()
+    df = model.differential_expression(
+        adata,
+        groupby=args.groupby,
+        group1=args.group1,
+        group2=args.group2,
+        mode=args.mode,
+        delta=args.delta,
+        batch_correction=args.batch_correction,
+        n_samples=args.n_samples,
+        fdr=args.fdr,
+        seed=args.seed,
+    )
+    df.to_csv(out)
+    logging.getLogger("scvae").info("wrote %s: %d genes, %d called DE", out, len(df), int(df["is_de"].sum()))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -183,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="delta", choices=["delta", "counterfactual"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
+
+    d = add("de", "differential expression between two groups of cells; write one row per gene to a .csv", cmd_de)
+    d.add_argument("--model-dir", required=True)
+    d.add_argument("-o", "--output", required=True, help="output .csv")
+    d.add_argument("--groupby", required=True, help="obs column that defines the groups")
+    d.add_argument("--group1", required=True, help="category of --groupby (group 1)")
+    d.add_argument("--group2", help="category of --groupby to compare with (default: all other cells)")
+    d.add_argument("--subset", help="only cells with KEY=VALUE in obs, e.g. cell_type=B")
+    d.add_argument("--mode", default="change", choices=["change", "vanilla"])
+    d.add_argument("--delta", type=float, default=0.25, help="smallest |log2 fold change| that counts as a change")
+    d.add_argument("--batch-correction", action="store_true", help="average expression over the model's batches")
+    d.add_argument("--n-samples", type=int, default=5000)
+    d.add_argument("--fdr", type=float, default=0.05)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true")
 
     i = add("info", "print what a saved model was trained on", cmd_info)
     i.add_argument("model_dir", help="folder written by 'scvae fit --model-dir' or model.save")

@@ -237,6 +237,21 @@ class SCVAE:
 
         return predict_perturbation(self, adata, **kwargs)
 
+    def differential_expression(self, adata: AnnData, **kwargs: Any) -> pd.DataFrame:
+        """Bayesian differential expression between two groups of cells, one row per gene; see
+        :func:`scvae.de.differential_expression` for the arguments and the columns."""
+        from .de import differential_expression
+
+        return differential_expression(self, adata, **kwargs)
+
+    def map_query(self, query: AnnData, **kwargs: Any) -> SCVAE:
+        """A model that also embeds ``query``, whose batches the reference never saw, trained on the new batches'
+        parameters only (scArches-style; the reference's weights and latent space do not move); see
+        :func:`scvae.mapping.map_query` for the arguments."""
+        from .mapping import map_query
+
+        return map_query(self, query, **kwargs)
+
     # -- persistence -----------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the model to folder ``path``: weights (``model.pt``, tensors only) and ``scvae.json`` (version,

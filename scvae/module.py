@@ -116,6 +116,19 @@ class VAE(nn.Module):
         self.prior, self.objective, self.n_importance = prior, objective, int(n_importance)
         if prior == "vamp":
             self.vamp = VampPrior(int(n_pseudo_inputs), n_genes)
+        # When set, train() leaves every batch-norm layer in evaluation mode: its running statistics do not move
+        # and minibatches are normalised with them (query mapping, see :mod:`scvae.mapping`). Off by default.
+        self.freeze_batchnorm = False
+
+    def train(self, mode: bool = True) -> VAE:
+        """As :meth:`torch.nn.Module.train`, except that batch-norm layers stay in evaluation mode while
+        ``freeze_batchnorm`` is set."""
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(False)
+        return self
 
     # -- helpers -------------------------------------------------------------------------------------------
     @property
@@ -253,7 +266,7 @@ class VAE(nn.Module):
         flat_cats = cats.repeat(s, 1) if cats is not None and self.n_categories else cats
         lib = self.library(x)
         params = self.generative(z.reshape(s * b, -1), flat_cats, lib.repeat(s, 1) if lib is not None else None)
-        log_px_z = D.log_prob(self.likelihood, x.repeat(s, 1), params).sum(-1).reshape(s, b)
+        log_px_z = D.log_prob_sum(self.likelihood, x.repeat(s, 1), params).reshape(s, b)
         log_qz = log_normal_diag(z, mean.detach(), logvar.detach()) if dreg else log_normal_diag(z, mean, logvar)
         log_pz = self.log_prior(z, components)
         log_weight = log_px_z + kl_weight * (log_pz - log_qz)
@@ -304,7 +317,7 @@ class VAE(nn.Module):
             mean, logvar = self.inference(x, cats)
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
             params = self.generative(z, cats, self.library(x))
-            reconstruction = D.log_prob(self.likelihood, x, params).sum(-1)
+            reconstruction = D.log_prob_sum(self.likelihood, x, params)
             kl = kl_normal_standard(mean, logvar)
             return {
                 "loss": (kl_weight * kl - reconstruction).mean(),

@@ -152,3 +152,36 @@ def perturbation_violin(
     ax.set_ylabel(f"{gene} (log-norm.)")
     ax.set_title(gene)
     return ax
+
+
+def volcano(de, *, n_labels: int = 15, ax=None, title: str | None = None):
+    """Volcano plot of a table from :meth:`scvae.model.SCVAE.differential_expression`: posterior mean log2 fold
+    change (x) against the log Bayes factor of a change (y), genes called DE (``is_de``) in colour and the
+    ``n_labels`` strongest (highest Bayes factor, then largest |fold change|) named.
+
+    Returns the matplotlib axes."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    for col in ("lfc_mean", "bayes_factor", "is_de"):
+        if col not in de:
+            raise ValueError(f"the table has no {col!r} column; pass the output of model.differential_expression")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.2))
+    called = de["is_de"].to_numpy(bool)
+    ax.scatter(de["lfc_mean"][~called], de["bayes_factor"][~called], s=4, c="lightgrey", label="not DE",
+               rasterized=True)
+    ax.scatter(de["lfc_mean"][called], de["bayes_factor"][called], s=6, c="crimson", label=f"DE ({called.sum()})",
+               rasterized=True)
+    order = np.lexsort((-de["lfc_mean"].abs().to_numpy(), -de["bayes_factor"].to_numpy()))[:n_labels]
+    for i in order:
+        ax.annotate(str(de.index[i]), (de["lfc_mean"].iloc[i], de["bayes_factor"].iloc[i]), fontsize=7,
+                    xytext=(2, 2), textcoords="offset points")
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("posterior mean log2 fold change")
+    ax.set_ylabel("log Bayes factor of a change")
+    if title is None and "group1" in de:
+        title = f"{de['group1'].iloc[0]} vs {de['group2'].iloc[0]}"
+    ax.set_title(title or "")
+    ax.legend(loc="lower right", fontsize=7)
+    return ax

@@ -6,6 +6,7 @@ import sys
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 import scvae
@@ -59,6 +60,12 @@ def test_embed_and_info(trained, capsys):
         (["fit", "{data}", "-o", "{exists}"], "pass --force"),
         (["embed", "{kang}", "--model-dir", "{model}", "-o", "o.h5ad"], "genes are missing"),
         (["info", "no_such_model"], "does not exist"),
+        (["de", "{data}", "--model-dir", "{model}", "-o", "de.txt", "--groupby", "cell_type", "--group1", "B"],
+         "must end in .csv"),
+        (["de", "{data}", "--model-dir", "{model}", "-o", "de.csv", "--groupby", "cell_type", "--group1", "B"],
+         "is not a category"),
+        (["de", "{data}", "--model-dir", "{model}", "-o", "de.csv", "--groupby", "kind", "--group1", "B"],
+         "not a column"),
     ],
 )
 def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path, capsys, monkeypatch):
@@ -78,7 +85,23 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path,
     assert not (tmp_path / "o.h5ad").exists()
 
 
-def test_every_command_has_help_with_an_example():
-    for cmd in ("fit", "embed", "predict-perturbation", "info"):
-        proc = subprocess.run([sys.executable, "-m", "scvae.cli", cmd, "--help"], capture_output=True, text=True)
-        assert proc.returncode == 0 and "example:" in proc.stdout and "scvae " + cmd in proc.stdout
+def test_every_command_has_help_with_an_example(capsys):
+    proc = subprocess.run([sys.executable, "-m", "scvae.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for cmd in ("fit", "embed", "predict-perturbation", "de", "info"):
+        assert cmd in proc.stdout
+        with pytest.raises(SystemExit) as exit_:
+            main([cmd, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and "example:" in out and "scvae " + cmd in out
+
+
+def test_de_writes_a_table(trained):
+    out = trained / "de.csv"
+    argv = ["de", str(DATA), "--model-dir", str(trained / "model"), "-o", str(out), "--groupby", "cell_type",
+            "--group1", "CD14+ Monocyte", "--n-samples", "300", "-q"]
+    assert main(argv) == 0
+    df = pd.read_csv(out, index_col=0)
+    assert len(df) == 765 and {"lfc_mean", "proba_de", "is_de", "bayes_factor"} <= set(df.columns)
+    assert main(argv) == 2  # exists: needs --force
+    assert main([*argv, "--force", "--subset", "cell_type=CD19+ B", "--group1", "CD19+ B"]) == 2  # one group left

@@ -144,3 +144,31 @@ def test_log_prob_sums_to_one_over_support():
 def test_unknown_likelihood_is_refused():
     with pytest.raises(ValueError, match="likelihood must be one of"):
         D.log_prob("gamma", torch.zeros(1), {})
+
+
+@pytest.mark.parametrize("theta_shape", ["gene", "cell-gene"])
+def test_sparse_aware_sums_equal_elementwise_sums_with_gradients(theta_shape):
+    """log_nb_sum / log_poisson_sum skip the count terms at zeros; values and gradients must not change."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.rand(50, 300, generator=gen, dtype=torch.float64) ** 4 * 5, generator=gen)
+    x[3] = 0  # a cell with no counts
+    logits = torch.randn(50, 300, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_theta = torch.randn(300 if theta_shape == "gene" else (50, 300), generator=gen, dtype=torch.float64,
+                            requires_grad=True)
+    lib = x.sum(1, keepdim=True) + 1.0
+
+    def run(fn):
+        mu = lib * torch.softmax(logits, -1)
+        val = fn(mu, torch.exp(log_theta))
+        g = torch.autograd.grad(val.sum(), [logits, log_theta], allow_unused=True)
+        return val, g
+
+    dense, g_dense = run(lambda mu, th: D.log_nb(x, mu, th).sum(-1))
+    sparse, g_sparse = run(lambda mu, th: D.log_nb_sum(x, mu, th))
+    torch.testing.assert_close(sparse, dense, rtol=1e-10, atol=1e-9)
+    for a, b in zip(g_sparse, g_dense):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    pd_, _ = run(lambda mu, th: D.log_poisson(x, mu).sum(-1))
+    ps, _ = run(lambda mu, th: D.log_poisson_sum(x, mu))
+    torch.testing.assert_close(ps, pd_, rtol=1e-10, atol=1e-9)
+    assert (x > 0).float().mean() < 0.5  # the test data are sparse like UMI counts
