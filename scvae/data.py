@@ -192,11 +192,12 @@ class CategoryEncoder:
         return codes
 
 
-def _obs_column(adata: AnnData, key: str) -> pd.Series:
+def _obs_column(adata: AnnData, key: str, what: str | None = None) -> pd.Series:
+    """``adata.obs[key]``, with a clear error when it is missing or has NaN (``what``: the argument's name)."""
     if key not in adata.obs.columns:
         raise InputError(
-            f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}); "
-            "check the spelling or add the labels first"
+            f"{f'{what}=' if what else ''}{key!r} is not a column of adata.obs (columns: "
+            f"{list(adata.obs.columns)[:10]}); check the spelling or add the labels first"
         )
     col = adata.obs[key]
     if col.isna().any():

@@ -25,7 +25,7 @@ import torch
 from anndata import AnnData
 
 from . import distributions as D
-from .data import InputError, align_genes, get_matrix, to_dense_float
+from .data import InputError, _obs_column, align_genes, get_matrix, to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -41,17 +41,7 @@ def _labels(adata: AnnData, key: str, what: str) -> pd.Series:
     """``adata.obs[key]`` as strings, with a clear error when it is missing or has NaN."""
     if not isinstance(key, str):
         raise InputError(f"{what} must be the name of an adata.obs column (a string), got {key!r}")
-    if key not in adata.obs.columns:
-        raise InputError(
-            f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}); "
-            "check the spelling"
-        )
-    col = adata.obs[key]
-    if col.isna().any():
-        raise InputError(
-            f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values (NaN); fill or drop those cells first"
-        )
-    return col.astype(str)
+    return _obs_column(adata, key, what).astype(str)
 
 
 def _check_inputs(
