@@ -29,6 +29,15 @@ class InputError(ValueError):
 
 
 # -- matrices ------------------------------------------------------------------------------------------------
+def refuse_view(adata: AnnData, name: str = "adata") -> None:
+    """Raise a clear error when ``adata`` is a view: results written into a view would be lost or copied."""
+    if adata.is_view:
+        raise InputError(
+            f"{name} is a view of another AnnData (e.g. adata[mask]); results cannot be written into a view. "
+            f"Make it an object of its own first: {name} = adata[mask].copy()"
+        )
+
+
 def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
     """The cells × genes matrix (``adata.X`` or ``adata.layers[layer]``) as CSR or a dense ndarray.
 

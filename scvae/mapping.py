@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import CategoryEncoder, InputError, align_genes, get_matrix, make_loader, split_indices
+from .data import CategoryEncoder, InputError, align_genes, get_matrix, make_loader, refuse_view, split_indices
 from .model import SCVAE, _build_module, _check_positive_int, _cuda_devices, _uns_record
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, train
@@ -101,11 +101,7 @@ def map_query(
         raise InputError(f"model must be a trained scvae.model.SCVAE, got {type(model).__name__}")
     if not isinstance(query, AnnData):
         raise InputError(f"query must be an AnnData object, got {type(query).__name__}; e.g. sc.read_h5ad(path)")
-    if query.is_view:
-        raise InputError(
-            "query is a view of another AnnData (e.g. adata[mask]); results cannot be written into a view. "
-            "Make it an object of its own first: query = adata[mask].copy()"
-        )
+    refuse_view(query, "query")
     keys = model.encoder.keys
     if not keys:
         raise InputError(

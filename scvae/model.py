@@ -26,6 +26,7 @@ from .data import (
     align_genes,
     get_matrix,
     make_loader,
+    refuse_view,
     split_indices,
     to_dense_float,
     validate_matrix,
@@ -459,11 +460,7 @@ def fit(
         raise InputError(f"validation_size must be in [0, 1), got {validation_size!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise InputError(f"lr must be a positive number, got {lr!r}")
-    if adata.is_view:
-        raise InputError(
-            "adata is a view of another AnnData (e.g. adata[mask]); results cannot be written into a view. "
-            "Make it an object of its own first: adata = adata[mask].copy()"
-        )
+    refuse_view(adata)
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]
     keys = [k for k in (batch_key, condition_key, *(covariate_keys or [])) if k is not None]

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, get_matrix
+from .data import InputError, get_matrix, refuse_view
 
 logger = logging.getLogger(__name__)
 
@@ -358,11 +358,7 @@ def transfer_labels(
     for what, adata in (("ref_adata", ref_adata), ("query_adata", query_adata)):
         if not isinstance(adata, AnnData):
             raise InputError(f"{what} must be an AnnData object, got {type(adata).__name__}")
-    if query_adata.is_view:
-        raise InputError(
-            "query_adata is a view of another AnnData (e.g. adata[mask]); the labels cannot be written into a view. "
-            "Make it an object of its own first: query = adata[mask].copy()"
-        )
+    refuse_view(query_adata, "query_adata")
     reps = []
     for what, adata in (("ref_adata", ref_adata), ("query_adata", query_adata)):
         if use_rep not in adata.obsm:
