@@ -165,7 +165,7 @@ class CategoryEncoder:
     def fit(cls, adata: AnnData, keys: Sequence[str]) -> CategoryEncoder:
         cats: dict[str, list[str]] = {}
         for key in keys:
-            col = _obs_column(adata, key)
+            col = obs_column(adata, key)
             if isinstance(col.dtype, pd.CategoricalDtype):
                 order = [str(c) for c in col.cat.categories if (col == c).any()]
             else:
@@ -190,7 +190,7 @@ class CategoryEncoder:
                     raise InputError(f"{value!r} is not a category of {key!r}; the model knows {order}")
                 codes[:, j] = lookup[value]
                 continue
-            col = _obs_column(adata, key).astype(str)
+            col = obs_column(adata, key).astype(str)
             unseen = sorted(set(col.unique()) - set(lookup))
             if unseen:
                 raise InputError(
@@ -201,18 +201,19 @@ class CategoryEncoder:
         return codes
 
 
-def _obs_column(adata: AnnData, key: str, what: str | None = None) -> pd.Series:
-    """``adata.obs[key]``, with a clear error when it is missing or has NaN (``what``: the argument's name)."""
+def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "adata") -> pd.Series:
+    """``adata.obs[key]``, with a clear error when it is missing or has NaN (``what``: the argument's name;
+    ``owner``: the AnnData's name in the message)."""
     if key not in adata.obs.columns:
         raise InputError(
-            f"{f'{what}=' if what else ''}{key!r} is not a column of adata.obs (columns: "
+            f"{f'{what}=' if what else ''}{key!r} is not a column of {owner}.obs (columns: "
             f"{list(adata.obs.columns)[:10]}); check the spelling or add the labels first"
         )
     col = adata.obs[key]
     if col.isna().any():
         raise InputError(
-            f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values (NaN); fill them "
-            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)) or drop those cells"
+            f"{owner}.obs[{key!r}] has {int(col.isna().sum())} missing values (NaN); drop those cells or fill them "
+            f"(e.g. {owner}.obs[{key!r}] = {owner}.obs[{key!r}].astype(str), which makes them a category 'nan')"
         )
     return col
 

@@ -83,7 +83,7 @@ def _draw_rho(
         z = mean + torch.exp(0.5 * logvar) * noise[start : start + batch_size]
         rho = torch.zeros(xb.shape, device=device)
         for dc in decode_codes:
-            rho += model.module.generative(z, torch.from_numpy(dc[r]).to(device))["rho"]
+            rho += module.generative(z, torch.from_numpy(dc[r]).to(device))["rho"]
         out.append((rho / len(decode_codes)).cpu())
     return torch.cat(out)
 

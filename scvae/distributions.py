@@ -82,11 +82,6 @@ def log_prob(likelihood: str, x: torch.Tensor, params: dict[str, torch.Tensor]) 
     raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
-def _nonzero(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, cols = torch.nonzero(x, as_tuple=True)
-    return rows, cols
-
-
 def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Sum over the last axis of :func:`log_nb`, computed with the count-dependent terms at the non-zero entries
     only: equal to ``log_nb(x, mu, theta).sum(-1)`` up to rounding, at a fraction of the cost for sparse counts.
@@ -94,9 +89,11 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
     For x = 0 the NB log-pmf is -theta * log1p(mu / theta); the terms x * log(mu / (theta + mu)) and
     lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) vanish there, so the costly lgamma (and its digamma
     gradient) run only where x > 0. ``x`` is cells × genes; ``theta`` broadcasts against ``mu``."""
+    if x.dim() != 2:
+        return log_nb(x, mu, theta).sum(-1)
     theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
     zero_part = -(theta * torch.log1p(mu / theta)).sum(-1)
-    rows, cols = _nonzero(x)
+    rows, cols = torch.nonzero(x, as_tuple=True)
     xv, muv = x[rows, cols], mu[rows, cols]
     thv = theta.expand_as(mu)[rows, cols]
     per_entry = (
@@ -105,7 +102,7 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
         - torch.lgamma(thv)
         - torch.lgamma(xv + 1.0)
     )
-    return zero_part.index_add(-1, rows, per_entry) if x.dim() == 2 else log_nb(x, mu, theta).sum(-1)
+    return zero_part.index_add(-1, rows, per_entry)
 
 
 def log_poisson_sum(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -113,7 +110,7 @@ def log_poisson_sum(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     only (see :func:`log_nb_sum`)."""
     if x.dim() != 2:
         return log_poisson(x, mu).sum(-1)
-    rows, cols = _nonzero(x)
+    rows, cols = torch.nonzero(x, as_tuple=True)
     xv = x[rows, cols]
     per_entry = xv * _safe_log(mu[rows, cols]) - torch.lgamma(xv + 1.0)
     return (-mu.sum(-1)).index_add(-1, rows, per_entry)

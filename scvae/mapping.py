@@ -23,8 +23,17 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import CategoryEncoder, InputError, align_genes, get_matrix, make_loader, refuse_view, split_indices
-from .model import SCVAE, _build_module, _check_positive_int, _cuda_devices, _uns_record
+from .data import (
+    CategoryEncoder,
+    InputError,
+    align_genes,
+    get_matrix,
+    make_loader,
+    obs_column,
+    refuse_view,
+    split_indices,
+)
+from .model import SCVAE, _build_module, _check_positive_int, _cuda_devices, _home_device, _uns_record
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, train
 
@@ -116,12 +125,7 @@ def map_query(
             f"query.obs[{missing[0]!r}] = 'my_new_batch')"
         )
     for key in keys:
-        n_nan = int(query.obs[key].isna().sum())
-        if n_nan:
-            raise InputError(
-                f"query.obs[{key!r}] has {n_nan} missing values (NaN); every query cell needs a label (e.g. "
-                f"query.obs[{key!r}] = query.obs[{key!r}].astype(str)), or drop those cells"
-            )
+        obs_column(query, key, owner="query")  # every query cell needs a label
     get_matrix(query, model.config.get("layer"))  # a clear error for a missing layer before the genes
     align_genes(query, model.genes)
     if max_epochs is not None:
@@ -190,7 +194,7 @@ def map_query(
         if moved:  # cannot happen with zero gradients and no weight decay; kept exact regardless
             logger.warning("%d reference entries moved during query training; restored them", moved)
     module.eval()
-    module.to("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    module.to(_home_device(accelerator))
 
     hist = pd.DataFrame(history)
     config["epochs_trained"] = len(hist)

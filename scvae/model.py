@@ -566,10 +566,7 @@ def fit(
             config=config,
         )
     module.eval()
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        module.to("cuda")
-    else:
-        module.to("cpu")
+    module.to(_home_device(accelerator))
 
     hist = pd.DataFrame(history)
     config["epochs_trained"] = len(hist)
@@ -597,10 +594,14 @@ def _check_checkpoint_matches(checkpoint: dict[str, Any], config: dict[str, Any]
         )
 
 
+def _home_device(accelerator: str) -> str:
+    """Where a trained model is kept for inference: the GPU when training could use one, else the CPU."""
+    return "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+
+
 def _cuda_devices(accelerator: str) -> list[int]:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return list(range(torch.cuda.device_count()))
-    return []
+    """The CUDA devices whose random state training may touch (for ``torch.random.fork_rng``)."""
+    return list(range(torch.cuda.device_count())) if _home_device(accelerator) == "cuda" else []
 
 
 def _uns_record(config: dict[str, Any], hist: pd.DataFrame, key_added: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 from anndata import AnnData
 
 from . import distributions as D
-from .data import InputError, _obs_column, align_genes, get_matrix, to_dense_float
+from .data import InputError, align_genes, get_matrix, obs_column, to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -41,7 +41,7 @@ def _labels(adata: AnnData, key: str, what: str) -> pd.Series:
     """``adata.obs[key]`` as strings, with a clear error when it is missing or has NaN."""
     if not isinstance(key, str):
         raise InputError(f"{what} must be the name of an adata.obs column (a string), got {key!r}")
-    return _obs_column(adata, key, what).astype(str)
+    return obs_column(adata, key, what).astype(str)
 
 
 def _check_inputs(

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, get_matrix, refuse_view
+from .data import InputError, get_matrix, obs_column, refuse_view
 
 logger = logging.getLogger(__name__)
 
@@ -376,18 +376,7 @@ def transfer_labels(
             f"obsm[{use_rep!r}] has {ref_rep.shape[1]} dimensions in ref_adata but {query_rep.shape[1]} in "
             "query_adata; both must come from the same (mapped) model"
         )
-    if label_key not in ref_adata.obs.columns:
-        raise InputError(
-            f"{label_key!r} is not a column of ref_adata.obs (columns: {list(ref_adata.obs.columns)[:10]}); "
-            "check the spelling"
-        )
-    labels = ref_adata.obs[label_key]
-    n_nan = int(labels.isna().sum())
-    if n_nan:
-        raise InputError(
-            f"ref_adata.obs[{label_key!r}] has {n_nan} missing values (NaN); drop those reference cells or give "
-            "them a label (e.g. 'unknown') first"
-        )
+    labels = obs_column(ref_adata, label_key, "label_key", owner="ref_adata")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     if k > ref_adata.n_obs:
