@@ -74,7 +74,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import markdown_table  # benchmarks/ is the script's folder, first on sys.path
+from _common import markdown_table, synthetic_blocks  # benchmarks/ is the script's folder, first on sys.path
 
 OUT = Path(__file__).resolve().parent / "results"
 N_GENES = 2000
@@ -85,42 +85,14 @@ REAL = {"pbmc68k": None, "kang": None, "cellbench": "batch"}  # dataset -> batch
 
 # -- data ----------------------------------------------------------------------------------------------------
 def synthetic_counts(n_cells: int, n_genes: int = N_GENES, seed: int = 0, chunk: int = 10_000):
-    """Seeded NB counts: cell types on a low-rank structure, batch effects, log-normal library sizes.
-
-    Returns (CSR float32 counts with integer values, obs DataFrame with ``cell_type`` and ``batch``)."""
+    """Seeded NB counts (see :func:`_common.synthetic_blocks`): CSR float32 with integer values, and obs."""
     import scipy.sparse as sp
 
-    rng = np.random.default_rng(seed)
-    n_types, n_batches, rank = 10, 4, 10
-    loadings = rng.normal(0.0, 1.2 / np.sqrt(rank), (rank, n_genes))
-    centers = rng.normal(0.0, 1.0, (n_types, rank))
-    base = rng.normal(0.0, 1.5, n_genes)  # gene-wise baseline log-expression
-    batch_effect = rng.normal(0.0, 0.25, (n_batches, n_genes))
-    batch_depth = np.linspace(-0.2, 0.2, n_batches)  # batches differ in sequencing depth
-    theta = np.exp(rng.normal(np.log(3.0), 0.7, n_genes))
-    types = rng.integers(0, n_types, n_cells)
-    batches = rng.integers(0, n_batches, n_cells)
-    blocks = []
-    for start in range(0, n_cells, chunk):
-        t, b = types[start : start + chunk], batches[start : start + chunk]
-        z = centers[t] + rng.normal(0.0, 0.3, (len(t), rank))
-        eta = base + z @ loadings + batch_effect[b]
-        rho = np.exp(eta - eta.max(1, keepdims=True))
-        rho /= rho.sum(1, keepdims=True)
-        lib = np.exp(rng.normal(np.log(500.0) + batch_depth[b], 0.5))
-        mu = lib[:, None] * rho
-        x = rng.poisson(rng.gamma(theta, mu / theta))
-        empty = x.sum(1) == 0
-        x[empty, rng.integers(0, n_genes, int(empty.sum()))] = 1  # no empty cells (count models refuse them)
-        blocks.append(sp.csr_matrix(x.astype(np.float32)))
-    obs = pd.DataFrame(
-        {
-            "cell_type": pd.Categorical([f"type{i}" for i in types]),
-            "batch": pd.Categorical([f"batch{i}" for i in batches]),
-        },
-        index=[f"cell{i}" for i in range(n_cells)],
-    )
-    return sp.vstack(blocks, format="csr"), obs
+    blocks, obs = [], []
+    for x, o in synthetic_blocks(n_cells, n_genes, seed, chunk):
+        blocks.append(x)
+        obs.append(o)
+    return sp.vstack(blocks, format="csr"), pd.concat(obs)
 
 
 def real_dataset(name: str):

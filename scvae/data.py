@@ -1,7 +1,6 @@
-"""AnnData → validated matrices, label codes and minibatch loaders.
+"""AnnData → validated matrices, label codes and train/validation splits (minibatches: :mod:`scvae.loaders`).
 
-Nothing here writes to the AnnData it is given. Minibatches are cut in bulk (one fancy-index of the sparse
-or dense matrix per batch), never cell by cell.
+Nothing here writes to the AnnData it is given. A backed (on-disk) matrix is read and checked block by block.
 """
 
 from __future__ import annotations
@@ -12,16 +11,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
 from .distributions import COUNT_LIKELIHOODS
+from .loaders import is_backed_matrix
 
 logger = logging.getLogger(__name__)
 
 Matrix = np.ndarray | sp.csr_matrix
 
-_CHUNK = 4096  # rows checked at a time when validating a dense matrix
+_CHUNK = 4096  # rows checked at a time when validating a dense matrix (× 1024: values of a sparse one)
+_BACKED_BLOCK = 16384  # rows read at a time when validating an on-disk matrix
 
 
 class InputError(ValueError):
@@ -44,10 +44,6 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
     CSR and dense arrays are returned without a copy; other sparse formats are converted."""
     if not isinstance(adata, AnnData):
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
-    if adata.isbacked:
-        raise InputError(
-            "adata is backed (opened with backed='r'); load it into memory first: adata = adata.to_memory()"
-        )
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); it needs both")
     if layer is None:
@@ -63,6 +59,10 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
         where = f"adata.layers[{layer!r}]"
     if x is None:
         raise InputError(f"{where} is empty (None); put the counts there or pass layer=")
+    if is_backed_matrix(x):  # on disk (backed AnnData): read block by block, never whole
+        if not (hasattr(x, "dtype") and np.dtype(x.dtype).kind in "biuf"):
+            raise InputError(f"{where} has dtype {getattr(x, 'dtype', None)}; it must be numeric")
+        return x
     if sp.issparse(x):
         x = x if x.format == "csr" else sp.csr_matrix(x)
     elif isinstance(x, np.ndarray):
@@ -77,16 +77,30 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
 
 
 def _values(x: Matrix) -> Iterator[np.ndarray]:
-    """The stored values of ``x`` in chunks (non-zeros only for sparse)."""
+    """The stored values of ``x`` in chunks (non-zeros only for sparse), so that checks need little memory."""
     if sp.issparse(x):
-        yield x.data
+        for start in range(0, x.nnz, _CHUNK * 1024):
+            yield x.data[start : start + _CHUNK * 1024]
     else:
         for start in range(0, x.shape[0], _CHUNK):
             yield x[start : start + _CHUNK]
 
 
 def validate_matrix(x: Matrix, likelihood: str, where: str = "adata.X") -> None:
-    """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells for count likelihoods."""
+    """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells for count likelihoods.
+
+    A backed (on-disk) matrix is checked block by block."""
+    if is_backed_matrix(x):
+        empty = 0
+        for start in range(0, x.shape[0], _BACKED_BLOCK):
+            block = x[start : start + _BACKED_BLOCK]
+            try:
+                validate_matrix(block if sp.issparse(block) else np.asarray(block), likelihood, where)
+            except _EmptyCells as err:
+                empty += err.count
+        if empty:
+            raise _EmptyCells(empty, where)
+        return
     counts = likelihood in COUNT_LIKELIHOODS
     for chunk in _values(x):
         if chunk.dtype.kind == "f":
@@ -111,14 +125,23 @@ def validate_matrix(x: Matrix, likelihood: str, where: str = "adata.X") -> None:
         totals = np.asarray(x.sum(axis=1)).ravel()
         empty = int((totals == 0).sum())
         if empty:
-            raise InputError(
-                f"{empty} cells have zero total counts in {where}; a count model cannot use them. "
-                "Remove them first: sc.pp.filter_cells(adata, min_counts=1)"
-            )
+            raise _EmptyCells(empty, where)
+
+
+class _EmptyCells(InputError):
+    def __init__(self, count: int, where: str) -> None:
+        self.count = count
+        super().__init__(
+            f"{count} cells have zero total counts in {where}; a count model cannot use them. "
+            "Remove them first: sc.pp.filter_cells(adata, min_counts=1)"
+        )
 
 
 def to_dense_float(x: Matrix, rows: np.ndarray | slice) -> np.ndarray:
-    """Rows of ``x`` as a dense float32 array (one bulk slice)."""
+    """Rows of ``x`` (in memory, or on disk) as a dense float32 array (one bulk slice)."""
+    if is_backed_matrix(x) and not isinstance(rows, slice):  # on-disk reads need increasing, unique rows
+        unique, inverse = np.unique(np.asarray(rows), return_inverse=True)
+        return to_dense_float(x, unique)[inverse]
     block = x[rows]
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
     return block.astype(np.float32, copy=False)
@@ -190,14 +213,22 @@ class CategoryEncoder:
                     raise InputError(f"{value!r} is not a category of {key!r}; the model knows {order}")
                 codes[:, j] = lookup[value]
                 continue
-            col = obs_column(adata, key).astype(str)
-            unseen = sorted(set(col.unique()) - set(lookup))
+            col = obs_column(adata, key)
+            if isinstance(col.dtype, pd.CategoricalDtype):  # by category, not cell by cell (no per-cell strings)
+                names = [str(c) for c in col.cat.categories]
+                cell_codes = col.cat.codes.to_numpy()
+                present = np.bincount(cell_codes, minlength=len(names)) > 0
+                unseen = sorted(c for c, p in zip(names, present) if p and c not in lookup)
+                table = np.array([lookup.get(c, -1) for c in names], dtype=np.int64)
+            else:
+                values = col.astype(str)
+                unseen = sorted(set(values.unique()) - set(lookup))
             if unseen:
                 raise InputError(
                     f"adata.obs[{key!r}] has categories the model never saw: {unseen[:5]}; the model knows "
                     f"{order}. Map them to known categories, or train on data that includes them"
                 )
-            codes[:, j] = col.map(lookup).to_numpy()
+            codes[:, j] = table[cell_codes] if isinstance(col.dtype, pd.CategoricalDtype) else values.map(lookup)
         return codes
 
 
@@ -218,54 +249,7 @@ def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "
     return col
 
 
-# -- minibatches ---------------------------------------------------------------------------------------------
-class CellData(torch.utils.data.Dataset):
-    """Indexed by a whole array of cell indices at once; returns (x, codes) for that minibatch."""
-
-    def __init__(self, x: Matrix, codes: np.ndarray) -> None:
-        self.x, self.codes = x, torch.from_numpy(codes)
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(idx)  # sorted row access is faster for CSR and does not change what a batch holds
-        return torch.from_numpy(to_dense_float(self.x, idx)), self.codes[idx]
-
-
-class BatchSampler(torch.utils.data.Sampler):
-    """Yields index arrays of ``batch_size`` cells; a last batch of fewer than 3 cells joins the previous
-    one (batch norm needs more than one). Shuffles with its own seeded generator, a new order each epoch."""
-
-    def __init__(self, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> None:
-        self.indices, self.batch_size, self.shuffle = np.asarray(indices), batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-
-    def _bounds(self) -> list[int]:
-        n = len(self.indices)
-        bounds = list(range(0, n, self.batch_size)) + [n]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 3:
-            del bounds[-2]
-        return bounds
-
-    def __len__(self) -> int:
-        return len(self._bounds()) - 1
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
-        bounds = self._bounds()
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            yield order[a:b]
-
-
-def make_loader(
-    x: Matrix, codes: np.ndarray, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
-) -> torch.utils.data.DataLoader:
-    """A DataLoader whose every item is a whole minibatch, sliced in bulk."""
-    sampler = BatchSampler(indices, batch_size, shuffle, seed)
-    return torch.utils.data.DataLoader(CellData(x, codes), sampler=sampler, batch_size=None, num_workers=0)
-
-
+# -- splits --------------------------------------------------------------------------------------------------
 def split_indices(n: int, validation_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split; no validation cells when ``validation_size`` is 0."""
     perm = np.random.default_rng(seed).permutation(n)

@@ -88,18 +88,24 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
 
     For x = 0 the NB log-pmf is -theta * log1p(mu / theta); the terms x * log(mu / (theta + mu)) and
     lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) vanish there, so the costly lgamma (and its digamma
-    gradient) run only where x > 0. ``x`` is cells × genes; ``theta`` broadcasts against ``mu``."""
+    gradient) run only where x > 0. ``x`` is cells × genes; ``theta`` broadcasts against ``mu``; with one
+    theta per gene, lgamma(theta) is computed once per gene rather than once per non-zero entry."""
     if x.dim() != 2:
         return log_nb(x, mu, theta).sum(-1)
     theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
     zero_part = -(theta * torch.log1p(mu / theta)).sum(-1)
     rows, cols = torch.nonzero(x, as_tuple=True)
     xv, muv = x[rows, cols], mu[rows, cols]
-    thv = theta.expand_as(mu)[rows, cols]
+    if theta.dim() == 1 or theta.shape[0] == 1:  # one theta per gene: lgamma(theta) once per gene, not per entry
+        theta_g = theta.reshape(-1)
+        thv, lgamma_thv = theta_g[cols], torch.lgamma(theta_g)[cols]
+    else:
+        thv = theta.expand_as(mu)[rows, cols]
+        lgamma_thv = torch.lgamma(thv)
     per_entry = (
         xv * (_safe_log(muv) - torch.log(thv + muv))
         + torch.lgamma(xv + thv)
-        - torch.lgamma(thv)
+        - lgamma_thv
         - torch.lgamma(xv + 1.0)
     )
     return zero_part.index_add(-1, rows, per_entry)

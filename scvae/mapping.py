@@ -28,11 +28,11 @@ from .data import (
     InputError,
     align_genes,
     get_matrix,
-    make_loader,
     obs_column,
     refuse_view,
     split_indices,
 )
+from .loaders import make_loader
 from .model import SCVAE, _build_module, _check_positive_int, _cuda_devices, _home_device, _uns_record
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, train

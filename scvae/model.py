@@ -25,12 +25,12 @@ from .data import (
     InputError,
     align_genes,
     get_matrix,
-    make_loader,
     refuse_view,
     split_indices,
     to_dense_float,
     validate_matrix,
 )
+from .loaders import make_loader
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, read_checkpoint, train
 
@@ -90,6 +90,12 @@ class SCVAE:
         layer = self.config.get("layer")
         x = get_matrix(adata, layer)
         idx = align_genes(adata, self.genes)
+        if idx is not None and adata.isbacked:
+            raise InputError(
+                "adata is backed (on disk) and its genes are not the model's, in the model's order; selecting genes "
+                "would read the whole matrix. Load the model's genes into memory first: "
+                "adata = adata[:, model.genes].to_memory()"
+            )
         if idx is not None:
             x = x[:, idx]
         validate_matrix(x, self.likelihood, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
@@ -128,14 +134,14 @@ class SCVAE:
         x, codes = self._read(adata)
         gen = torch.Generator(device=self._device()).manual_seed(seed)
         self.module.eval()
-        out = []
-        for xb, cb in self._batches(x, codes, batch_size):
+        # written into one array made up front: no pile of small per-batch arrays between the large temporaries
+        z = np.empty((x.shape[0], self.module.n_latent), dtype=np.float32)
+        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
             mean, logvar = self.module.inference(xb, cb)
             if not give_mean:
                 eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
                 mean = mean + torch.exp(0.5 * logvar) * eps
-            out.append(mean.cpu())
-        z = torch.cat(out).numpy()
+            z[start : start + len(mean)] = mean.cpu().numpy()
         _refuse_nonfinite(z, "latent representation")
         return z
 
@@ -362,6 +368,7 @@ def fit(
     progress_bar: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    data_on_device: bool | None = None,
 ) -> SCVAE:
     """Train a VAE (or a conditional VAE) on the counts in ``adata`` and write its latent space.
 
@@ -373,7 +380,9 @@ def fit(
     adata
         Cells × genes. Raw counts (integers, any dtype, dense or sparse) for count likelihoods. Cells with no
         counts are refused (filter them with ``sc.pp.filter_cells(adata, min_counts=1)``); genes with no counts
-        are kept and learned as (nearly) never expressed.
+        are kept and learned as (nearly) never expressed. A backed AnnData (``sc.read_h5ad(path, backed="r")``)
+        is trained on from disk: ``X`` is read in blocks of contiguous cells (shuffled block by block), never
+        whole, so data larger than memory can be used.
     layer
         Read the data from ``adata.layers[layer]`` instead of ``adata.X``.
     batch_key, condition_key, covariate_keys
@@ -418,7 +427,16 @@ def fit(
         ``obsm`` key of the latent representation.
     accelerator, devices, strategy
         Passed to Lightning's ``Trainer``: ``"auto"`` uses a GPU if there is one; ``strategy="ddp"`` with
-        ``devices=N`` trains on N devices.
+        ``devices=N`` trains on N devices (GPUs, or CPU processes with ``accelerator="cpu"``), each process on its
+        own share of every epoch's minibatches. Each process takes ``batch_size`` cells per step, so a step sees
+        N × ``batch_size`` cells and an epoch has 1/N of the steps: raise ``lr`` with N (e.g. N × ``lr``) to
+        train as far in as many epochs. ``"ddp"`` runs the calling script again in each new process (run it as a
+        script, not in a notebook); every process returns a model, and only rank 0 (``LOCAL_RANK`` 0) should
+        write files.
+    data_on_device
+        Keep the count matrix on the GPU (sparse, copied there once) and cut minibatches there, with no copy
+        from the host per step. ``None`` (default): when it takes less than half of the free GPU memory; else
+        minibatches are cut on the host and copied one by one. Ignored on the CPU.
     progress_bar
         Show a progress bar over epochs.
     checkpoint_dir, resume
@@ -554,9 +572,11 @@ def fit(
             lr=lr,
             weight_decay=weight_decay,
             beta=beta,
-            kl_warmup_steps=kl_warmup_epochs * len(train_loader) if kl_warmup_steps is None else kl_warmup_steps,
+            kl_warmup_steps=kl_warmup_steps or 0,
+            kl_warmup_epochs=kl_warmup_epochs if kl_warmup_steps is None else None,
             early_stopping=early_stopping,
             patience=patience,
+            data_on_device=data_on_device,
             progress_bar=progress_bar,
             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
             resume=checkpoint,

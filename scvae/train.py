@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .loaders import Minibatches, place_on
 from .module import VAE
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class TrainSettings:
     weight_decay: float = 1e-6
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    kl_warmup_epochs: float | None = None  # if given, replaces kl_warmup_steps: × this process's steps per epoch
+    data_on_device: bool | None = None  # keep the data on the GPU and cut minibatches there (None: when it fits)
     early_stopping: bool = True
     patience: int = 20
     min_delta: float = 0.0
@@ -67,6 +70,11 @@ class TrainingPlan(pl.LightningModule):
     def step(self) -> int:
         """Optimizer steps taken, counting those of the run this one resumed."""
         return self.start_step + self.global_step
+
+    def on_train_start(self) -> None:
+        # Steps per epoch are known only now (under DDP each process takes its share of the minibatches).
+        if self.settings.kl_warmup_epochs is not None:
+            self.settings.kl_warmup_steps = round(self.settings.kl_warmup_epochs * self.trainer.num_training_batches)
 
     def kl_weight(self) -> float:
         steps = self.settings.kl_warmup_steps
@@ -247,6 +255,19 @@ class StopOnInterrupt(pl.Callback):
             self._previous = None
 
 
+class DataOnDevice(pl.Callback):
+    """Moves the minibatch loaders' data to the device the model trains on, once, when it fits (see
+    :func:`scvae.loaders.place_on`)."""
+
+    def __init__(self, loaders: list[Any], resident: bool | None) -> None:
+        self.loaders, self.resident = loaders, resident
+        self.placed: bool | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
+        placed = [place_on(lo, plan.device, self.resident) for lo in self.loaders if isinstance(lo, Minibatches)]
+        self.placed = all(placed) if placed else None
+
+
 class EpochBar(pl.Callback):
     """One progress bar over epochs, showing the latest ELBOs."""
 
@@ -313,7 +334,7 @@ def train(
     monitor = f"{metric}_validation" if val_loader is not None else f"{metric}_train"
     best = BestWeights(monitor, settings)
     interrupt = StopOnInterrupt()
-    callbacks: list[pl.Callback] = [best, interrupt]
+    callbacks: list[pl.Callback] = [DataOnDevice([train_loader, val_loader], settings.data_on_device), best, interrupt]
     if settings.checkpoint_dir is not None:
         callbacks.append(Checkpoint(settings.checkpoint_dir, best, config or {}))
     if settings.progress_bar:

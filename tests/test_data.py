@@ -1,4 +1,4 @@
-"""The data layer: matrix access, validation, label codes, gene alignment, minibatches."""
+"""The data layer: matrix access, validation, label codes, gene alignment, splits."""
 
 import anndata as ad
 import numpy as np
@@ -7,12 +7,10 @@ import pytest
 import scipy.sparse as sp
 
 from scvae.data import (
-    BatchSampler,
     CategoryEncoder,
     InputError,
     align_genes,
     get_matrix,
-    make_loader,
     split_indices,
     validate_matrix,
 )
@@ -77,14 +75,28 @@ def test_validation_accepts_continuous_data_for_gaussian_and_refuses_empty_cells
         validate_matrix(empty, "nb")
 
 
-def test_empty_and_backed_anndata_are_refused(tmp_path):
+def test_empty_anndata_is_refused():
     with pytest.raises(InputError, match="empty"):
         get_matrix(ad.AnnData(np.zeros((0, 5), np.float32)), None)
-    a = _adata(sp.csr_matrix(COUNTS))
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_backed_matrix_is_kept_on_disk_and_checked_block_by_block(tmp_path, monkeypatch, sparse):
+    monkeypatch.setattr("scvae.data._BACKED_BLOCK", 16)  # three blocks for 40 cells
+    counts = COUNTS.copy()
+    counts[35, 2] = -1  # in the last block only
+    a = _adata(sp.csr_matrix(counts) if sparse else counts)
     a.write_h5ad(tmp_path / "a.h5ad")
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
-    with pytest.raises(InputError, match="backed"):
-        get_matrix(backed, None)
+    x = get_matrix(backed, None)
+    assert not isinstance(x, (np.ndarray, sp.spmatrix))  # not read into memory
+    with pytest.raises(InputError, match="negative"):
+        validate_matrix(x, "nb")
+    counts[35, 2] = 0
+    counts[[3, 20, 30]] = 0  # empty cells in every block: counted over all blocks
+    _adata(sp.csr_matrix(counts) if sparse else counts).write_h5ad(tmp_path / "b.h5ad")
+    with pytest.raises(InputError, match="^3 cells have zero total counts"):
+        validate_matrix(get_matrix(ad.read_h5ad(tmp_path / "b.h5ad", backed="r"), None), "nb")
 
 
 def test_category_encoder_keeps_category_order_and_refuses_unseen_or_missing_labels():
@@ -97,6 +109,12 @@ def test_category_encoder_keeps_category_order_and_refuses_unseen_or_missing_lab
     b = a.copy()
     b.obs["batch"] = ["c"] * 40
     with pytest.raises(InputError, match="never saw.*'c'"):
+        enc.encode(b)
+    # a categorical column is encoded by category: same codes, unused and reordered categories ignored
+    b.obs["batch"] = pd.Categorical(a.obs["batch"].astype(str), categories=["unused", "a", "b"])
+    np.testing.assert_array_equal(enc.encode(b), codes)
+    b.obs["batch"] = pd.Categorical(["a"] * 39 + ["c"], categories=["a", "c", "unused"])
+    with pytest.raises(InputError, match=r"never saw: \['c'\]"):
         enc.encode(b)
     with pytest.raises(InputError, match="'z' is not a category of 'cond'"):
         enc.encode(a, {"cond": "z"})
@@ -114,27 +132,6 @@ def test_align_genes_reorders_ignores_extras_and_names_missing_genes():
     np.testing.assert_array_equal(align_genes(a, order), [3, 0, 6])
     with pytest.raises(InputError, match="1 of the model's 2 genes are missing.*'gX'"):
         align_genes(a, ["g0", "gX"])
-
-
-def test_batch_sampler_covers_every_cell_once_and_merges_a_tiny_last_batch():
-    idx = np.arange(257)
-    sampler = BatchSampler(idx, 128, shuffle=True, seed=3)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 2  # 128 + 129: the lone last cell joins the previous batch
-    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), idx)
-    again = list(BatchSampler(idx, 128, shuffle=True, seed=3))
-    np.testing.assert_array_equal(batches[0], again[0])
-    assert not np.array_equal(list(sampler)[0], batches[0])  # a new order each epoch
-
-
-def test_loader_slices_minibatches_in_bulk_from_sparse_data():
-    x = sp.csr_matrix(COUNTS)
-    codes = np.arange(40)[:, None] % 3
-    loader = make_loader(x, codes, np.arange(40), 16, shuffle=False)
-    got = [b for b in loader]
-    assert [len(b[0]) for b in got] == [16, 16, 8]
-    np.testing.assert_array_equal(got[0][0].numpy(), COUNTS[:16])
-    np.testing.assert_array_equal(got[2][1].numpy().ravel(), codes[32:].ravel())
 
 
 def test_split_is_seeded_and_disjoint():

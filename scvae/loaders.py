@@ -1,0 +1,268 @@
+"""Minibatches for training and inference, cut in bulk and never cell by cell.
+
+- :class:`TensorRows` cuts minibatches from the count matrix: on the CPU from the AnnData's own matrix (no
+  copy); on a GPU the matrix is copied there once (sparse) and every minibatch is cut there, with no host→device
+  copy per step.
+- :class:`BackedRows` reads a backed (on-disk) ``.h5ad`` matrix in blocks of contiguous rows, so that training
+  never loads ``X`` whole; minibatches are shuffled within a window of a few blocks.
+- :class:`Minibatches` is the iterable Lightning trains on: a seeded new order every epoch, and under DDP each
+  rank takes its own contiguous share of the epoch's minibatches (all ranks the same number of steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+logger = logging.getLogger(__name__)
+
+# dtypes torch can hold without conversion; others (e.g. uint16 counts) are converted to float32
+_TORCH_DTYPES = {np.dtype(t) for t in ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8")}
+
+
+def is_backed_matrix(x: Any) -> bool:
+    """True for an on-disk matrix of a backed AnnData (an h5py dataset or anndata's sparse dataset)."""
+    return not isinstance(x, (np.ndarray, sp.spmatrix, sp.sparray)) and hasattr(x, "shape") and hasattr(x, "__getitem__")
+
+
+def _as_torch(a: np.ndarray) -> torch.Tensor:
+    a = np.ascontiguousarray(a)
+    if a.dtype not in _TORCH_DTYPES:
+        a = a.astype(np.float32)
+    with warnings.catch_warnings():  # read-only arrays are shared as they are: nothing here writes to them
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(a)
+
+
+class TensorRows:
+    """A cells × genes matrix from which minibatches are cut; ``rows(idx)`` is the dense float32 minibatch.
+
+    On the CPU it keeps the AnnData's own matrix (CSR or dense; no copy) and cuts with scipy/numpy, the fastest
+    way there. :meth:`to` a GPU copies it there once as torch tensors (the CSR arrays, or the dense array), and
+    minibatches are cut there: a gather of the rows' non-zeros and one scatter. Duplicate entries of a
+    non-canonical CSR matrix are summed, as scipy does."""
+
+    def __init__(self, x: np.ndarray | sp.spmatrix | sp.sparray) -> None:
+        if sp.issparse(x):
+            x = x if x.format == "csr" else sp.csr_matrix(x)
+        else:
+            x = np.asarray(x)
+        self.host: np.ndarray | sp.csr_matrix | None = x
+        self.shape = tuple(x.shape)
+        self.indptr = self.indices = self.values = self.dense = None  # torch tensors, once on a device
+        self._device = torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this matrix takes on a GPU (values as float32, column indices as int32)."""
+        if sp.issparse(self.host):
+            return 8 * self.host.nnz + 8 * (self.shape[0] + 1)
+        return 4 * self.shape[0] * self.shape[1]
+
+    def to(self, device: torch.device | str) -> TensorRows:
+        """A copy on ``device`` (values as float32 and column indices as int32, compact on a GPU); itself if it is
+        already there."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        new = TensorRows(self.host)
+        if device.type == "cpu":
+            return new
+        new._device = device
+        if sp.issparse(self.host):
+            new.indptr = torch.from_numpy(self.host.indptr.astype(np.int64)).to(device)
+            new.indices = _as_torch(self.host.indices).to(device, torch.int32)
+            new.values = _as_torch(self.host.data).to(device, torch.float32)
+        else:
+            new.dense = _as_torch(self.host).to(device, torch.float32)
+        return new
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Dense float32 rows ``idx`` (a 1-D int64 tensor on this matrix's device), in that order."""
+        if self.device.type == "cpu":
+            block = self.host[idx.numpy()]
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            return torch.from_numpy(block.astype(np.float32, copy=False))
+        if self.dense is not None:
+            return self.dense.index_select(0, idx)
+        return csr_rows(self.indptr, self.indices, self.values, idx, self.shape[1])
+
+
+def csr_rows(
+    indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, n_cols: int
+) -> torch.Tensor:
+    """Rows ``idx`` of the CSR matrix (``indptr``, ``indices``, ``values``: torch tensors on any device) as a dense
+    float32 tensor on that device: a gather of the rows' non-zeros and one scatter (duplicates summed)."""
+    start = indptr.index_select(0, idx)
+    count = indptr.index_select(0, idx + 1) - start
+    out = torch.zeros(len(idx), n_cols, dtype=torch.float32, device=idx.device)
+    total = int(count.sum())  # the one host sync: the size of the gather
+    if total == 0:
+        return out
+    row = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), count, output_size=total)
+    first = torch.cumsum(count, 0) - count  # where each row's entries start in the gathered arrays
+    pos = torch.arange(total, device=idx.device) - first.index_select(0, row) + start.index_select(0, row)
+    cols = indices.index_select(0, pos).long()
+    out.index_put_((row, cols), values.index_select(0, pos).float(), accumulate=True)
+    return out
+
+
+class BackedRows:
+    """The matrix of a backed AnnData, read ``block_size`` contiguous rows at a time (one read per block)."""
+
+    def __init__(self, x: Any, block_size: int = 8192) -> None:
+        self.x, self.shape, self.block_size = x, tuple(x.shape), int(block_size)
+
+    def read(self, start: int, stop: int) -> TensorRows:
+        block = self.x[start:stop]
+        return TensorRows(block if sp.issparse(block) else np.asarray(block))
+
+
+def _shard(n_batches: int) -> tuple[int, int]:
+    """(first, last) minibatch of this rank: a contiguous share, the same count on every rank (the last ranks
+    wrap around to the epoch's first minibatches when the count does not divide)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0, n_batches
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    per = math.ceil(n_batches / world)
+    return rank * per, (rank + 1) * per
+
+
+def batch_bounds(n: int, batch_size: int) -> list[int]:
+    """Start of every minibatch and the end; a last batch of fewer than 3 cells joins the one before (batch norm
+    needs more than one cell)."""
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 3:
+        del bounds[-2]
+    return bounds
+
+
+class Minibatches:
+    """Iterable of ``(x, codes)`` minibatches of the cells ``indices``, for Lightning and for inference.
+
+    With ``shuffle`` a new seeded order every epoch (its own generator: no global random state). A
+    :class:`TensorRows` source cuts every minibatch on its device (call :meth:`to` to move the data there
+    once); a :class:`BackedRows` source reads contiguous blocks from disk, visits the blocks in a shuffled order and
+    shuffles the cells within each pair of consecutive blocks."""
+
+    def __init__(
+        self,
+        source: TensorRows | BackedRows,
+        codes: np.ndarray,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+    ) -> None:
+        self.source = source
+        self.codes = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))
+        self.indices = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        self.batch_size, self.shuffle = int(batch_size), shuffle
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def to(self, device: torch.device | str) -> Minibatches:
+        """Move the matrix (a :class:`TensorRows` source), codes and indices to ``device``, in place."""
+        if isinstance(self.source, TensorRows):
+            self.source = self.source.to(device)
+        self.codes, self.indices = self.codes.to(device), self.indices.to(device)
+        return self
+
+    def __len__(self) -> int:
+        first, last = _shard(len(batch_bounds(len(self.indices), self.batch_size)) - 1)
+        return last - first
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.source, BackedRows):
+            yield from self._iter_backed()
+            return
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator).to(order.device)]
+        for idx in self._my_batches(order):
+            idx = torch.sort(idx).values  # sorted rows: faster to cut, and the same minibatch
+            yield self.source.rows(idx), self.codes.index_select(0, idx)
+
+    def _my_batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
+        bounds = batch_bounds(len(order), self.batch_size)
+        n = len(bounds) - 1
+        first, last = _shard(n)
+        for b in range(first, last):
+            b %= n
+            yield order[bounds[b] : bounds[b + 1]]
+
+    def _iter_backed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cells = self.indices.cpu()  # sorted cell indices, cut into blocks of consecutive cells
+        size = self.source.block_size
+        n_blocks = math.ceil(len(cells) / size)
+        order = torch.arange(len(cells))
+        if self.shuffle:  # blocks in a random order, cells shuffled within each pair of consecutive blocks
+            blocks = torch.randperm(n_blocks, generator=self.generator)
+            order = torch.cat([torch.arange(b * size, min((b + 1) * size, len(cells))) for b in blocks.tolist()])
+            for a in range(0, len(order), 2 * size):
+                window = order[a : a + 2 * size]
+                order[a : a + 2 * size] = window[torch.randperm(len(window), generator=self.generator)]
+        loaded: dict[int, TensorRows] = {}
+        for pos in self._my_batches(order):
+            block_of = pos // size
+            needed = sorted(set(block_of.tolist()))
+            for b in list(loaded):
+                if b not in needed:
+                    del loaded[b]
+            for b in needed:
+                if b not in loaded:
+                    members = cells[b * size : (b + 1) * size]
+                    lo = int(members[0])
+                    loaded[b] = (self.source.read(lo, int(members[-1]) + 1), members - lo)
+            parts, part_cells = [], []
+            for b in needed:
+                rows, local = loaded[b]
+                mine = pos[block_of == b] - b * size
+                parts.append(rows.rows(local[mine]))
+                part_cells.append(cells[b * size + mine])
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            idx = part_cells[0] if len(part_cells) == 1 else torch.cat(part_cells)
+            yield x, self.codes.index_select(0, idx.to(self.codes.device))
+
+
+def make_loader(
+    x: Any, codes: np.ndarray, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
+) -> Minibatches:
+    """Minibatches of the cells ``indices`` of ``x`` (in memory, or a backed AnnData's on-disk matrix)."""
+    source = BackedRows(x) if is_backed_matrix(x) else TensorRows(x)
+    return Minibatches(source, codes, indices, batch_size, shuffle=shuffle, seed=seed)
+
+
+def place_on(loader: Minibatches, device: torch.device, resident: bool | None = None) -> bool:
+    """Put ``loader``'s data on ``device`` when it fits (``resident=None``: when it takes under half of the free
+    memory of a GPU), so that minibatches are cut there; returns whether they are. Otherwise minibatches are cut
+    on the host and copied to the device one by one."""
+    if device.type == "cpu" or not isinstance(loader.source, TensorRows):
+        return device.type == "cpu" and isinstance(loader.source, TensorRows)
+    if resident is None:
+        need = loader.source.nbytes
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else need * 4
+        resident = need < free / 2
+        if not resident:
+            logger.info(
+                "the count matrix (%.1f GB) does not fit in half of the free GPU memory (%.1f GB): minibatches are "
+                "cut on the host and copied over one by one", need / 1e9, free / 1e9,
+            )
+    if resident:
+        loader.to(device)
+    return resident
