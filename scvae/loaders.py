@@ -217,7 +217,7 @@ class Minibatches:
             for a in range(0, len(order), 2 * size):
                 window = order[a : a + 2 * size]
                 order[a : a + 2 * size] = window[torch.randperm(len(window), generator=self.generator)]
-        loaded: dict[int, TensorRows] = {}
+        loaded: dict[int, tuple[TensorRows, torch.Tensor]] = {}  # block -> (its rows, positions of its cells)
         for pos in self._my_batches(order):
             block_of = pos // size
             needed = sorted(set(block_of.tolist()))
