@@ -173,7 +173,7 @@ class SCVAE:
         decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
         gen = torch.Generator(device=self._device()).manual_seed(seed)
         self.module.eval()
-        out = []
+        expr = np.empty(x.shape, dtype=np.float32)  # filled batch by batch: no second copy from concatenating
         device = self._device()
         for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
@@ -189,8 +189,7 @@ class SCVAE:
                     acc += params["rho"] * library_size
                 else:
                     acc += D.mean(self.likelihood, params)
-            out.append((acc / n_samples).cpu())
-        expr = torch.cat(out).numpy()
+            expr[start : start + len(acc)] = (acc / n_samples).cpu().numpy()
         _refuse_nonfinite(expr, "normalized expression")
         if return_numpy:
             return expr
