@@ -86,65 +86,53 @@ def _values(x: Matrix) -> Iterator[np.ndarray]:
             yield x[start : start + _CHUNK]
 
 
+def _blocks(x: Matrix) -> Iterator[Matrix]:
+    """``x`` itself, or an on-disk matrix as in-memory blocks of ``_BACKED_BLOCK`` rows."""
+    if not is_backed_matrix(x):
+        yield x
+        return
+    for start in range(0, x.shape[0], _BACKED_BLOCK):
+        block = x[start : start + _BACKED_BLOCK]
+        yield block if sp.issparse(block) else np.asarray(block)
+
+
 def validate_matrix(x: Matrix, likelihood: str, where: str = "adata.X") -> None:
     """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells for count likelihoods.
 
     A backed (on-disk) matrix is checked block by block."""
-    if is_backed_matrix(x):
-        empty = 0
-        for start in range(0, x.shape[0], _BACKED_BLOCK):
-            block = x[start : start + _BACKED_BLOCK]
-            try:
-                validate_matrix(block if sp.issparse(block) else np.asarray(block), likelihood, where)
-            except _EmptyCells as err:
-                empty += err.count
-        if empty:
-            raise _EmptyCells(empty, where)
-        return
     counts = likelihood in COUNT_LIKELIHOODS
-    for chunk in _values(x):
-        if chunk.dtype.kind == "f":
-            if not np.isfinite(chunk).all():
-                raise InputError(
-                    f"{where} contains NaN or infinite values; remove or impute them before fitting "
-                    "(e.g. adata = adata[:, np.isfinite(adata.X.sum(0))])"
-                )
+    empty = 0
+    for block in _blocks(x):
+        for chunk in _values(block):
+            _check_values(chunk, counts, likelihood, where)
         if counts:
-            if (chunk < 0).any():
-                raise InputError(
-                    f"{where} has negative values, but likelihood={likelihood!r} models raw counts; "
-                    "pass the raw counts (layer='counts' if they are in a layer) or use likelihood='gaussian'"
-                )
-            if chunk.dtype.kind == "f" and not np.all(chunk == np.round(chunk)):
-                raise InputError(
-                    f"{where} has non-integer values, but likelihood={likelihood!r} models raw counts; "
-                    "pass the raw (unnormalised) counts (layer='counts' if they are in a layer) or use "
-                    "likelihood='gaussian' for log-normalised data"
-                )
-    if counts:
-        totals = np.asarray(x.sum(axis=1)).ravel()
-        empty = int((totals == 0).sum())
-        if empty:
-            raise _EmptyCells(empty, where)
-
-
-class _EmptyCells(InputError):
-    def __init__(self, count: int, where: str) -> None:
-        self.count = count
-        super().__init__(
-            f"{count} cells have zero total counts in {where}; a count model cannot use them. "
+            empty += int((np.asarray(block.sum(axis=1)).ravel() == 0).sum())
+    if empty:
+        raise InputError(
+            f"{empty} cells have zero total counts in {where}; a count model cannot use them. "
             "Remove them first: sc.pp.filter_cells(adata, min_counts=1)"
         )
 
 
-def to_dense_float(x: Matrix, rows: np.ndarray | slice) -> np.ndarray:
-    """Rows of ``x`` (in memory, or on disk) as a dense float32 array (one bulk slice)."""
-    if is_backed_matrix(x) and not isinstance(rows, slice):  # on-disk reads need increasing, unique rows
-        unique, inverse = np.unique(np.asarray(rows), return_inverse=True)
-        return to_dense_float(x, unique)[inverse]
-    block = x[rows]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    return block.astype(np.float32, copy=False)
+def _check_values(chunk: np.ndarray, counts: bool, likelihood: str, where: str) -> None:
+    if chunk.dtype.kind == "f":
+        if not np.isfinite(chunk).all():
+            raise InputError(
+                f"{where} contains NaN or infinite values; remove or impute them before fitting "
+                "(e.g. adata = adata[:, np.isfinite(adata.X.sum(0))])"
+            )
+    if counts:
+        if (chunk < 0).any():
+            raise InputError(
+                f"{where} has negative values, but likelihood={likelihood!r} models raw counts; "
+                "pass the raw counts (layer='counts' if they are in a layer) or use likelihood='gaussian'"
+            )
+        if chunk.dtype.kind == "f" and not np.all(chunk == np.round(chunk)):
+            raise InputError(
+                f"{where} has non-integer values, but likelihood={likelihood!r} models raw counts; "
+                "pass the raw (unnormalised) counts (layer='counts' if they are in a layer) or use "
+                "likelihood='gaussian' for log-normalised data"
+            )
 
 
 # -- genes ---------------------------------------------------------------------------------------------------
@@ -219,16 +207,17 @@ class CategoryEncoder:
                 cell_codes = col.cat.codes.to_numpy()
                 present = np.bincount(cell_codes, minlength=len(names)) > 0
                 unseen = sorted(c for c, p in zip(names, present) if p and c not in lookup)
-                table = np.array([lookup.get(c, -1) for c in names], dtype=np.int64)
+                mapped = np.array([lookup.get(c, -1) for c in names], dtype=np.int64)[cell_codes]
             else:
                 values = col.astype(str)
                 unseen = sorted(set(values.unique()) - set(lookup))
+                mapped = values.map(lookup)
             if unseen:
                 raise InputError(
                     f"adata.obs[{key!r}] has categories the model never saw: {unseen[:5]}; the model knows "
                     f"{order}. Map them to known categories, or train on data that includes them"
                 )
-            codes[:, j] = table[cell_codes] if isinstance(col.dtype, pd.CategoricalDtype) else values.map(lookup)
+            codes[:, j] = mapped
         return codes
 
 

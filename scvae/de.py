@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import InputError, to_dense_float
+from .data import InputError
+from .loaders import to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE

@@ -41,6 +41,16 @@ def _as_torch(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
 
+def to_dense_float(x: Any, rows: np.ndarray | slice) -> np.ndarray:
+    """Rows of ``x`` (in memory, or on disk) as a dense float32 array (one bulk slice)."""
+    if is_backed_matrix(x) and not isinstance(rows, slice):  # on-disk reads need increasing, unique rows
+        unique, inverse = np.unique(np.asarray(rows), return_inverse=True)
+        return to_dense_float(x, unique)[inverse]
+    block = x[rows]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return block.astype(np.float32, copy=False)
+
+
 class TensorRows:
     """A cells × genes matrix from which minibatches are cut; ``rows(idx)`` is the dense float32 minibatch.
 
@@ -91,9 +101,7 @@ class TensorRows:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Dense float32 rows ``idx`` (a 1-D int64 tensor on this matrix's device), in that order."""
         if self.device.type == "cpu":
-            block = self.host[idx.numpy()]
-            block = block.toarray() if sp.issparse(block) else np.asarray(block)
-            return torch.from_numpy(block.astype(np.float32, copy=False))
+            return torch.from_numpy(to_dense_float(self.host, idx.numpy()))
         if self.dense is not None:
             return self.dense.index_select(0, idx)
         return csr_rows(self.indptr, self.indices, self.values, idx, self.shape[1])
@@ -172,10 +180,6 @@ class Minibatches:
         self.batch_size, self.shuffle = int(batch_size), shuffle
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
     def to(self, device: torch.device | str) -> Minibatches:
         """Move the matrix (a :class:`TensorRows` source), codes and indices to ``device``, in place."""
         if isinstance(self.source, TensorRows):
@@ -248,12 +252,12 @@ def make_loader(
     return Minibatches(source, codes, indices, batch_size, shuffle=shuffle, seed=seed)
 
 
-def place_on(loader: Minibatches, device: torch.device, resident: bool | None = None) -> bool:
-    """Put ``loader``'s data on ``device`` when it fits (``resident=None``: when it takes under half of the free
-    memory of a GPU), so that minibatches are cut there; returns whether they are. Otherwise minibatches are cut
-    on the host and copied to the device one by one."""
+def place_on(loader: Minibatches, device: torch.device, resident: bool | None = None) -> None:
+    """Put ``loader``'s data on GPU ``device`` when it fits (``resident=None``: when it takes under half of the
+    free GPU memory), so that minibatches are cut there; otherwise they are cut on the host and copied to the device
+    one by one. Nothing to do on the CPU, or for on-disk data."""
     if device.type == "cpu" or not isinstance(loader.source, TensorRows):
-        return device.type == "cpu" and isinstance(loader.source, TensorRows)
+        return
     if resident is None:
         need = loader.source.nbytes
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else need * 4
@@ -265,4 +269,3 @@ def place_on(loader: Minibatches, device: torch.device, resident: bool | None = 
             )
     if resident:
         loader.to(device)
-    return resident

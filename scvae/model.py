@@ -27,10 +27,9 @@ from .data import (
     get_matrix,
     refuse_view,
     split_indices,
-    to_dense_float,
     validate_matrix,
 )
-from .loaders import make_loader
+from .loaders import make_loader, to_dense_float
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, read_checkpoint, train
 

@@ -25,7 +25,8 @@ import torch
 from anndata import AnnData
 
 from . import distributions as D
-from .data import InputError, align_genes, get_matrix, obs_column, to_dense_float
+from .data import InputError, align_genes, get_matrix, obs_column
+from .loaders import to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE

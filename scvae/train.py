@@ -261,11 +261,11 @@ class DataOnDevice(pl.Callback):
 
     def __init__(self, loaders: list[Any], resident: bool | None) -> None:
         self.loaders, self.resident = loaders, resident
-        self.placed: bool | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
-        placed = [place_on(lo, plan.device, self.resident) for lo in self.loaders if isinstance(lo, Minibatches)]
-        self.placed = all(placed) if placed else None
+        for loader in self.loaders:
+            if isinstance(loader, Minibatches):
+                place_on(loader, plan.device, self.resident)
 
 
 class EpochBar(pl.Callback):
