@@ -194,6 +194,7 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
         ({"batch_key": "cell_type", "condition_key": "cell_type"}, "must be different columns"),
         ({"validation_size": 1.5}, "validation_size"),
         ({"dispersion": "gene-batch"}, "needs batch_key"),
+        ({"data_on_device": "yes"}, "data_on_device must be True, False or None"),
     ],
 )
 def test_bad_arguments_fail_before_training_with_a_clear_message(pbmc, kwargs, message):
