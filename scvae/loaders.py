@@ -7,6 +7,11 @@
   never loads ``X`` whole; minibatches are shuffled within a window of a few blocks.
 - :class:`Minibatches` is the iterable Lightning trains on: a seeded new order every epoch, and under DDP each
   rank takes its own contiguous share of the epoch's minibatches (all ranks the same number of steps).
+
+Every minibatch is ``(x, codes, nonzero)``: the dense float32 counts, the label codes, and the row and column
+indices of ``x``'s non-zero entries (2 × entries), taken from the sparse matrix at almost no cost (the likelihood evaluates its
+count terms there only; a dense scan for them would cost as much as a layer of the network). ``nonzero`` is None
+for a dense matrix.
 """
 
 from __future__ import annotations
@@ -51,6 +56,22 @@ def to_dense_float(x: Any, rows: np.ndarray | slice) -> np.ndarray:
     return block.astype(np.float32, copy=False)
 
 
+def cut_rows(x: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of an in-memory matrix as a dense float32 tensor and, for a CSR matrix, the row and column indices of
+    its stored entries (2 × entries; duplicates summed first; explicit zeros may be among them: the likelihood
+    gives them their value, 0)."""
+    if not sp.issparse(x):
+        return torch.from_numpy(np.asarray(x[rows]).astype(np.float32, copy=False)), None
+    block = x[rows]
+    if not block.has_canonical_format:
+        block.sum_duplicates()
+    dense = block.toarray().astype(np.float32, copy=False)
+    nonzero = np.empty((2, block.nnz), dtype=np.int64)
+    nonzero[0] = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))
+    nonzero[1] = block.indices
+    return torch.from_numpy(dense), torch.from_numpy(nonzero)
+
+
 class TensorRows:
     """A cells × genes matrix from which minibatches are cut; ``rows(idx)`` is the dense float32 minibatch.
 
@@ -67,6 +88,7 @@ class TensorRows:
         self.host: np.ndarray | sp.csr_matrix | None = x
         self.shape = tuple(x.shape)
         self.indptr = self.indices = self.values = self.dense = None  # torch tensors, once on a device
+        self.canonical = False  # on a device: the CSR arrays have sorted, unique column indices in every row
         self._device = torch.device("cpu")
 
     @property
@@ -94,36 +116,52 @@ class TensorRows:
             new.indptr = torch.from_numpy(self.host.indptr.astype(np.int64)).to(device)
             new.indices = _as_torch(self.host.indices).to(device, torch.int32)
             new.values = _as_torch(self.host.data).to(device, torch.float32)
+            new.canonical = bool(self.host.has_canonical_format)
         else:
             new.dense = _as_torch(self.host).to(device, torch.float32)
         return new
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Dense float32 rows ``idx`` (a 1-D int64 tensor on this matrix's device), in that order."""
+        return self.cut(idx)[0]
+
+    def cut(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`rows` and, for a sparse matrix, the row and column indices of their non-zero entries (see
+        :func:`cut_rows`)."""
         if self.device.type == "cpu":
-            return torch.from_numpy(to_dense_float(self.host, idx.numpy()))
+            return cut_rows(self.host, idx.numpy())
         if self.dense is not None:
-            return self.dense.index_select(0, idx)
-        return csr_rows(self.indptr, self.indices, self.values, idx, self.shape[1])
+            return self.dense.index_select(0, idx), None
+        return csr_rows(self.indptr, self.indices, self.values, idx, self.shape[1], self.canonical)
 
 
 def csr_rows(
-    indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, n_cols: int
-) -> torch.Tensor:
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    idx: torch.Tensor,
+    n_cols: int,
+    canonical: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of the CSR matrix (``indptr``, ``indices``, ``values``: torch tensors on any device) as a dense
-    float32 tensor on that device: a gather of the rows' non-zeros and one scatter (duplicates summed)."""
+    float32 tensor on that device, a gather of the rows' non-zeros and one scatter (duplicates summed), and the
+    row and column indices of the stored entries (2 × entries, unique; ``canonical``: the matrix is known to have
+    sorted, unique column indices in every row)."""
     start = indptr.index_select(0, idx)
     count = indptr.index_select(0, idx + 1) - start
     out = torch.zeros(len(idx), n_cols, dtype=torch.float32, device=idx.device)
     total = int(count.sum())  # the one host sync: the size of the gather
     if total == 0:
-        return out
+        return out, torch.zeros(2, 0, dtype=torch.int64, device=idx.device)
     row = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), count, output_size=total)
     first = torch.cumsum(count, 0) - count  # where each row's entries start in the gathered arrays
     pos = torch.arange(total, device=idx.device) - first.index_select(0, row) + start.index_select(0, row)
     cols = indices.index_select(0, pos).long()
-    out.index_put_((row, cols), values.index_select(0, pos).float(), accumulate=True)
-    return out
+    out.index_put_((row, cols), values.index_select(0, pos).float(), accumulate=not canonical)
+    if canonical:
+        return out, torch.stack([row, cols])
+    flat = torch.unique(row * n_cols + cols)  # sorted and without duplicates
+    return out, torch.stack([flat // n_cols, flat % n_cols])
 
 
 class BackedRows:
@@ -157,7 +195,7 @@ def batch_bounds(n: int, batch_size: int) -> list[int]:
 
 
 class Minibatches:
-    """Iterable of ``(x, codes)`` minibatches of the cells ``indices``, for Lightning and for inference.
+    """Iterable of ``(x, codes, nonzero)`` minibatches of the cells ``indices``, for Lightning and for inference.
 
     With ``shuffle`` a new seeded order every epoch (its own generator: no global random state). A
     :class:`TensorRows` source cuts every minibatch on its device (call :meth:`to` to move the data there
@@ -191,7 +229,7 @@ class Minibatches:
         first, last = _shard(len(batch_bounds(len(self.indices), self.batch_size)) - 1)
         return last - first
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         if isinstance(self.source, BackedRows):
             yield from self._iter_backed()
             return
@@ -200,7 +238,8 @@ class Minibatches:
             order = order[torch.randperm(len(order), generator=self.generator).to(order.device)]
         for idx in self._my_batches(order):
             idx = torch.sort(idx).values  # sorted rows: faster to cut, and the same minibatch
-            yield self.source.rows(idx), self.codes.index_select(0, idx)
+            x, nonzero = self.source.cut(idx)
+            yield x, self.codes.index_select(0, idx), nonzero
 
     def _my_batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
         bounds = batch_bounds(len(order), self.batch_size)
@@ -210,7 +249,7 @@ class Minibatches:
             b %= n
             yield order[bounds[b] : bounds[b + 1]]
 
-    def _iter_backed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _iter_backed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         cells = self.indices.cpu()  # sorted cell indices, cut into blocks of consecutive cells
         size = self.source.block_size
         n_blocks = math.ceil(len(cells) / size)
@@ -233,15 +272,19 @@ class Minibatches:
                     members = cells[b * size : (b + 1) * size]
                     lo = int(members[0])
                     loaded[b] = (self.source.read(lo, int(members[-1]) + 1), members - lo)
-            parts, part_cells = [], []
+            parts, part_cells, part_nonzero, offset = [], [], [], 0
             for b in needed:
                 rows, local = loaded[b]
                 mine = pos[block_of == b] - b * size
-                parts.append(rows.rows(local[mine]))
+                x, nonzero = rows.cut(local[mine])
+                parts.append(x)
                 part_cells.append(cells[b * size + mine])
+                part_nonzero.append(None if nonzero is None else nonzero + torch.tensor([[offset], [0]]))
+                offset += x.shape[0]
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
             idx = part_cells[0] if len(part_cells) == 1 else torch.cat(part_cells)
-            yield x, self.codes.index_select(0, idx.to(self.codes.device))
+            nonzero = None if part_nonzero[0] is None else torch.cat(part_nonzero, dim=1)
+            yield x, self.codes.index_select(0, idx.to(self.codes.device)), nonzero
 
 
 def make_loader(

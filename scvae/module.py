@@ -143,18 +143,27 @@ class VAE(nn.Module):
             [F.one_hot(cats[:, i], k).to(torch.float32) for i, k in enumerate(self.n_categories)], dim=-1
         )
 
-    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+    def encoder_input(self, x: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor:
+        """What the encoder reads: log1p of counts (computed at the ``nonzero`` entries only, when given), the
+        presence of binary data, continuous data as they are."""
         if self.counts:
-            return torch.log1p(x)
+            if nonzero is None or x.dim() != 2:
+                return torch.log1p(x)
+            flat = nonzero[0] * x.shape[1] + nonzero[1]
+            out = torch.zeros_like(x)
+            out.view(-1)[flat] = torch.log1p(x.reshape(-1).index_select(0, flat))
+            return out
         if self.likelihood == "bernoulli":
             return (x > 0).to(x.dtype)
         return x
 
     # -- the model -----------------------------------------------------------------------------------------
-    def inference(self, x: torch.Tensor, cats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of q(z | x, c)."""
+    def inference(
+        self, x: torch.Tensor, cats: torch.Tensor | None = None, nonzero: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of q(z | x, c) (``nonzero``: see :meth:`log_px`)."""
         cov = self.one_hot(cats) if self.encode_covariates else None
-        return self.encoder(self.encoder_input(x), cov)
+        return self.encoder(self.encoder_input(x, nonzero), cov)
 
     def generative(
         self, z: torch.Tensor, cats: torch.Tensor | None = None, library: torch.Tensor | None = None
@@ -169,7 +178,7 @@ class VAE(nn.Module):
             lib = library if library is not None else torch.ones_like(out[..., :1])
             params = {"rho": rho, "mu": lib * rho}
             if self.likelihood != "poisson":
-                params["theta"] = torch.exp(self.log_theta_for(cats).clamp(-12.0, 12.0))
+                params["theta"] = self.theta_for(cats)
             if self.likelihood == "zinb":
                 params["zi_logits"] = self.zi_head(h)
             return params
@@ -177,10 +186,25 @@ class VAE(nn.Module):
             return {"mu": out, "var": torch.exp(self.log_var.clamp(-12.0, 12.0))}
         return {"logits": out}
 
-    def log_theta_for(self, cats: torch.Tensor | None) -> torch.Tensor:
+    def theta_for(self, cats: torch.Tensor | None) -> torch.Tensor:
+        """NB inverse dispersion: (genes,), or (cells, genes) for ``dispersion="gene-batch"``."""
         if self.dispersion == "gene-batch":
-            return self.log_theta[cats[:, self.dispersion_key_index]]
-        return self.log_theta[0]
+            log_theta = self.log_theta[cats[:, self.dispersion_key_index]]
+        else:
+            log_theta = self.log_theta[0]
+        return torch.exp(log_theta.clamp(-12.0, 12.0))
+
+    def log_px(
+        self, x: torch.Tensor, z: torch.Tensor, cats: torch.Tensor | None = None, nonzero: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(x | z, c) of every cell (summed over genes); ``nonzero``: row and column indices of the non-zero
+        entries of ``x`` (as the loaders give them), found here when None. The NB likelihood goes through the fused
+        :func:`scvae.distributions.log_nb_softmax_sum`."""
+        library = self.library(x)
+        if self.likelihood == "nb":
+            logits = self.head(self.decoder(z, self.one_hot(cats)))
+            return D.log_nb_softmax_sum(x, logits, library, self.theta_for(cats), nonzero)
+        return D.log_prob_sum(self.likelihood, x, self.generative(z, cats, library), nonzero)
 
     def library(self, x: torch.Tensor) -> torch.Tensor | None:
         return x.sum(dim=-1, keepdim=True) if self.counts else None
@@ -230,6 +254,7 @@ class VAE(nn.Module):
         components: tuple[torch.Tensor, torch.Tensor] | None = None,
         posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
         dreg: bool = False,
+        nonzero: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Draw ``n_samples`` z ~ q(z | x) per cell and return the terms of the log importance weights.
 
@@ -251,22 +276,25 @@ class VAE(nn.Module):
             q's parameters detached (z keeps its path), and the gradient reaching z from
             ``logsumexp(log_weight)`` is multiplied once more by the normalised weight. The values returned are
             unchanged; only gradients differ. Meant for the IWAE loss only.
+        nonzero
+            Row and column indices of the non-zero entries of ``x`` (see :meth:`log_px`).
 
         Returns
         -------
         dict of (S, cells) tensors: ``log_weight`` = ``log_px_z + kl_weight * (log_pz - log_qz)``, and its
         terms ``log_px_z``, ``log_pz``, ``log_qz``; plus ``mean`` and ``logvar`` of q (cells × n_latent).
         """
-        mean, logvar = posterior if posterior is not None else self.inference(x, cats)
+        mean, logvar = posterior if posterior is not None else self.inference(x, cats, nonzero)
         eps = torch.randn(
             (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
         )
         z = mean + torch.exp(0.5 * logvar) * eps  # (S, B, d)
         s, b = n_samples, x.shape[0]
         flat_cats = cats.repeat(s, 1) if cats is not None and self.n_categories else cats
-        lib = self.library(x)
-        params = self.generative(z.reshape(s * b, -1), flat_cats, lib.repeat(s, 1) if lib is not None else None)
-        log_px_z = D.log_prob_sum(self.likelihood, x.repeat(s, 1), params).reshape(s, b)
+        if nonzero is not None and s > 1:  # the same entries in each of the S copies of x, stacked
+            shift = torch.arange(s, device=nonzero.device).repeat_interleave(nonzero.shape[1]) * b
+            nonzero = nonzero.repeat(1, s) + torch.stack([shift, torch.zeros_like(shift)])
+        log_px_z = self.log_px(x.repeat(s, 1), z.reshape(s * b, -1), flat_cats, nonzero).reshape(s, b)
         log_qz = log_normal_diag(z, mean.detach(), logvar.detach()) if dreg else log_normal_diag(z, mean, logvar)
         log_pz = self.log_prior(z, components)
         log_weight = log_px_z + kl_weight * (log_pz - log_qz)
@@ -289,6 +317,7 @@ class VAE(nn.Module):
         kl_weight: float = 1.0,
         objective: str | None = None,
         n_importance: int | None = None,
+        nonzero: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-cell reconstruction log-likelihood and KL, and the mean loss.
 
@@ -296,6 +325,9 @@ class VAE(nn.Module):
         ----------
         x, cats
             Data (cells × genes) and label codes (cells × n_keys, or None).
+        nonzero
+            Row and column indices of the non-zero entries of ``x``, as the loaders give them (found here when
+            None).
         kl_weight
             beta times the KL warm-up factor.
         objective, n_importance
@@ -314,10 +346,9 @@ class VAE(nn.Module):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective == "elbo" and k == 1 and self.prior == "normal":
             # The default path, unchanged: one sample, closed-form KL.
-            mean, logvar = self.inference(x, cats)
+            mean, logvar = self.inference(x, cats, nonzero)
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-            params = self.generative(z, cats, self.library(x))
-            reconstruction = D.log_prob_sum(self.likelihood, x, params)
+            reconstruction = self.log_px(x, z, cats, nonzero)
             kl = kl_normal_standard(mean, logvar)
             return {
                 "loss": (kl_weight * kl - reconstruction).mean(),
@@ -325,7 +356,7 @@ class VAE(nn.Module):
                 "kl": kl,
             }
         dreg = objective == "iwae" and torch.is_grad_enabled()
-        terms = self.log_importance_weights(x, cats, k, kl_weight=kl_weight, dreg=dreg)
+        terms = self.log_importance_weights(x, cats, k, kl_weight=kl_weight, dreg=dreg, nonzero=nonzero)
         reconstruction = terms["log_px_z"].mean(0)
         if self.prior == "normal":
             kl = kl_normal_standard(terms["mean"], terms["logvar"])

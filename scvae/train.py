@@ -90,15 +90,15 @@ class TrainingPlan(pl.LightningModule):
         if "iwae" in out:  # objective="iwae": also the per-cell importance-weighted bound
             sums["iwae"] = sums.get("iwae", 0.0) + out["iwae"].detach().sum()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, cats = batch
-        out = self.module.loss(x, cats, kl_weight=self.kl_weight())
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x, cats, nonzero = batch
+        out = self.module.loss(x, cats, kl_weight=self.kl_weight(), nonzero=nonzero)
         self._accumulate("train", out)
         return out["loss"]
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, cats = batch
-        self._accumulate("validation", self.module.loss(x, cats, kl_weight=1.0))
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, cats, nonzero = batch
+        self._accumulate("validation", self.module.loss(x, cats, kl_weight=1.0, nonzero=nonzero))
 
     def close_epoch(self) -> dict[str, float]:
         """This epoch's history row, computed once (callbacks call it from their ``on_train_epoch_end``,

@@ -22,9 +22,11 @@ def test_tensor_rows_equal_scipy_slicing_for_any_count_dtype(dtype):
     x = _counts().astype(dtype)
     rows = torch.tensor([7, 5, 0, 299, 7, 42])  # unsorted, repeated, an empty row
     for source in (TensorRows(sp.csr_matrix(x)), TensorRows(x), TensorRows(sp.csc_matrix(x))):
-        got = source.rows(rows)
+        got, nonzero = source.cut(rows)
         assert got.dtype == torch.float32
         np.testing.assert_array_equal(got.numpy(), x[rows.numpy()].astype(np.float32))
+        if nonzero is not None:  # sparse sources also give the non-zero entries' indices, in row-major order
+            np.testing.assert_array_equal(nonzero.numpy(), np.stack(np.nonzero(got.numpy())))
 
 
 def test_tensor_rows_keep_the_anndata_matrix_and_sum_duplicate_entries():
@@ -32,7 +34,9 @@ def test_tensor_rows_keep_the_anndata_matrix_and_sum_duplicate_entries():
     assert TensorRows(x).host is x  # no copy on the CPU
     dup = sp.csr_matrix((np.array([1.0, 2.0, 5.0]), np.array([3, 3, 0]), np.array([0, 2, 3])), shape=(2, 4))
     assert not dup.has_canonical_format
-    np.testing.assert_array_equal(TensorRows(dup).rows(torch.tensor([0, 1])).numpy(), dup.toarray())
+    got, nonzero = TensorRows(dup).cut(torch.tensor([0, 1]))
+    np.testing.assert_array_equal(got.numpy(), dup.toarray())
+    np.testing.assert_array_equal(nonzero.numpy(), [[0, 1], [3, 0]])  # (0, 3) once, its values summed
     assert dup.nnz == 3  # the user's matrix is not canonicalised in place
 
 
@@ -40,12 +44,17 @@ def test_csr_gather_used_on_the_gpu_equals_scipy_slicing():
     x = sp.csr_matrix(_counts().astype(np.int32))
     rows = torch.tensor([7, 5, 0, 299, 7, 42])
     parts = [torch.from_numpy(a.astype(np.int64)) for a in (x.indptr, x.indices)] + [torch.from_numpy(x.data)]
-    np.testing.assert_array_equal(csr_rows(*parts, rows, 50).numpy(), x[rows.numpy()].toarray())
+    for canonical in (True, False):
+        got, nonzero = csr_rows(*parts, rows, 50, canonical)
+        np.testing.assert_array_equal(got.numpy(), x[rows.numpy()].toarray())
+        np.testing.assert_array_equal(nonzero.numpy(), np.stack(np.nonzero(got.numpy())))
     dup = sp.csr_matrix((np.array([1.0, 2.0, 5.0]), np.array([3, 3, 0]), np.array([0, 2, 3])), shape=(2, 4))
     parts = [torch.from_numpy(a) for a in (dup.indptr.astype(np.int64), dup.indices, dup.data)]
-    np.testing.assert_array_equal(csr_rows(*parts, torch.tensor([1, 0, 1]), 4).numpy(), dup.toarray()[[1, 0, 1]])
-    empty = csr_rows(*parts, torch.tensor([], dtype=torch.int64), 4)
-    assert empty.shape == (0, 4)
+    got, nonzero = csr_rows(*parts, torch.tensor([1, 0, 1]), 4)
+    np.testing.assert_array_equal(got.numpy(), dup.toarray()[[1, 0, 1]])
+    np.testing.assert_array_equal(nonzero.numpy(), [[0, 1, 2], [0, 3, 0]])  # duplicates once
+    empty, none = csr_rows(*parts, torch.tensor([], dtype=torch.int64), 4)
+    assert empty.shape == (0, 4) and none.shape == (2, 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -54,15 +63,20 @@ def test_tensor_rows_on_the_gpu_equal_scipy_slicing():
     dup = sp.csr_matrix((np.array([1.0, 2.0, 5.0]), np.array([3, 3, 0]), np.array([0, 2, 3])), shape=(2, 4))
     rows = torch.tensor([7, 5, 0, 299, 7, 42])
     for m, r in ((sp.csr_matrix(x), rows), (x, rows), (dup, torch.tensor([1, 0]))):
-        got = TensorRows(m).to("cuda").rows(r.cuda())
+        got, nonzero = TensorRows(m).to("cuda").cut(r.cuda())
+        want, want_nonzero = TensorRows(m).cut(r)
         assert got.device.type == "cuda"
-        np.testing.assert_array_equal(got.cpu().numpy(), TensorRows(m).rows(r).numpy())
+        np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
+        if want_nonzero is not None:
+            np.testing.assert_array_equal(nonzero.cpu().numpy(), want_nonzero.numpy())
 
 
 def _cells_seen(loader):
     """The cell index behind every row of every minibatch (column 0 of x encodes it), checked against the codes."""
     seen = []
-    for x, codes in loader:
+    for x, codes, nonzero in loader:
+        if nonzero is not None:  # the indices of x's non-zero entries come with every minibatch
+            np.testing.assert_array_equal(nonzero.numpy(), np.stack(np.nonzero(x.numpy())))
         cell = x[:, 0].long()
         assert torch.equal(cell, codes[:, 0])  # each row comes with its own cell's labels
         seen.append(cell)

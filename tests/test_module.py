@@ -76,3 +76,33 @@ def test_bad_settings_are_refused():
         VAE(10, dispersion="cell")
     with pytest.raises(ValueError, match="batch"):
         VAE(10, dispersion="gene-batch")
+
+
+@pytest.mark.parametrize("likelihood, dispersion", [("nb", "gene"), ("nb", "gene-batch"), ("poisson", "gene")])
+@pytest.mark.parametrize("objective, k", [("elbo", 1), ("iwae", 3)])
+def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, dispersion, objective, k):
+    """The loaders pass the indices of x's non-zero entries (from the CSR matrix, explicit zeros possibly among
+    them); the encoder input, the loss and every gradient must be those computed without them."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.poisson(torch.rand(40, 25, generator=gen) ** 3 * 6, generator=gen)
+    x[:, 0] += 1  # no empty cells
+    x[1, 3] = x[2, 4] = 0
+    codes = (torch.arange(40) % 3)[:, None]
+    nonzero = torch.cat([D.nonzero_indices(x), torch.tensor([[1, 2], [3, 4]])], dim=1)  # two explicit zeros
+    nonzero = nonzero[:, torch.argsort(nonzero[0] * 25 + nonzero[1])]
+    assert (x[nonzero[0], nonzero[1]] == 0).sum() >= 2
+    vae = VAE(25, n_latent=3, n_hidden=16, likelihood=likelihood, n_categories=(3,), dispersion=dispersion,
+              dispersion_key_index=0, objective=objective, n_importance=k)
+    runs = []
+    for nz in (None, nonzero):
+        torch.manual_seed(0)
+        out = vae.loss(x, codes, kl_weight=0.7, nonzero=nz)
+        grads = torch.autograd.grad(out["loss"], list(vae.parameters()), allow_unused=True)
+        runs.append((out, grads))
+    (a, ga), (b, gb) = runs
+    torch.testing.assert_close(vae.encoder_input(x, nonzero), torch.log1p(x))
+    for key in ("loss", "reconstruction", "kl"):
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-4)
+    for u, v in zip(ga, gb):
+        if u is not None:
+            torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-5)
