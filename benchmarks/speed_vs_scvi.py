@@ -3,9 +3,13 @@
     pip install -e ".[bench]" "torch==2.13.0"   # scvi-tools (benchmark only; never a dependency of scvae)
     python benchmarks/speed_vs_scvi.py [--sizes 10000 50000 200000] [--datasets pbmc68k kang cellbench]
                                        [--epochs 10] [--batch-size 128] [--threads N] [--tools scvae scvi]
+                                       [--repeats R]
 
 Both tools train the same model on the same cells, one after the other, each in a subprocess of its own (one per
-tool and dataset, run sequentially), so that neither disturbs the other and each one's peak memory is its own:
+tool and dataset, run sequentially), so that neither disturbs the other and each one's peak memory is its own.
+With ``--repeats R`` every dataset is run R times, the tools alternating (scvae, scvi, scvae, ...): on a shared
+machine whose speed drifts by 10-20 % from minute to minute, the medians and the range of the back-to-back ratios
+say more than one pair of runs.
 
 - NB likelihood, gene-wise dispersion, observed library size, n_latent=10, n_hidden=128, n_layers=1, dropout 0.1,
   batch norm; where the data have batches, the batch is one-hot and given to the encoder and the decoder (scvi:
@@ -403,7 +407,7 @@ def child(spec_path: str) -> None:
 
 
 # -- driver ----------------------------------------------------------------------------------------------------
-def run_one(tool: str, meta: dict, args, work_dir: Path) -> dict:
+def run_one(tool: str, meta: dict, args, work_dir: Path, repeat: int = 0) -> dict:
     steps = math.ceil(meta["n_train"] / args.batch_size)
     warmup = args.kl_warmup_epochs if args.kl_warmup_epochs is not None else min(args.epochs // 4, 50)
     spec = {
@@ -417,19 +421,20 @@ def run_one(tool: str, meta: dict, args, work_dir: Path) -> dict:
         "accelerator": args.accelerator,
         "eval_samples": args.eval_samples,
         "work_dir": str(work_dir),
-        "result": str(work_dir / f"{meta['dataset']}_{tool}.json"),
+        "result": str(work_dir / f"{meta['dataset']}_{tool}_{repeat}.json"),
     }
-    spec_path = work_dir / f"{meta['dataset']}_{tool}_spec.json"
+    spec_path = work_dir / f"{meta['dataset']}_{tool}_{repeat}_spec.json"
     spec_path.write_text(json.dumps(spec))
     Path(spec["result"]).unlink(missing_ok=True)
     env = dict(os.environ)
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    log_path = work_dir / f"{meta['dataset']}_{tool}.log"
+    log_path = work_dir / f"{meta['dataset']}_{tool}_{repeat}.log"
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
                               stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    row = {"dataset": meta["dataset"], "tool": tool, "cells": meta["n_train"], "genes": meta["n_genes"],
+    row = {"dataset": meta["dataset"], "tool": tool, "repeat": repeat, "cells": meta["n_train"],
+           "genes": meta["n_genes"],
            "batches": meta["n_batches"], "zeros": meta["zeros"], "epochs": args.epochs,
            "steps_per_epoch": steps, "kl_warmup_steps": warmup * steps, "heldout_cells": meta["n_heldout"]}
     if proc.returncode != 0 or not Path(spec["result"]).is_file():
@@ -447,23 +452,28 @@ def run_one(tool: str, meta: dict, args, work_dir: Path) -> dict:
 
 
 COLUMNS = [
-    "dataset", "tool", "cells", "genes", "batches", "epochs", "s_per_epoch", "s_per_epoch_after_first",
+    "dataset", "tool", "repeat", "cells", "genes", "batches", "epochs", "s_per_epoch", "s_per_epoch_after_first",
     "s_per_epoch_per_10k", "cells_per_s", "call_s", "base_rss_mb", "peak_rss_mb", "peak_gpu_mb", "heldout_elbo",
     "heldout_rec", "heldout_kl", "heldout_ll", "steps_run", "best_epoch",
 ]
 
 
 def side_by_side(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per dataset: both tools' speed, memory and held-out ELBO, and the speed ratio."""
+    """One row per dataset: both tools' speed, memory and held-out ELBO (medians over the repeats), the speed
+    ratio of the medians, and the range of the ratios of the repeats (each pair of runs back to back)."""
     rows = []
     for name, g in df.groupby("dataset", sort=False):
-        t = g.set_index("tool")
+        t = g.groupby("tool").median(numeric_only=True)
         row = {"dataset": name, "cells": int(g["cells"].iloc[0]), "batches": int(g["batches"].iloc[0])}
         for col, label in (("s_per_epoch", "s/epoch"), ("cells_per_s", "cells/s"), ("peak_rss_mb", "peak RSS MB"),
                            ("heldout_elbo", "held-out ELBO")):
             for tool in ("scvae", "scvi"):
                 row[f"{tool} {label}"] = float(t.at[tool, col]) if tool in t.index else float("nan")
         row["speed ratio scvae/scvi (cells/s)"] = row["scvae cells/s"] / row["scvi cells/s"]
+        paired = g.pivot_table(index="repeat", columns="tool", values="cells_per_s")
+        if {"scvae", "scvi"} <= set(paired.columns) and len(paired) > 1:
+            ratios = (paired["scvae"] / paired["scvi"]).dropna()
+            row["ratio range over repeats"] = f"{ratios.min():.2f}–{ratios.max():.2f} ({len(ratios)})"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -474,7 +484,8 @@ def scaling_slopes(df: pd.DataFrame) -> str:
     syn = df[df["dataset"].str.startswith("synthetic_") & df["s_per_epoch"].notna()] if "s_per_epoch" in df else df[:0]
     for tool, g in syn.groupby("tool", sort=False):
         if g["cells"].nunique() >= 2:
-            slope = np.polyfit(np.log(g["cells"]), np.log(g["s_per_epoch"]), 1)[0]
+            med = g.groupby("cells")["s_per_epoch"].median()
+            slope = np.polyfit(np.log(med.index.to_numpy(float)), np.log(med.to_numpy()), 1)[0]
             lines.append(f"- {tool}: s/epoch ∝ cells^{slope:.2f} over {g['cells'].min():,}–{g['cells'].max():,} cells")
     return "\n".join(lines)
 
@@ -522,6 +533,8 @@ def main() -> None:
                         help="KL warm-up for both, in epochs (as minibatch steps); default: scvae's, epochs // 4")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: inherit)")
     parser.add_argument("--tools", nargs="+", default=["scvae", "scvi"], choices=["scvae", "scvi"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the tools this many times per dataset, alternating (the table gives medians)")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for both (auto, cpu, gpu)")
     parser.add_argument("--eval-samples", type=int, default=10, help="draws of z per held-out cell")
     parser.add_argument("--eval-cells", type=int, default=5000, help="at most this many held-out cells evaluated")
@@ -540,8 +553,8 @@ def main() -> None:
         meta = prepare(name, args.data_dir, args.batch_size, args.eval_cells, args.seed)
         logging.info("%s: %d training cells × %d genes, %d batches, %.0f%% zeros", name, meta["n_train"],
                      meta["n_genes"], meta["n_batches"], 100 * meta["zeros"])
-        for tool in args.tools:
-            row = run_one(tool, meta, args, work_dir)
+        for repeat, tool in ((r, t) for r in range(args.repeats) for t in args.tools):
+            row = run_one(tool, meta, args, work_dir, repeat)
             rows.append(row)
             if "s_per_epoch" in row:
                 logging.info("  %s: %.2f s/epoch, %.0f cells/s, peak RSS %.0f MB, held-out ELBO %.1f", tool,
@@ -565,7 +578,8 @@ def main() -> None:
         f"encoder and decoder), {args.epochs} epochs, batch size {args.batch_size}, "
         + (f"linear KL warm-up over the first {warm} epoch(s) of minibatch steps" if warm else "no KL warm-up")
         + ", no validation, no early stopping; each tool and dataset in a subprocess of its own, one after "
-        "the other. s/epoch: the training loop only (setup excluded). Held-out ELBO: nats per cell on up to "
+        f"the other, {args.repeats} time(s) in alternation (the first table gives medians over the repeats). "
+        "s/epoch: the training loop only (setup excluded). Held-out ELBO: nats per cell on up to "
         f"{args.eval_cells} held-out cells, {args.eval_samples} draws of z, computed by the script the same way "
         "for both. Peak RSS: the whole subprocess (Python, torch, the data and the tool).\n\n"
         f"Machine: {machine()}; {threads} torch thread(s). Versions: {versions()}. Wall time "

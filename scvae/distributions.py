@@ -212,10 +212,13 @@ def log_nb_softmax_sum(
     Equal to that expression (and to :func:`log_nb_sum`) up to rounding, values and gradients, at a fraction of
     the cost: the count-dependent terms only at the non-zero entries, and a hand-written backward pass (see
     :class:`_NBFromLogits`). ``x``, ``logits``: cells × genes; ``library``: cells × 1 (the observed total counts);
-    ``theta``: genes (one per gene) or cells × genes; ``nonzero``: flat positions of ``x``'s non-zero entries
-    (:func:`nonzero_positions`), computed when not given. No gradient reaches ``x`` or ``library``."""
+    ``theta``: genes (one per gene) or cells × genes; ``nonzero``: row and column indices of ``x``'s non-zero
+    entries (:func:`nonzero_indices`; explicit zeros may be among them, duplicates may not), found when not given.
+    No gradient reaches ``x`` or ``library``."""
     if nonzero is None:
         nonzero = nonzero_indices(x)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # under autocast: the likelihood in float32
+        logits, theta = logits.float(), theta.float()
     theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
     if theta.dim() == 2 and theta.shape[0] == 1:
         theta = theta[0]

@@ -56,14 +56,31 @@ def to_dense_float(x: Any, rows: np.ndarray | slice) -> np.ndarray:
     return block.astype(np.float32, copy=False)
 
 
-def cut_rows(x: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+def has_duplicates(x: sp.csr_matrix, chunk: int = 16384) -> bool:
+    """Whether a row of the CSR matrix ``x`` stores a column twice (checked once, ``chunk`` rows at a time: no copy
+    of the whole matrix). Column indices out of order within a row, common after subsetting genes, are not
+    duplicates and need no sorting here."""
+    if x.has_canonical_format:
+        return False
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk].copy()
+        stored = block.nnz
+        block.sum_duplicates()
+        if block.nnz != stored:
+            return True
+    return False
+
+
+def cut_rows(
+    x: np.ndarray | sp.csr_matrix, rows: np.ndarray, duplicates: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows of an in-memory matrix as a dense float32 tensor and, for a CSR matrix, the row and column indices of
-    its stored entries (2 × entries; duplicates summed first; explicit zeros may be among them: the likelihood
-    gives them their value, 0)."""
+    its stored entries (2 × entries; explicit zeros may be among them: the likelihood gives them their value, 0).
+    ``duplicates``: the matrix may store an entry twice (see :func:`has_duplicates`); they are summed first."""
     if not sp.issparse(x):
         return torch.from_numpy(np.asarray(x[rows]).astype(np.float32, copy=False)), None
     block = x[rows]
-    if not block.has_canonical_format:
+    if duplicates and not block.has_canonical_format:
         block.sum_duplicates()
     dense = block.toarray().astype(np.float32, copy=False)
     nonzero = np.empty((2, block.nnz), dtype=np.int64)
@@ -80,16 +97,18 @@ class TensorRows:
     minibatches are cut there: a gather of the rows' non-zeros and one scatter. Duplicate entries of a
     non-canonical CSR matrix are summed, as scipy does."""
 
-    def __init__(self, x: np.ndarray | sp.spmatrix | sp.sparray) -> None:
+    def __init__(self, x: np.ndarray | sp.spmatrix | sp.sparray, duplicates: bool | None = None) -> None:
         if sp.issparse(x):
             x = x if x.format == "csr" else sp.csr_matrix(x)
+            self.duplicates = has_duplicates(x) if duplicates is None else duplicates
         else:
             x = np.asarray(x)
+            self.duplicates = False
         self.host: np.ndarray | sp.csr_matrix | None = x
         self.shape = tuple(x.shape)
         self.indptr = self.indices = self.values = self.dense = None  # torch tensors, once on a device
-        self.canonical = False  # on a device: the CSR arrays have sorted, unique column indices in every row
         self._device = torch.device("cpu")
+        self._copies: dict[torch.device, TensorRows] = {}  # one copy per device, shared by every loader
 
     @property
     def device(self) -> torch.device:
@@ -103,12 +122,14 @@ class TensorRows:
         return 4 * self.shape[0] * self.shape[1]
 
     def to(self, device: torch.device | str) -> TensorRows:
-        """A copy on ``device`` (values as float32 and column indices as int32, compact on a GPU); itself if it is
-        already there."""
+        """A copy on ``device`` (values as float32 and column indices as int32, compact on a GPU), made once and
+        shared by every loader of this matrix; itself if it is already there."""
         device = torch.device(device)
         if device == self.device:
             return self
-        new = TensorRows(self.host)
+        if device in self._copies:
+            return self._copies[device]
+        new = TensorRows(self.host, self.duplicates)
         if device.type == "cpu":
             return new
         new._device = device
@@ -116,10 +137,14 @@ class TensorRows:
             new.indptr = torch.from_numpy(self.host.indptr.astype(np.int64)).to(device)
             new.indices = _as_torch(self.host.indices).to(device, torch.int32)
             new.values = _as_torch(self.host.data).to(device, torch.float32)
-            new.canonical = bool(self.host.has_canonical_format)
         else:
             new.dense = _as_torch(self.host).to(device, torch.float32)
+        self._copies[device] = new
         return new
+
+    def on(self, device: torch.device) -> bool:
+        """Whether a copy of this matrix is already on ``device``."""
+        return device == self.device or device in self._copies
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Dense float32 rows ``idx`` (a 1-D int64 tensor on this matrix's device), in that order."""
@@ -129,10 +154,10 @@ class TensorRows:
         """:meth:`rows` and, for a sparse matrix, the row and column indices of their non-zero entries (see
         :func:`cut_rows`)."""
         if self.device.type == "cpu":
-            return cut_rows(self.host, idx.numpy())
+            return cut_rows(self.host, idx.numpy(), self.duplicates)
         if self.dense is not None:
             return self.dense.index_select(0, idx), None
-        return csr_rows(self.indptr, self.indices, self.values, idx, self.shape[1], self.canonical)
+        return csr_rows(self.indptr, self.indices, self.values, idx, self.shape[1], not self.duplicates)
 
 
 def csr_rows(
@@ -141,12 +166,12 @@ def csr_rows(
     values: torch.Tensor,
     idx: torch.Tensor,
     n_cols: int,
-    canonical: bool = False,
+    unique: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of the CSR matrix (``indptr``, ``indices``, ``values``: torch tensors on any device) as a dense
     float32 tensor on that device, a gather of the rows' non-zeros and one scatter (duplicates summed), and the
-    row and column indices of the stored entries (2 × entries, unique; ``canonical``: the matrix is known to have
-    sorted, unique column indices in every row)."""
+    row and column indices of the stored entries (2 × entries, each once; ``unique``: the matrix is known to store
+    no entry twice)."""
     start = indptr.index_select(0, idx)
     count = indptr.index_select(0, idx + 1) - start
     out = torch.zeros(len(idx), n_cols, dtype=torch.float32, device=idx.device)
@@ -157,8 +182,8 @@ def csr_rows(
     first = torch.cumsum(count, 0) - count  # where each row's entries start in the gathered arrays
     pos = torch.arange(total, device=idx.device) - first.index_select(0, row) + start.index_select(0, row)
     cols = indices.index_select(0, pos).long()
-    out.index_put_((row, cols), values.index_select(0, pos).float(), accumulate=not canonical)
-    if canonical:
+    out.index_put_((row, cols), values.index_select(0, pos).float(), accumulate=not unique)
+    if unique:
         return out, torch.stack([row, cols])
     flat = torch.unique(row * n_cols + cols)  # sorted and without duplicates
     return out, torch.stack([flat // n_cols, flat % n_cols])
@@ -295,12 +320,26 @@ def make_loader(
     return Minibatches(source, codes, indices, batch_size, shuffle=shuffle, seed=seed)
 
 
+def make_loaders(
+    x: Any, codes: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int = 0
+) -> tuple[Minibatches, Minibatches | None]:
+    """Training minibatches (a new seeded order every epoch) and validation minibatches (in order, of at least
+    1,024 cells; None without validation cells) over one shared source: the matrix is checked once and, on a GPU,
+    copied there once."""
+    source = BackedRows(x) if is_backed_matrix(x) else TensorRows(x)
+    train = Minibatches(source, codes, train_idx, batch_size, shuffle=True, seed=seed)
+    val = Minibatches(source, codes, val_idx, max(batch_size, 1024), shuffle=False) if len(val_idx) else None
+    return train, val
+
+
 def place_on(loader: Minibatches, device: torch.device, resident: bool | None = None) -> None:
     """Put ``loader``'s data on GPU ``device`` when it fits (``resident=None``: when it takes under half of the
     free GPU memory), so that minibatches are cut there; otherwise they are cut on the host and copied to the device
     one by one. Nothing to do on the CPU, or for on-disk data."""
     if device.type == "cpu" or not isinstance(loader.source, TensorRows):
         return
+    if loader.source.on(device):  # another loader of the same matrix put it there
+        resident = True
     if resident is None:
         need = loader.source.nbytes
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else need * 4

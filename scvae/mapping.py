@@ -32,7 +32,7 @@ from .data import (
     refuse_view,
     split_indices,
 )
-from .loaders import make_loader
+from .loaders import make_loaders
 from .model import SCVAE, _build_module, _check_positive_int, _cuda_devices, _home_device, _uns_record
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, train
@@ -300,8 +300,7 @@ def _train_new_entries(
         with torch.random.fork_rng(devices=_cuda_devices(accelerator)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*in eval mode.*")  # the frozen batch norm, on purpose
             torch.manual_seed(seed)
-            train_loader = make_loader(x, codes, train_idx, batch_size, shuffle=True, seed=seed)
-            val_loader = make_loader(x, codes, val_idx, max(batch_size, 1024), shuffle=False) if len(val_idx) else None
+            train_loader, val_loader = make_loaders(x, codes, train_idx, val_idx, batch_size, seed=seed)
             settings = TrainSettings(
                 max_epochs=max_epochs,
                 lr=lr,

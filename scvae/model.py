@@ -29,7 +29,7 @@ from .data import (
     split_indices,
     validate_matrix,
 )
-from .loaders import make_loader, to_dense_float
+from .loaders import make_loaders, to_dense_float
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, read_checkpoint, train
 
@@ -563,10 +563,7 @@ def fit(
             module.init_pseudo_inputs(torch.from_numpy(to_dense_float(x, rows)))
         if checkpoint:
             module.load_state_dict(checkpoint["module"])
-        train_loader = make_loader(x, codes, train_idx, batch_size, shuffle=True, seed=seed + start_epoch)
-        val_loader = (
-            make_loader(x, codes, val_idx, max(batch_size, 1024), shuffle=False) if len(val_idx) else None
-        )
+        train_loader, val_loader = make_loaders(x, codes, train_idx, val_idx, batch_size, seed=seed + start_epoch)
         settings = TrainSettings(
             max_epochs=max_epochs,
             lr=lr,

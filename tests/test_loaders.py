@@ -7,7 +7,16 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scvae.loaders import BackedRows, Minibatches, TensorRows, batch_bounds, csr_rows, make_loader
+from scvae.loaders import (
+    BackedRows,
+    Minibatches,
+    TensorRows,
+    batch_bounds,
+    csr_rows,
+    has_duplicates,
+    make_loader,
+    make_loaders,
+)
 
 
 def _counts(n=300, g=50, seed=0):
@@ -40,12 +49,42 @@ def test_tensor_rows_keep_the_anndata_matrix_and_sum_duplicate_entries():
     assert dup.nnz == 3  # the user's matrix is not canonicalised in place
 
 
+def test_unsorted_column_indices_are_not_taken_for_duplicates():
+    """Subsetting genes often leaves a CSR matrix with column indices out of order within rows: no duplicates, so
+    minibatches are cut without sorting them, and their non-zero indices are still exact."""
+    x = sp.csr_matrix(_counts())
+    indices, data = x.indices.copy(), x.data.copy()
+    for r in range(x.shape[0]):  # every row's entries in reverse column order
+        a, b = x.indptr[r], x.indptr[r + 1]
+        indices[a:b], data[a:b] = indices[a:b][::-1], data[a:b][::-1]
+    unsorted = sp.csr_matrix((data, indices, x.indptr.copy()), shape=x.shape)
+    assert not unsorted.has_canonical_format and not has_duplicates(unsorted, chunk=64)
+    dup = sp.csr_matrix((np.array([1.0, 2.0, 5.0]), np.array([3, 3, 0]), np.array([0, 2, 3])), shape=(2, 4))
+    assert has_duplicates(dup) and not has_duplicates(x)
+    source = TensorRows(unsorted)
+    assert not source.duplicates
+    rows = torch.tensor([7, 5, 0, 299, 42])
+    got, nonzero = source.cut(rows)
+    np.testing.assert_array_equal(got.numpy(), x[rows.numpy()].toarray())
+    flat = np.sort(nonzero[0].numpy() * x.shape[1] + nonzero[1].numpy())
+    np.testing.assert_array_equal(flat, np.flatnonzero(got.numpy()))
+
+
+def test_training_and_validation_loaders_share_one_source():
+    x, codes = _identity_data(300)
+    train, val = make_loaders(sp.csr_matrix(x), codes, np.arange(0, 300, 2), np.arange(1, 300, 2), 64, seed=1)
+    assert train.source is val.source and train.shuffle and not val.shuffle and val.batch_size == 1024
+    np.testing.assert_array_equal(np.sort(_cells_seen(train)), np.arange(0, 300, 2))
+    np.testing.assert_array_equal(_cells_seen(val), np.arange(1, 300, 2))
+    assert make_loaders(sp.csr_matrix(x), codes, np.arange(300), np.arange(0), 64)[1] is None
+
+
 def test_csr_gather_used_on_the_gpu_equals_scipy_slicing():
     x = sp.csr_matrix(_counts().astype(np.int32))
     rows = torch.tensor([7, 5, 0, 299, 7, 42])
     parts = [torch.from_numpy(a.astype(np.int64)) for a in (x.indptr, x.indices)] + [torch.from_numpy(x.data)]
-    for canonical in (True, False):
-        got, nonzero = csr_rows(*parts, rows, 50, canonical)
+    for unique in (True, False):
+        got, nonzero = csr_rows(*parts, rows, 50, unique)
         np.testing.assert_array_equal(got.numpy(), x[rows.numpy()].toarray())
         np.testing.assert_array_equal(nonzero.numpy(), np.stack(np.nonzero(got.numpy())))
     dup = sp.csr_matrix((np.array([1.0, 2.0, 5.0]), np.array([3, 3, 0]), np.array([0, 2, 3])), shape=(2, 4))
@@ -63,7 +102,9 @@ def test_tensor_rows_on_the_gpu_equal_scipy_slicing():
     dup = sp.csr_matrix((np.array([1.0, 2.0, 5.0]), np.array([3, 3, 0]), np.array([0, 2, 3])), shape=(2, 4))
     rows = torch.tensor([7, 5, 0, 299, 7, 42])
     for m, r in ((sp.csr_matrix(x), rows), (x, rows), (dup, torch.tensor([1, 0]))):
-        got, nonzero = TensorRows(m).to("cuda").cut(r.cuda())
+        source = TensorRows(m)
+        assert source.to("cuda") is source.to("cuda")  # copied to the GPU once, shared by every loader
+        got, nonzero = source.to("cuda").cut(r.cuda())
         want, want_nonzero = TensorRows(m).cut(r)
         assert got.device.type == "cuda"
         np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
