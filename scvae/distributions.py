@@ -167,7 +167,8 @@ class _NBFromLogits(torch.autograd.Function):
         else:
             th_v = theta.reshape(-1).index_select(0, nz)
             lgamma_th = torch.lgamma(th_v)
-        log_mu_v = _safe_log(rho.reshape(-1).index_select(0, nz)) + torch.log(library.reshape(-1)).index_select(0, rows)
+        # log of mu at the entries (an explicit zero stored in an empty cell gives 0 * finite, not 0 * -inf)
+        log_mu_v = _safe_log(rho.reshape(-1).index_select(0, nz) * library.reshape(-1).index_select(0, rows))
         per_entry = (
             xv * (log_mu_v - torch.log(th_v) - log1p_u.reshape(-1).index_select(0, nz))
             + torch.lgamma(xv + th_v)

@@ -234,3 +234,15 @@ def test_float32_digamma_matches_scipy_from_tiny_to_huge_arguments():
     ref = sps.digamma(y.astype(np.float32).astype(np.float64))  # the same float32 inputs
     assert np.max(np.abs(ours - ref) / (1 + np.abs(ref))) < 1e-6
     np.testing.assert_array_equal(D.digamma(_t(y)).numpy(), torch.digamma(_t(y)).numpy())  # float64: torch's
+
+
+def test_fused_nb_gives_an_explicit_zero_in_an_empty_cell_its_value():
+    """A sparse matrix may store a zero in a cell with no counts (library 0): its log-likelihood is 0, not NaN."""
+    x = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 1.0]])
+    logits = torch.zeros(2, 3, requires_grad=True)
+    nonzero = torch.tensor([[0, 1, 1], [1, 0, 2]])  # (0, 1) is an explicit zero of the empty first cell
+    out = D.log_nb_softmax_sum(x, logits, x.sum(1, keepdim=True), torch.ones(3), nonzero)
+    out.sum().backward()
+    ref = D.log_nb(x, x.sum(1, keepdim=True) * torch.softmax(logits, -1), torch.ones(3)).sum(-1)
+    torch.testing.assert_close(out, ref)
+    assert out[0] == 0 and torch.isfinite(logits.grad).all()
