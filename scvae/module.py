@@ -150,7 +150,7 @@ class VAE(nn.Module):
             if nonzero is None or x.dim() != 2:
                 return torch.log1p(x)
             flat = nonzero[0] * x.shape[1] + nonzero[1]
-            out = torch.zeros_like(x)
+            out = torch.zeros(x.shape, dtype=x.dtype, device=x.device)  # contiguous, whatever x's layout
             out.view(-1)[flat] = torch.log1p(x.reshape(-1).index_select(0, flat))
             return out
         if self.likelihood == "bernoulli":
