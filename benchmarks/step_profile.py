@@ -47,6 +47,36 @@ def timed(fn, repeats: int = 1) -> float:
     return (time.perf_counter() - t0) / repeats * 1e3
 
 
+def bare_loop_ms(module: torch.nn.Module, loader, loss, **adam) -> float:
+    """ms per step of ``loss(xb, cb, nonzero)`` (a scalar), its backward pass and Adam (lr 1e-3, eps 0.01, weight
+    decay 1e-6; ``adam``: further options) over one epoch of ``loader``, in a plain loop."""
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, weight_decay=1e-6, **adam)
+    steps = 0
+    t0 = time.perf_counter()
+    for xb, cb, nz in loader:
+        value = loss(xb, cb, nz)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        steps += 1
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def epoch_clock():
+    """A Lightning callback that records the last epoch's wall time (``ms``) and its steps (``steps``)."""
+    import lightning.pytorch as pl
+
+    class EpochClock(pl.Callback):
+        def on_train_epoch_start(self, trainer, plan) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, plan) -> None:
+            self.ms = (time.perf_counter() - self.t0) * 1e3
+            self.steps = trainer.num_training_batches
+
+    return EpochClock()
+
+
 def scvae_parts(x, codes, batch_size: int) -> dict:
     """Callables that time scvae's parts; each returns ms per step."""
     import lightning.pytorch as pl
@@ -95,26 +125,11 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
     def bare() -> float:
         vae = module()
-        opt = torch.optim.Adam(vae.parameters(), lr=1e-3, eps=0.01, weight_decay=1e-6, fused=True)
-        steps = 0
-        t0 = time.perf_counter()
-        for xb, cb, nz in loader:
-            out = vae.loss(xb, cb, kl_weight=0.5, nonzero=nz)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            steps += 1
-        return (time.perf_counter() - t0) / steps * 1e3
-
-    class EpochClock(pl.Callback):
-        def on_train_epoch_start(self, trainer, plan) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, plan) -> None:
-            self.ms = (time.perf_counter() - self.t0) * 1e3
+        return bare_loop_ms(vae, loader, lambda xb, cb, nz: vae.loss(xb, cb, kl_weight=0.5, nonzero=nz)["loss"],
+                            fused=True)
 
     def lightning() -> float:
-        clock = EpochClock()
+        clock = epoch_clock()
 
         class ClockedTrainer(pl.Trainer):  # scvae.train builds its own trainer: give it the clock
             def __init__(self, *args, callbacks=None, **kwargs) -> None:
@@ -127,7 +142,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
             train(module(), loader, None, settings, accelerator="cpu", devices=1)
         finally:
             pl.Trainer = original
-        return clock.ms / len(loader)
+        return clock.ms / clock.steps
 
     return {"matmuls": matmuls, "likelihood": likelihood, "scvae bare step": bare,
             "scvae step in Lightning": lightning}
@@ -135,7 +150,6 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
 def scvi_parts(adata, x, codes, batch_size: int) -> dict:
     """scvi-tools' bare step and its step in Lightning, on the same minibatches and model."""
-    import lightning.pytorch as pl
     import scvi
     from scvi.module import VAE as ScviVAE
 
@@ -150,25 +164,12 @@ def scvi_parts(adata, x, codes, batch_size: int) -> dict:
     def bare() -> float:
         torch.manual_seed(0)
         vae = ScviVAE(g, n_batch=n_cov, **arch)
-        opt = torch.optim.Adam(vae.parameters(), lr=1e-3, eps=0.01, weight_decay=1e-6)
-        steps = 0
-        t0 = time.perf_counter()
-        for xb, cb, _ in loader:
+
+        def loss(xb, cb, _):
             tensors = {"X": xb, "batch": cb, "labels": torch.zeros(len(xb), 1, dtype=torch.long)}
-            _, _, losses = vae(tensors, loss_kwargs={"kl_weight": 0.5})
-            opt.zero_grad(set_to_none=True)
-            losses.loss.backward()
-            opt.step()
-            steps += 1
-        return (time.perf_counter() - t0) / steps * 1e3
+            return vae(tensors, loss_kwargs={"kl_weight": 0.5})[2].loss
 
-    class EpochClock(pl.Callback):
-        def on_train_epoch_start(self, trainer, plan) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, plan) -> None:
-            self.ms = (time.perf_counter() - self.t0) * 1e3
-            self.steps = trainer.num_training_batches
+        return bare_loop_ms(vae, loader, loss)
 
     scvi.settings.verbosity = logging.WARNING
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
@@ -178,9 +179,8 @@ def scvi_parts(adata, x, codes, batch_size: int) -> dict:
         scvi.settings.seed = 0
         data = adata.copy()
         scvi.model.SCVI.setup_anndata(data, batch_key="batch")
-        model = scvi.model.SCVI(data, **{k: v for k, v in arch.items() if k != "dropout_rate"},
-                                dropout_rate=0.1)
-        clock = EpochClock()
+        model = scvi.model.SCVI(data, **arch)
+        clock = epoch_clock()
         model.train(max_epochs=1, batch_size=batch_size, train_size=1.0, accelerator="cpu", devices=1,
                     plan_kwargs={"n_steps_kl_warmup": 2 * len(loader), "n_epochs_kl_warmup": None},
                     callbacks=[clock], enable_progress_bar=False)

@@ -63,7 +63,7 @@ def has_duplicates(x: sp.csr_matrix, chunk: int = 16384) -> bool:
     if x.has_canonical_format:
         return False
     for start in range(0, x.shape[0], chunk):
-        block = x[start : start + chunk].copy()
+        block = x[start : start + chunk]  # a copy (scipy copies row slices)
         stored = block.nnz
         block.sum_duplicates()
         if block.nnz != stored:
@@ -78,7 +78,7 @@ def cut_rows(
     its stored entries (2 × entries; explicit zeros may be among them: the likelihood gives them their value, 0).
     ``duplicates``: the matrix may store an entry twice (see :func:`has_duplicates`); they are summed first."""
     if not sp.issparse(x):
-        return torch.from_numpy(np.asarray(x[rows]).astype(np.float32, copy=False)), None
+        return torch.from_numpy(to_dense_float(x, rows)), None
     block = x[rows]
     if duplicates and not block.has_canonical_format:
         block.sum_duplicates()
@@ -312,12 +312,15 @@ class Minibatches:
             yield x, self.codes.index_select(0, idx.to(self.codes.device)), nonzero
 
 
+def _source(x: Any) -> TensorRows | BackedRows:
+    return BackedRows(x) if is_backed_matrix(x) else TensorRows(x)
+
+
 def make_loader(
     x: Any, codes: np.ndarray, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
 ) -> Minibatches:
     """Minibatches of the cells ``indices`` of ``x`` (in memory, or a backed AnnData's on-disk matrix)."""
-    source = BackedRows(x) if is_backed_matrix(x) else TensorRows(x)
-    return Minibatches(source, codes, indices, batch_size, shuffle=shuffle, seed=seed)
+    return Minibatches(_source(x), codes, indices, batch_size, shuffle=shuffle, seed=seed)
 
 
 def make_loaders(
@@ -326,7 +329,7 @@ def make_loaders(
     """Training minibatches (a new seeded order every epoch) and validation minibatches (in order, of at least
     1,024 cells; None without validation cells) over one shared source: the matrix is checked once and, on a GPU,
     copied there once."""
-    source = BackedRows(x) if is_backed_matrix(x) else TensorRows(x)
+    source = _source(x)
     train = Minibatches(source, codes, train_idx, batch_size, shuffle=True, seed=seed)
     val = Minibatches(source, codes, val_idx, max(batch_size, 1024), shuffle=False) if len(val_idx) else None
     return train, val
