@@ -89,6 +89,7 @@ OUT = Path(__file__).resolve().parent / "results"
 N_GENES = 2000
 HELDOUT = 0.1
 ARCH = dict(n_latent=10, n_hidden=128, n_layers=1, dropout=0.1)
+LR = 1e-3  # both tools' default learning rate (scvi trains with its own default; scvae's may be --scvae-lr)
 REAL = {"pbmc68k": None, "kang": None, "cellbench": "batch"}  # dataset -> batch key
 
 
@@ -414,7 +415,7 @@ def child(spec_path: str) -> None:
 
 # -- driver ----------------------------------------------------------------------------------------------------
 def run_one(tool: str, meta: dict, args, work_dir: Path, repeat: int = 0) -> dict:
-    batch_size, lr = args.batch_size, 1e-3
+    batch_size, lr = args.batch_size, LR
     if tool == "scvae":
         batch_size, lr = args.scvae_batch_size or args.batch_size, args.scvae_lr
     steps = math.ceil(meta["n_train"] / batch_size)
@@ -464,8 +465,8 @@ def run_one(tool: str, meta: dict, args, work_dir: Path, repeat: int = 0) -> dic
 
 COLUMNS = [
     "dataset", "tool", "repeat", "cells", "genes", "batches", "batch_size", "lr", "epochs", "s_per_epoch",
-    "s_per_epoch_after_first", "s_per_epoch_per_10k", "cells_per_s", "call_s", "base_rss_mb", "peak_rss_mb", "peak_gpu_mb", "heldout_elbo",
-    "heldout_rec", "heldout_kl", "heldout_ll", "steps_run", "best_epoch",
+    "s_per_epoch_after_first", "s_per_epoch_per_10k", "cells_per_s", "call_s", "base_rss_mb", "peak_rss_mb",
+    "peak_gpu_mb", "heldout_elbo", "heldout_rec", "heldout_kl", "heldout_ll", "steps_run", "best_epoch",
 ]
 
 
@@ -552,7 +553,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="model seed, data split and synthetic data")
     parser.add_argument("--scvae-batch-size", type=int, default=None,
                         help="scvae's minibatch size, if not --batch-size (scvi keeps --batch-size)")
-    parser.add_argument("--scvae-lr", type=float, default=1e-3, help="scvae's learning rate (scvi: 1e-3)")
+    parser.add_argument("--scvae-lr", type=float, default=LR, help=f"scvae's learning rate (scvi: {LR:g})")
     parser.add_argument("--name", default="speed_vs_scvi", help="stem of the output files")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the .csv and .md")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "scvae_speed_vs_scvi",
@@ -591,8 +592,8 @@ def main() -> None:
         "# Speed and scale: scvae vs scvi-tools\n\n"
         f"Same model for both (NB, gene dispersion, n_latent=10, n_hidden=128, n_layers=1, batch one-hot into "
         f"encoder and decoder), {args.epochs} epochs, batch size {args.batch_size}"
-        + (f" (scvae: {args.scvae_batch_size or args.batch_size}, lr {args.scvae_lr:g}; scvi: lr 1e-3)"
-           if args.scvae_batch_size or args.scvae_lr != 1e-3 else "") + ", "
+        + (f" (scvae: {args.scvae_batch_size or args.batch_size}, lr {args.scvae_lr:g}; scvi: lr {LR:g})"
+           if args.scvae_batch_size or args.scvae_lr != LR else "") + ", "
         + (f"linear KL warm-up over the first {warm} epoch(s) of minibatch steps" if warm else "no KL warm-up")
         + ", no validation, no early stopping; each tool and dataset in a subprocess of its own, one after "
         f"the other, {args.repeats} time(s) in alternation (the first table gives medians over the repeats). "

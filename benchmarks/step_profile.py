@@ -90,7 +90,8 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
     n_cov = int(codes.max()) + 1
     gen = torch.Generator().manual_seed(0)
     big = {  # the five large products of one step, with this model's shapes
-        "enc_in": torch.randn(batch_size, g + n_cov, generator=gen), "enc_w": torch.randn(128, g + n_cov, generator=gen),
+        "enc_in": torch.randn(batch_size, g + n_cov, generator=gen),
+        "enc_w": torch.randn(128, g + n_cov, generator=gen),
         "h": torch.randn(batch_size, 128, generator=gen), "head_w": torch.randn(g, 128, generator=gen),
         "g_h": torch.randn(batch_size, 128, generator=gen), "g_out": torch.randn(batch_size, g, generator=gen),
     }

@@ -9,9 +9,9 @@
   rank takes its own contiguous share of the epoch's minibatches (all ranks the same number of steps).
 
 Every minibatch is ``(x, codes, nonzero)``: the dense float32 counts, the label codes, and the row and column
-indices of ``x``'s non-zero entries (2 × entries), taken from the sparse matrix at almost no cost (the likelihood evaluates its
-count terms there only; a dense scan for them would cost as much as a layer of the network). ``nonzero`` is None
-for a dense matrix.
+indices of ``x``'s non-zero entries (2 × entries), taken from the sparse matrix at almost no cost (the likelihood
+evaluates its count terms there only; a dense scan for them would cost as much as a layer of the network).
+``nonzero`` is None for a dense matrix.
 """
 
 from __future__ import annotations

@@ -482,7 +482,9 @@ def fit(
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise InputError(f"lr must be a positive number, got {lr!r}")
     if data_on_device not in (None, True, False):
-        raise InputError(f"data_on_device must be True, False or None (decide by free GPU memory), got {data_on_device!r}")
+        raise InputError(
+            f"data_on_device must be True, False or None (decide by free GPU memory), got {data_on_device!r}"
+        )
     refuse_view(adata)
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]
