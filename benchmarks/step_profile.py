@@ -8,9 +8,12 @@ benchmark (NB, n_latent=10, n_hidden=128, one layer, the batch one-hot into enco
 minibatch step, in milliseconds, each the median over ``--rounds`` rounds that run every part one after the other
 (so that the machine's drift hits all parts alike):
 
-- ``matmuls``: only the five large matrix products of a step with the shapes of this model (encoder input layer
-  forward and weight gradient; decoder output layer forward, weight gradient and input gradient), on random data:
-  arithmetic that no implementation of this model avoids;
+- ``matmuls``: only the five large matrix products of a dense step with the shapes of this model (encoder input
+  layer forward and weight gradient; decoder output layer forward, weight gradient and input gradient), on random
+  data; ``decoder matmuls``: the three of the decoder's output layer, which no implementation of this model avoids;
+- ``input layer``: scvae's encoder input layer (:class:`scvae.nn.InputLayer`), forward and weight gradient, on real
+  minibatches given by their non-zero entries, as in training; the dense products it replaces are the other two of
+  ``matmuls``;
 - ``likelihood``: scvae's NB log-likelihood from the decoder's logits, forward and backward, on real minibatches
   (``scvae.distributions.log_nb_softmax_sum``);
 - ``bare step``: scvae's loss, backward pass and fused Adam over an epoch of minibatches from its loader, in a
@@ -106,8 +109,28 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
         return timed(one, 100)
 
+    def decoder_matmuls() -> float:
+        def one() -> None:
+            big["h"] @ big["head_w"].T
+            big["g_out"].T @ big["h"]
+            big["g_out"] @ big["head_w"]
+
+        return timed(one, 100)
+
     loader = make_loader(x, codes, np.arange(n), batch_size, shuffle=True, seed=0)
     batches = [b for _, b in zip(range(50), loader)]
+    probe = VAE(g, n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cov,))
+    layer = probe.encoder.body.linears[0]
+    inputs = [(probe.encoder_input(xb, nz), probe.one_hot(cb)) for xb, cb, nz in batches]
+
+    def input_layer() -> float:
+        def one() -> None:
+            for entries, cov in inputs:
+                layer.zero_grad(set_to_none=True)
+                layer(entries, cov).backward(big["g_h"][: entries.shape[0]])
+
+        return timed(one) / len(inputs)
+
     logits = torch.randn(batch_size, g, generator=gen).requires_grad_()
     log_theta = torch.zeros(g, requires_grad=True)
 
@@ -145,7 +168,8 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
             pl.Trainer = original
         return clock.ms / clock.steps
 
-    return {"matmuls": matmuls, "likelihood": likelihood, "scvae bare step": bare,
+    return {"matmuls": matmuls, "decoder matmuls": decoder_matmuls, "input layer": input_layer,
+            "likelihood": likelihood, "scvae bare step": bare,
             "scvae step in Lightning": lightning}
 
 
@@ -228,8 +252,10 @@ def main() -> None:
                      f"{med['scvi step in Lightning'] / med['scvae step in Lightning']:.2f}×")
     lines.append(f"- Lightning's own cost per scvae step: "
                  f"{med['scvae step in Lightning'] - med['scvae bare step']:.2f} ms")
-    lines.append(f"- scvae bare step beyond the large matmuls and the likelihood: "
-                 f"{med['scvae bare step'] - med['matmuls'] - med['likelihood']:.2f} ms")
+    lines.append(f"- the encoder input layer's two dense products: {med['matmuls'] - med['decoder matmuls']:.2f} ms; "
+                 f"scvae's input layer on the non-zero entries: {med['input layer']:.2f} ms")
+    lines.append(f"- scvae bare step beyond the decoder's three products, the input layer and the likelihood: "
+                 f"{med['scvae bare step'] - med['decoder matmuls'] - med['input layer'] - med['likelihood']:.2f} ms")
     cmd = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:])
     text = (f"# One training step, part by part\n\n{args.cells} synthetic cells × 2,000 genes, batch size "
             f"{args.batch_size}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; medians over "

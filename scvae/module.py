@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributions as D
-from .nn import MLP, GaussianEncoder
+from .nn import MLP, Entries, GaussianEncoder
 from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal
 
 DISPERSIONS = ("gene", "gene-batch")
@@ -143,16 +143,17 @@ class VAE(nn.Module):
             [F.one_hot(cats[:, i], k).to(torch.float32) for i, k in enumerate(self.n_categories)], dim=-1
         )
 
-    def encoder_input(self, x: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor:
-        """What the encoder reads: log1p of counts (computed at the ``nonzero`` entries only, when given), the
-        presence of binary data, continuous data as they are."""
+    def encoder_input(self, x: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor | Entries:
+        """What the encoder reads: log1p of counts, the presence of binary data, continuous data as they are.
+
+        For counts with the ``nonzero`` indices given, the log1p values at those entries only, as
+        :class:`~scvae.nn.Entries`, which the encoder's first layer multiplies without reading the zeros."""
         if self.counts:
             if nonzero is None or x.dim() != 2:
                 return torch.log1p(x)
-            flat = nonzero[0] * x.shape[1] + nonzero[1]
-            out = torch.zeros(x.shape, dtype=x.dtype, device=x.device)  # contiguous, whatever x's layout
-            out.view(-1)[flat] = torch.log1p(x.reshape(-1).index_select(0, flat))
-            return out
+            rows, cols = nonzero[0], nonzero[1]
+            values = torch.log1p(x.reshape(-1).index_select(0, rows * x.shape[1] + cols))
+            return Entries(values, rows, cols, (x.shape[0], x.shape[1]))
         if self.likelihood == "bernoulli":
             return (x > 0).to(x.dtype)
         return x

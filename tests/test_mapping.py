@@ -118,7 +118,7 @@ def test_reference_is_untouched_and_its_latent_space_does_not_move(mapping):
     np.testing.assert_array_equal(model.get_latent(ref), mapping["z_ref_before"])
     # The mapped model: reference weights and batch-norm statistics bit-identical, only the new columns trained.
     widened = _assert_reference_part_identical(model, mapped)
-    assert set(widened) == {"encoder.body.linears.0.weight", "decoder.linears.0.weight"}
+    assert set(widened) == {"encoder.body.linears.0.covariates", "decoder.linears.0.weight"}
     z = mapped.get_latent(ref)
     if mapped._device().type == "cpu":  # zero one-hot entries times new columns add exact zeros
         np.testing.assert_array_equal(z, mapping["z_ref_before"])
@@ -229,7 +229,7 @@ def small():
     [
         (  # two layers (labels injected in both decoder layers), gene-batch dispersion, ZINB, two labels both new
             dict(n_layers=2, dispersion="gene-batch", likelihood="zinb", covariate_keys=["tech"]),
-            {"encoder.body.linears.0.weight", "decoder.linears.0.weight", "decoder.linears.1.weight", "log_theta"},
+            {"encoder.body.linears.0.covariates", "decoder.linears.0.weight", "decoder.linears.1.weight", "log_theta"},
         ),
         (  # no hidden layers: the labels reach the heads directly; the encoder does not see them
             dict(n_layers=0, encode_covariates=False),
@@ -237,7 +237,7 @@ def small():
         ),
         (  # a VampPrior and layer norm
             dict(prior="vamp", n_pseudo_inputs=10, norm="layer"),
-            {"encoder.body.linears.0.weight", "decoder.linears.0.weight"},
+            {"encoder.body.linears.0.covariates", "decoder.linears.0.weight"},
         ),
     ],
 )

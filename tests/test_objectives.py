@@ -75,11 +75,13 @@ def _quadrature_log_px(vae: VAE, x: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("prior", ["normal", "vamp"])
 def test_importance_sampled_log_likelihood_matches_quadrature(prior):
-    """With a 1-D latent, log p(x) is a 1-D integral: the K=5000 importance-sampling estimate agrees with it to
-    0.02 nats per cell (in nats of a ~6-gene count vector, log p(x) is about -15)."""
+    """With a 1-D latent, log p(x) is a 1-D integral: the K=50,000 importance-sampling estimate agrees with it to
+    0.02 nats per cell (in nats of a ~6-gene count vector, log p(x) is about -15). At K=5,000 the VampPrior
+    model's worst cell was off by 0.007 to 0.07 nats depending on the seed of the draws and on rounding in
+    training: too close to the tolerance for a test; at K=50,000, 0.003 to 0.016."""
     vae, x = _tiny_trained(prior)
     exact = _quadrature_log_px(vae, x)
-    est, elbo = estimate_log_likelihood(vae, [(x, None)], n_samples=5000, seed=1, chunk_size=1000)
+    est, elbo = estimate_log_likelihood(vae, [(x, None)], n_samples=50_000, seed=1, chunk_size=5000)
     np.testing.assert_allclose(est, exact, atol=0.02)
     assert (elbo <= exact + 1e-6).all()  # the ELBO is a lower bound
     assert (exact - elbo).mean() > 0.01  # and not a tight one here, so the test has teeth
