@@ -25,8 +25,8 @@ def _norm(kind: str, width: int) -> nn.Module:
 
 class Entries(NamedTuple):
     """A cells × features matrix given by its non-zero entries (explicit zeros may be among them, duplicates may
-    not): ``values``, their ``rows`` (in non-decreasing order, as a CSR matrix stores them) and ``cols``, and the
-    matrix's ``shape``."""
+    not): ``values``, their ``rows`` and ``cols``, and the matrix's ``shape``. Rows in non-decreasing order, as a
+    CSR matrix stores them and the loaders give them, save a sort in :func:`entries_times`."""
 
     values: torch.Tensor
     rows: torch.Tensor
