@@ -158,7 +158,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     if not model.history.empty:
         last = model.history.iloc[c.get("best_epoch", len(model.history)) - 1]
         elbo = last.get("elbo_validation", last.get("elbo_train"))
-        lines.append(f"best epoch: {c.get('best_epoch')} (ELBO per cell {elbo:.2f})")
+        which = "best validation ELBO" if c.get("early_stopping") else "final"
+        lines.append(f"weights kept: epoch {c.get('best_epoch')}, {which} (ELBO per cell {elbo:.2f})")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

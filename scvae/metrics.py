@@ -24,14 +24,31 @@ def knn_accuracy(rep: np.ndarray, labels, k: int = 15) -> float:
     return float((counts.argmax(1) == codes).mean())
 
 
-def batch_mixing(rep: np.ndarray, batches, k: int = 15) -> float:
-    """Mean fraction of each cell's ``k`` nearest neighbours that come from another batch, divided by the
-    fraction expected if batches were perfectly mixed (1 - the cell's own batch share). 1 is ideal mixing,
-    0 no mixing at all."""
+def batch_mixing(rep: np.ndarray, batches, k: int = 15, *, labels=None, min_cells: int = 20) -> float:
+    """How well batches are mixed among each cell's ``k`` nearest neighbours in ``rep``: 1 is ideal, 0 none.
+
+    Without ``labels``: the mean over cells of the fraction of neighbours from another batch, divided by the
+    fraction expected if batches were perfectly mixed (1 - the cell's own batch share).
+
+    With ``labels`` (cell types): the expected fraction is taken within the cell's own type,
+    1 - n(type, batch) / n(type), so that a cell type that only some batches have is not asked to mix with the
+    others. Cells whose type has fewer than ``min_cells`` cells, or is present in one batch only, are left out
+    of the mean (their neighbours are still any cells)."""
+    rep = np.asarray(rep)
     codes, _ = pd.factorize(np.asarray(batches))
-    share = np.bincount(codes) / len(codes)
-    other = (codes[_neighbours(np.asarray(rep), k)] != codes[:, None]).mean(1)
-    return float(np.mean(other / (1.0 - share[codes])))
+    other = (codes[_neighbours(rep, k)] != codes[:, None]).mean(1)
+    if labels is None:
+        share = np.bincount(codes) / len(codes)
+        return float(np.mean(other / (1.0 - share[codes])))
+    types, _ = pd.factorize(np.asarray(labels))
+    table = np.zeros((types.max() + 1, codes.max() + 1))
+    np.add.at(table, (types, codes), 1)
+    per_type = table.sum(1)
+    expected = 1.0 - table[types, codes] / per_type[types]
+    keep = (per_type[types] >= min_cells) & (expected > 0)
+    if not keep.any():
+        raise ValueError("no cell type with at least min_cells cells is present in more than one batch")
+    return float(np.mean(other[keep] / expected[keep]))
 
 
 def ilisi(rep: np.ndarray, batches, k: int = 30) -> float:

@@ -233,3 +233,68 @@ def test_genes_never_expressed_are_kept_without_nan(pbmc):
     expr = model.get_normalized_expression(pbmc, return_numpy=True)
     assert np.isfinite(expr).all() and np.isfinite(pbmc.obsm["X_scvae"]).all()
     assert expr[:, :5].mean() < expr[:, 5:].mean() / 5  # learned as (nearly) never expressed
+
+
+def _oddities(pbmc):
+    """What a Scanpy user may hand over: duplicate cell names, labels as plain strings, integers or a categorical
+    with unused categories, a batch of 3 cells, a cell type that only one batch has."""
+    a = pbmc.copy()
+    a.obs_names = ["cell"] * 350 + [f"c{i}" for i in range(350)]  # anndata warns; scanpy keeps working
+    batch = np.where(np.arange(a.n_obs) % 2 == 0, "plate1", "plate2").astype(object)
+    batch[:3] = "tiny"
+    only = (a.obs["cell_type"] == a.obs["cell_type"].cat.categories[0]).to_numpy()
+    batch[only & (np.arange(a.n_obs) >= 3)] = "plate1"  # that cell type is in plate1 only
+    a.obs["batch_str"] = batch
+    a.obs["batch_cat"] = pd.Categorical(batch, categories=["unused", "plate1", "plate2", "tiny"])
+    a.obs["batch_int"] = pd.Series(batch).map({"plate1": 1, "plate2": 2, "tiny": 3}).to_numpy()
+    return a
+
+
+@pytest.mark.parametrize("key", ["batch_str", "batch_cat", "batch_int"])
+def test_anndata_oddities_train_and_leave_adata_unchanged(pbmc, key):
+    a = _oddities(pbmc)
+    before = _snapshot(a)
+    model = scvae.model.fit(a, batch_key=key, max_epochs=3, seed=0, progress_bar=False)
+    _assert_unchanged(before, a, allowed_obsm={"X_scvae"}, allowed_uns={"scvae"})
+    assert list(a.obs_names[:2]) == ["cell", "cell"]
+    assert np.isfinite(a.obsm["X_scvae"]).all()
+    names = ["1", "2", "3"] if key == "batch_int" else ["plate1", "plate2", "tiny"]
+    assert model.config["categories"][key] == names  # only the categories present, in their order
+    expr = model.get_normalized_expression(a, transform_batch=names[2])  # the 3-cell batch decodes every cell
+    assert expr.shape == (a.n_obs, a.n_vars) and np.isfinite(expr.to_numpy()).all()
+    np.testing.assert_array_equal(model.get_latent(a), a.obsm["X_scvae"])
+
+
+def test_unknown_batch_and_duplicate_gene_names_fail_with_the_fix(pbmc):
+    a = _oddities(pbmc)
+    model = scvae.model.fit(a, batch_key="batch_str", max_epochs=2, seed=0, progress_bar=False)
+    b = a.copy()
+    b.obs["batch_str"] = "plate9"
+    with pytest.raises(InputError, match=r"never saw: \['plate9'\].*Map them to known categories"):
+        model.get_latent(b)
+    c = a.copy()
+    c.var_names = ["g"] * 2 + list(c.var_names[2:])
+    before = _snapshot(c)
+    with pytest.raises(InputError, match="var_names_make_unique"):
+        scvae.model.fit(c, batch_key="batch_str", max_epochs=2, progress_bar=False)
+    _assert_unchanged(before, c)
+
+
+def test_default_training_runs_every_epoch_and_keeps_the_final_weights(pbmc):
+    model = scvae.model.fit(pbmc, max_epochs=12, seed=0, progress_bar=False)
+    assert model.config["early_stopping"] is False
+    assert model.config["epochs_trained"] == model.config["best_epoch"] == 12
+    # the final weights: the training state of the last epoch, as saved, reproduces the latent written to adata
+    np.testing.assert_array_equal(model.get_latent(pbmc), pbmc.obsm["X_scvae"])
+    assert pbmc.uns["scvae"]["elbo_validation"] == pytest.approx(model.history["elbo_validation"].iloc[-1])
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_elbo(pbmc):
+    model = scvae.model.fit(
+        pbmc, max_epochs=400, early_stopping=True, patience=3, kl_warmup_epochs=0, seed=0, progress_bar=False
+    )
+    h = model.history
+    assert len(h) < 400  # it stopped
+    best = int(h["elbo_validation"].to_numpy().argmax()) + 1
+    assert model.config["best_epoch"] == best and len(h) == best + 3
+    assert pbmc.uns["scvae"]["elbo_validation"] == pytest.approx(h["elbo_validation"].max())
