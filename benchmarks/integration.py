@@ -247,11 +247,7 @@ def main() -> None:
                 )
             scib = scib_scores(adata, batch_key, reps)
             for row in rows[-len(reps) :]:
-                for col in ("batch_correction", "bio_conservation", "total"):
-                    row[col] = float(scib.loc[row["method"], col])
-                for col in scib.columns:
-                    if col not in ("batch_correction", "bio_conservation", "total"):
-                        row[col] = float(scib.loc[row["method"], col])
+                row.update(scib.loc[row["method"]].astype(float).to_dict())
             runs = pd.DataFrame(rows)
             runs.to_csv(args.out / f"{args.name}.csv", index=False)  # written as it goes
     runs = pd.DataFrame(rows)

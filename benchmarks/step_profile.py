@@ -159,7 +159,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
             def __init__(self, *args, callbacks=None, **kwargs) -> None:
                 super().__init__(*args, callbacks=[*(callbacks or []), clock], **kwargs)
 
-        settings = TrainSettings(max_epochs=1, kl_warmup_steps=len(loader) * 2, early_stopping=False,
+        settings = TrainSettings(max_epochs=1, lr=1e-3, kl_warmup_steps=len(loader) * 2, early_stopping=False,
                                  progress_bar=False)
         original, pl.Trainer = pl.Trainer, ClockedTrainer
         try:

@@ -31,7 +31,7 @@ from .data import (
 )
 from .loaders import make_loaders, to_dense_float
 from .module import VAE
-from .train import TrainSettings, default_max_epochs, read_checkpoint, train
+from .train import TrainSettings, default_lr, default_max_epochs, read_checkpoint, train
 
 logger = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def fit(
     if not 0 <= validation_size < 1:
         raise InputError(f"validation_size must be in [0, 1), got {validation_size!r}")
     if lr is None:
-        lr = 4e-3 if likelihood in D.COUNT_LIKELIHOODS else 1e-3
+        lr = default_lr(likelihood)
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
         raise InputError(f"lr must be a positive number, got {lr!r}")
     if data_on_device not in (None, True, False):
@@ -612,7 +612,9 @@ def fit(
 
     adata.obsm[key_added] = latent
     adata.uns["scvae"] = _uns_record(config, hist, key_added)
-    logger.info("trained %d epochs (weights of epoch %d kept); wrote adata.obsm[%r]", len(hist), best.best_epoch, key_added)
+    logger.info(
+        "trained %d epochs (weights of epoch %d kept); wrote adata.obsm[%r]", len(hist), best.best_epoch, key_added
+    )
     return model
 
 

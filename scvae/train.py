@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributions as D
 from .loaders import Minibatches, place_on
 from .module import VAE
 
@@ -34,7 +35,7 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainSettings:
     max_epochs: int
-    lr: float = 4e-3
+    lr: float
     weight_decay: float = 1e-6
     beta: float = 1.0
     kl_warmup_steps: int = 0
@@ -143,8 +144,8 @@ class BestWeights(pl.Callback):
     and puts the best weights back at the end. Without (the default): every epoch runs and the final weights are
     returned, as scvi-tools does; on small data the validation ELBO peaks long before the latent space has finished
     separating biology from batch, so the ELBO-best weights integrate batches less well
-    (``benchmarks/results/integration_ablation.md``). Either way, a loss that becomes NaN/inf stops training at once and the
-    last weights kept (best, or latest finite) are put back."""
+    (``benchmarks/results/integration_ablation.md``). Either way, a loss that becomes NaN/inf stops training at
+    once and the last weights kept (best, or latest finite) are put back."""
 
     def __init__(self, monitor: str, settings: TrainSettings) -> None:
         self.monitor, self.settings = monitor, settings
@@ -392,3 +393,8 @@ def train(
 def default_max_epochs(n_cells: int) -> int:
     """About 3 million cell passes, between 20 and 200 epochs."""
     return int(np.clip(round(3e6 / max(n_cells, 1)), 20, 200))
+
+
+def default_lr(likelihood: str) -> float:
+    """Adam's learning rate when none is given: 4e-3 for count likelihoods (measured for them), else 1e-3."""
+    return 4e-3 if likelihood in D.COUNT_LIKELIHOODS else 1e-3
