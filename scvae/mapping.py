@@ -145,7 +145,11 @@ def map_query(
     config = copy.deepcopy(model.config)
     for key, cats in new_categories.items():
         config["categories"][key] = ref_categories[key] + cats
-    ref_state = {k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}
+    # The reference's label classifiers served its training only; the query's new entries are learnt without them.
+    config["adversarial_weight"] = 0.0
+    ref_state = {
+        k: v.detach().cpu().clone() for k, v in model.module.state_dict().items() if not k.startswith("label_classifiers.")
+    }
     with torch.random.fork_rng(devices=[]):  # its random initial weights are all overwritten; spare the caller's RNG
         module = _build_module(config)
     masks = _transplant(ref_state, module, [len(v) for v in ref_categories.values()],

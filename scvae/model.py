@@ -40,9 +40,11 @@ CONFIG_FILE = "scvae.json"
 FORMAT_VERSION = 1
 
 # Module settings, saved with the model and used to rebuild it.
+DEFAULT_ADVERSARIAL_WEIGHT = 3.0  # with batch_key or condition_key: benchmarks/results/integration_ablation.md
+
 _ARCH_KEYS = (
     "n_latent", "n_hidden", "n_layers", "likelihood", "encode_covariates", "dispersion", "dropout", "norm",
-    "prior", "n_pseudo_inputs", "objective", "n_importance",
+    "prior", "n_pseudo_inputs", "objective", "n_importance", "adversarial_weight",
 )
 
 
@@ -293,10 +295,12 @@ def _refuse_nonfinite(values: np.ndarray, what: str) -> None:
 def _build_module(config: dict[str, Any]) -> VAE:
     keys = list(config["categories"])
     batch_key = config.get("batch_key")
+    removed = [config.get("batch_key"), config.get("condition_key")]  # what the adversaries take out of z
     return VAE(
         len(config["genes"]),
         n_categories=[len(v) for v in config["categories"].values()],
-        dispersion_key_index=keys.index(batch_key) if batch_key in keys else None,
+        batch_index=keys.index(batch_key) if batch_key in keys else None,
+        adversarial_indices=[keys.index(k) for k in removed if k in keys],
         **{k: config[k] for k in _ARCH_KEYS if k in config},  # models saved before a key existed: its default
     )
 
@@ -342,6 +346,7 @@ def fit(
     n_layers: int = 1,
     dispersion: str = "gene",
     encode_covariates: bool = True,
+    adversarial_weight: float | None = None,
     dropout: float = 0.1,
     norm: str = "batch",
     max_epochs: int | None = None,
@@ -397,6 +402,15 @@ def fit(
         ``"gene"`` or ``"gene-batch"`` (NB/ZINB inverse dispersion per gene, or per gene and batch).
     encode_covariates, dropout, norm
         Give the labels to the encoder; dropout rate; ``"batch"``, ``"layer"`` or ``"none"`` normalisation.
+    adversarial_weight
+        Weight of adversarial label classifiers on the latent space (see :class:`scvae.module.VAE`): for
+        ``batch_key`` and ``condition_key`` each, a small network learns to tell the label from z while the
+        encoder learns to defeat it, so z keeps less of the batch and of the condition (which still reach the
+        decoder). Default (None): 3 when either key is given, else 0 (none); 0 turns it off. Covariates are
+        not touched. Batches mix further for the same cell-type separation
+        (``benchmarks/results/integration.md``, ``integration_ablation.md``), and label swapping and latent
+        arithmetic start from codes with less of the condition in them
+        (``benchmarks/results/perturbation_kang.md``).
     max_epochs
         Default: about 3 million cell passes, between 20 and 200 epochs (200 for up to 15,000 cells).
     batch_size, lr, weight_decay
@@ -505,6 +519,17 @@ def fit(
         raise InputError(f"batch_key, condition_key and covariate_keys must be different columns, got {keys}")
     if dispersion == "gene-batch" and batch_key is None:
         raise InputError("dispersion='gene-batch' needs batch_key")
+    removable = batch_key is not None or condition_key is not None
+    if adversarial_weight is None:
+        adversarial_weight = DEFAULT_ADVERSARIAL_WEIGHT if removable else 0.0
+    if isinstance(adversarial_weight, bool) or not (
+        isinstance(adversarial_weight, (int, float)) and adversarial_weight >= 0
+    ):
+        raise InputError(f"adversarial_weight must be a number >= 0, got {adversarial_weight!r}")
+    if adversarial_weight > 0 and not removable:
+        raise InputError(
+            "adversarial_weight > 0 needs batch_key or condition_key: its classifiers learn to tell those labels"
+        )
 
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -546,6 +571,7 @@ def fit(
         "n_layers": int(n_layers),
         "likelihood": likelihood,
         "encode_covariates": bool(encode_covariates),
+        "adversarial_weight": float(adversarial_weight),
         "dispersion": dispersion,
         "dropout": float(dropout),
         "norm": norm,

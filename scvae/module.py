@@ -53,13 +53,22 @@ class VAE(nn.Module):
         Feed the labels to the encoder too (they always go to every decoder layer).
     dispersion
         ``"gene"``: one NB inverse dispersion per gene; ``"gene-batch"``: one per gene and category of the
-        label at ``dispersion_key_index``.
+        batch label.
+    batch_index
+        Position of the batch label among the labels (``n_categories``), or None without one.
     prior
         ``"normal"`` (N(0, I), closed-form KL) or ``"vamp"`` (VampPrior with ``n_pseudo_inputs`` components,
         Monte Carlo KL; see :mod:`scvae.priors`).
     objective, n_importance
         Default training objective used by :meth:`loss`: ``"elbo"`` or ``"iwae"``, with ``n_importance``
         samples of z per cell.
+    adversarial_weight, adversarial_indices
+        Weight of adversarial label classifiers on z (0: none), one for each label at ``adversarial_indices``
+        (positions in ``n_categories``, e.g. the batch and the condition). Each, a small MLP, learns to tell its
+        label from the sampled z while, through a gradient-reversal layer (Ganin & Lempitsky 2015), the encoder
+        learns to defeat it: the loss adds ``adversarial_weight`` × the sum of their cross-entropies, which the
+        classifiers minimise and the encoder maximises. The labels still reach the decoder, so what z sheds of
+        them the decoder puts back from the label itself.
     """
 
     def __init__(
@@ -73,13 +82,15 @@ class VAE(nn.Module):
         n_categories: tuple[int, ...] | list[int] = (),
         encode_covariates: bool = True,
         dispersion: str = "gene",
-        dispersion_key_index: int | None = None,
+        batch_index: int | None = None,
         dropout: float = 0.1,
         norm: str = "batch",
         prior: str = "normal",
         n_pseudo_inputs: int = 100,
         objective: str = "elbo",
         n_importance: int = 1,
+        adversarial_weight: float = 0.0,
+        adversarial_indices: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         if prior not in PRIORS:
@@ -92,12 +103,21 @@ class VAE(nn.Module):
             raise ValueError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
         if dispersion not in DISPERSIONS:
             raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {dispersion!r}")
-        if dispersion == "gene-batch" and dispersion_key_index is None:
+        if dispersion == "gene-batch" and batch_index is None:
             raise ValueError("dispersion='gene-batch' needs a batch label (batch_key)")
+        if not adversarial_weight >= 0:
+            raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight!r}")
+        adversarial_indices = tuple(int(i) for i in adversarial_indices)
+        if adversarial_weight > 0 and not adversarial_indices:
+            raise ValueError("adversarial_weight > 0 needs labels to remove (adversarial_indices)")
+        if any(not 0 <= i < len(n_categories) for i in adversarial_indices):
+            raise ValueError(f"adversarial_indices {adversarial_indices} must index the {len(n_categories)} labels")
         self.n_genes, self.n_latent, self.likelihood = n_genes, n_latent, likelihood
         self.n_categories = tuple(int(k) for k in n_categories)
         self.encode_covariates = encode_covariates
-        self.dispersion, self.dispersion_key_index = dispersion, dispersion_key_index
+        self.dispersion, self.batch_index = dispersion, batch_index
+        self.adversarial_weight = float(adversarial_weight)
+        self.adversarial_indices = adversarial_indices if self.adversarial_weight > 0 else ()
         n_cov = sum(self.n_categories)
         mlp = dict(dropout=dropout, norm=norm)
 
@@ -109,13 +129,18 @@ class VAE(nn.Module):
         if likelihood == "zinb":
             self.zi_head = nn.Linear(self.decoder.n_out, n_genes)
         if likelihood in ("nb", "zinb"):
-            rows = self.n_categories[dispersion_key_index] if dispersion == "gene-batch" else 1
+            rows = self.n_categories[batch_index] if dispersion == "gene-batch" else 1
             self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
         if likelihood == "gaussian":
             self.log_var = nn.Parameter(torch.zeros(n_genes))
         self.prior, self.objective, self.n_importance = prior, objective, int(n_importance)
         if prior == "vamp":
             self.vamp = VampPrior(int(n_pseudo_inputs), n_genes)
+        if self.adversarial_indices:
+            self.label_classifiers = nn.ModuleList(
+                nn.Sequential(nn.Linear(n_latent, 32), nn.ReLU(), nn.Linear(32, self.n_categories[i]))
+                for i in self.adversarial_indices
+            )
         # When set, train() leaves every batch-norm layer in evaluation mode: its running statistics do not move
         # and minibatches are normalised with them (query mapping, see :mod:`scvae.mapping`). Off by default.
         self.freeze_batchnorm = False
@@ -190,7 +215,7 @@ class VAE(nn.Module):
     def theta_for(self, cats: torch.Tensor | None) -> torch.Tensor:
         """NB inverse dispersion: (genes,), or (cells, genes) for ``dispersion="gene-batch"``."""
         if self.dispersion == "gene-batch":
-            log_theta = self.log_theta[cats[:, self.dispersion_key_index]]
+            log_theta = self.log_theta[cats[:, self.batch_index]]
         else:
             log_theta = self.log_theta[0]
         return torch.exp(log_theta.clamp(-12.0, 12.0))
@@ -209,6 +234,18 @@ class VAE(nn.Module):
 
     def library(self, x: torch.Tensor) -> torch.Tensor | None:
         return x.sum(dim=-1, keepdim=True) if self.counts else None
+
+    def adversarial_loss(self, z: torch.Tensor, cats: torch.Tensor | None) -> torch.Tensor:
+        """``adversarial_weight`` × the summed mean cross-entropies of the label classifiers on ``z`` (cells ×
+        n_latent), with the gradient reaching ``z`` reversed; 0 without classifiers or when gradients are off."""
+        if not self.adversarial_indices or not torch.is_grad_enabled():
+            return z.new_zeros(())
+        reversed_z = _ReverseGradient.apply(z)
+        ce = sum(
+            F.cross_entropy(clf(reversed_z), cats[:, i])
+            for clf, i in zip(self.label_classifiers, self.adversarial_indices)
+        )
+        return self.adversarial_weight * ce
 
     # -- prior -----------------------------------------------------------------------------------------------
     def prior_components(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -283,7 +320,8 @@ class VAE(nn.Module):
         Returns
         -------
         dict of (S, cells) tensors: ``log_weight`` = ``log_px_z + kl_weight * (log_pz - log_qz)``, and its
-        terms ``log_px_z``, ``log_pz``, ``log_qz``; plus ``mean`` and ``logvar`` of q (cells × n_latent).
+        terms ``log_px_z``, ``log_pz``, ``log_qz``; plus the samples ``z`` (S, cells, n_latent) and ``mean`` and
+        ``logvar`` of q (cells × n_latent).
         """
         mean, logvar = posterior if posterior is not None else self.inference(x, cats, nonzero)
         eps = torch.randn(
@@ -303,6 +341,7 @@ class VAE(nn.Module):
             w = torch.softmax(log_weight.detach(), dim=0).unsqueeze(-1)  # normalised weights (S, B, 1)
             z.register_hook(lambda grad: grad * w)
         return {
+            "z": z,
             "log_weight": log_weight,
             "log_px_z": log_px_z,
             "log_pz": log_pz,
@@ -336,7 +375,8 @@ class VAE(nn.Module):
 
         Returns
         -------
-        dict with ``loss`` (scalar to minimise: the negative weighted ELBO, or the negative IWAE bound),
+        dict with ``loss`` (scalar to minimise: the negative weighted ELBO, or the negative IWAE bound, plus
+        :meth:`adversarial_loss` while training),
         ``reconstruction`` and ``kl`` (per cell; averaged over the K samples, the KL in closed form for the
         normal prior and Monte Carlo for the VampPrior, so reconstruction - kl is an ELBO estimate), and for
         ``objective="iwae"`` also ``iwae``, the per-cell bound (with the given ``kl_weight``).
@@ -352,7 +392,7 @@ class VAE(nn.Module):
             reconstruction = self.log_px(x, z, cats, nonzero)
             kl = kl_normal_standard(mean, logvar)
             return {
-                "loss": (kl_weight * kl - reconstruction).mean(),
+                "loss": (kl_weight * kl - reconstruction).mean() + self.adversarial_loss(z, cats),
                 "reconstruction": reconstruction,
                 "kl": kl,
             }
@@ -363,13 +403,30 @@ class VAE(nn.Module):
             kl = kl_normal_standard(terms["mean"], terms["logvar"])
         else:
             kl = (terms["log_qz"] - terms["log_pz"]).mean(0)
+        # (With DReG, the hook on z also scales the adversary's gradient of each sample by its normalised weight.)
+        flat_cats = None if cats is None else cats.repeat(k, 1)
+        adversarial = self.adversarial_loss(terms["z"].reshape(-1, self.n_latent), flat_cats)
         if objective == "elbo":
-            return {"loss": (kl_weight * kl - reconstruction).mean(), "reconstruction": reconstruction, "kl": kl}
+            loss = (kl_weight * kl - reconstruction).mean() + adversarial
+            return {"loss": loss, "reconstruction": reconstruction, "kl": kl}
         iwae = torch.logsumexp(terms["log_weight"], dim=0) - math.log(k)
-        return {"loss": -iwae.mean(), "reconstruction": reconstruction, "kl": kl, "iwae": iwae}
+        return {"loss": -iwae.mean() + adversarial, "reconstruction": reconstruction, "kl": kl, "iwae": iwae}
 
 
 def kl_normal_standard(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, diag exp(logvar)) || N(0, I)), summed over the last axis."""
     return 0.5 * (torch.exp(logvar) + mean**2 - 1.0 - logvar).sum(-1)
 
+
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient's sign flipped backward (the gradient-reversal layer of Ganin & Lempitsky)."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return -grad

@@ -185,3 +185,49 @@ def volcano(de, *, n_labels: int = 15, ax=None, title: str | None = None):
     ax.set_title(title or "")
     ax.legend(loc="lower right", fontsize=7)
     return ax
+
+
+PERTURBATION_SCORES = ("delta_corr_top_change", "delta_corr_top", "r2_top_change", "r2_top", "sign_top_change")
+
+
+def perturbation_scores(scores, *, metrics=PERTURBATION_SCORES, ax=None, title: str | None = None):
+    """Grouped bars of perturbation scores: one group per metric, one bar per prediction.
+
+    Parameters
+    ----------
+    scores
+        ``{name: result}``, each result a dict of :func:`scvae.tl.evaluate_perturbation` (or any mapping from
+        metric names to numbers), e.g. ``{"no change": ..., "linear shift": ..., "scvae": ...}``.
+    metrics
+        Keys of the results to draw, in order. The default are those between -1 and 1 (Pearson-delta, R², sign
+        agreement); draw the distances (``"e_distance"``, ``"energy_distance"``, lower is better) on their own.
+
+    Returns
+    -------
+    The matplotlib axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .data import InputError
+
+    if not scores:
+        raise InputError("scores is empty; pass {name: scvae.tl.evaluate_perturbation(...)} for each prediction")
+    metrics = list(metrics)
+    for name, result in scores.items():
+        missing = [m for m in metrics if m not in result]
+        if missing:
+            raise InputError(f"the result for {name!r} has no {missing}; is it from scvae.tl.evaluate_perturbation?")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 1.3 * len(metrics), 3.4))
+    width = 0.8 / len(scores)
+    x = np.arange(len(metrics))
+    for i, (name, result) in enumerate(scores.items()):
+        values = [float(result[m]) for m in metrics]
+        ax.bar(x + (i - (len(scores) - 1) / 2) * width, values, width, label=str(name))
+    ax.set_xticks(x, [m.replace("_", " ") for m in metrics], rotation=20, ha="right")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
+    return ax

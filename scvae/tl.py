@@ -144,6 +144,77 @@ def mean_r2(
     return _pearson(mp[use].to_numpy(), mr[use].to_numpy()) ** 2
 
 
+def top_changed_genes(means: pd.DataFrame, n: int) -> list[str]:
+    """The ``n`` genes with the largest |mean(real) − mean(control)| in a ``means`` table of
+    :func:`evaluate_perturbation` (both directions of change; ties in gene order)."""
+    change = (means["real"] - means["control"]).abs().to_numpy()
+    order = np.argsort(-change, kind="stable")
+    return [str(g) for g in means.index[order[:n]]]
+
+
+def _sign_agreement(d_pred: pd.Series, d_real: pd.Series) -> float:
+    """Share of genes whose predicted change has the sign of the real one (a gene with no real change counts
+    as right only when the prediction does not change it either)."""
+    return float(np.mean(np.sign(d_pred.to_numpy()) == np.sign(d_real.to_numpy()))) if len(d_real) else float("nan")
+
+
+def _pairwise_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and ``b``, in float64, clipped at 0."""
+    d = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def e_distances(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
+    """E-distance and energy distance between two sets of points (cells × dimensions).
+
+    - E-distance, as scPerturb / pertpy / scPerturBench compute it: 2 E‖X − Y‖² − E‖X − X′‖² − E‖Y − Y′‖²,
+      squared Euclidean distances averaged over all pairs (self-pairs included). With squared distances this is
+      exactly 2‖mean(X) − mean(Y)‖²: it compares the centres of the two clouds, not their spread.
+    - Energy distance (Székely): the same with Euclidean (unsquared) distances, which is 0 only when the two
+      distributions are equal, so it also penalises a prediction that is too narrow or too wide.
+
+    Both average over all pairs, self-pairs included (as pertpy does): for finite sets they are biased upwards by
+    roughly the within-set spread divided by the number of cells, so sets of different sizes are not compared
+    on an equal footing (two halves of the real cells, each half as large, pay more of it than a full-size
+    prediction does).
+    """
+    a, b = np.asarray(pred, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    ab, aa, bb = _pairwise_sq(a, b), _pairwise_sq(a, a), _pairwise_sq(b, b)
+    e = 2.0 * ab.mean() - aa.mean() - bb.mean()
+    energy = 2.0 * np.sqrt(ab).mean() - np.sqrt(aa).mean() - np.sqrt(bb).mean()
+    return float(e), float(energy)
+
+
+def _pca_distances(
+    pred: np.ndarray, stim: np.ndarray, ctrl: np.ndarray, n_pcs: int, max_cells: int, seed: int
+) -> dict[str, float]:
+    """E-distance and energy distance of the predicted and the control cells to the real stimulated cells, in a
+    PCA of the real cells (stimulated and control, log-normalised, centred), each group subsampled to at most
+    ``max_cells`` cells (seeded, as scPerturBench's 2,000)."""
+    rng = np.random.default_rng(seed)
+
+    def sub(m: np.ndarray) -> np.ndarray:
+        return m[np.sort(rng.choice(len(m), max_cells, replace=False))] if len(m) > max_cells else m
+
+    pred, stim, ctrl = sub(pred), sub(stim), sub(ctrl)
+    from sklearn.utils.extmath import randomized_svd
+
+    real = np.vstack([stim, ctrl]).astype(np.float64)
+    centre = real.mean(0)
+    k = max(1, min(n_pcs, real.shape[0] - 1, real.shape[1]))
+    _, _, vt = randomized_svd(real - centre, k, random_state=seed)
+    basis = vt.T
+
+    def project(m: np.ndarray) -> np.ndarray:
+        return (m - centre) @ basis
+
+    s = project(stim)
+    e_pred, energy_pred = e_distances(project(pred), s)
+    e_ctrl, energy_ctrl = e_distances(project(ctrl), s)
+    return {"e_distance": e_pred, "energy_distance": energy_pred, "e_distance_control": e_ctrl,
+            "energy_distance_control": energy_ctrl, "n_pcs": int(k)}
+
+
 def evaluate_perturbation(
     pred: AnnData,
     real_stim: AnnData,
@@ -153,11 +224,18 @@ def evaluate_perturbation(
     top_genes: Sequence[str] | None = None,
     pred_normalized: bool = False,
     direction: str = "up",
+    n_pcs: int = 50,
+    max_cells: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Compare predicted stimulated cells with the real ones, scGen-style.
+    """Compare predicted stimulated cells with the real ones, as scGen and scPerturBench do.
 
-    All three are restricted to ``pred``'s genes and log-normalised (copies). The top DEGs are found with
-    :func:`rank_de_genes` (Wilcoxon) on the real stimulated vs control cells, unless ``top_genes`` is given.
+    All three are restricted to ``pred``'s genes and log-normalised (copies). Two lists of top genes are scored:
+
+    - ``top_genes``: scGen's, the top ``n_top`` DEGs by :func:`rank_de_genes` (Wilcoxon, real stimulated vs
+      control cells, ``direction="up"``: up-regulated), unless ``top_genes`` is given;
+    - ``top_change``: the ``n_top`` genes with the largest real change |mean(real) − mean(control)|, both
+      directions (scPerturBench's and PerturBench's choice, :func:`top_changed_genes`).
 
     Parameters
     ----------
@@ -167,27 +245,50 @@ def evaluate_perturbation(
     real_stim, real_ctrl
         Real stimulated and control cells of the same cell type (raw counts).
     n_top
-        Number of top DEGs.
+        Number of top genes in each list.
     direction
-        Which DEGs (see :func:`rank_de_genes`); ``"up"`` follows scGen.
+        Which Wilcoxon DEGs (see :func:`rank_de_genes`); ``"up"`` follows scGen.
+    n_pcs, max_cells, seed
+        The PCA of the E-distances (components, at most) and the subsampling of each group of cells
+        (at most ``max_cells``, drawn with ``seed``).
 
     Returns
     -------
-    dict with ``r2_all`` and ``r2_top`` (squared Pearson correlation of gene means over all genes / the top
-    DEGs), ``delta_corr`` and ``delta_corr_top`` (Pearson correlation over genes of the predicted change
-    mean(pred) − mean(control) with the real change mean(real) − mean(control)), ``n_genes``, ``top_genes``,
-    and ``means``: a DataFrame of per-gene means (columns ``control``, ``real``, ``predicted``).
+    dict with, for the mean expression of each gene (log-normalised):
+
+    - ``r2_all``, ``r2_top``, ``r2_top_change``: squared Pearson correlation of predicted and real gene means
+      over all genes / the Wilcoxon DEGs / the top-changed genes (scGen's R²);
+    - ``delta_corr``, ``delta_corr_top``, ``delta_corr_top_change``: Pearson-delta, the Pearson correlation over
+      genes of the predicted change mean(pred) − mean(control) with the real change mean(real) − mean(control),
+      over the same three gene sets;
+    - ``sign_top``, ``sign_top_change``: the share of those top genes whose predicted change has the sign of the
+      real one;
+
+    for the cells themselves, in a PCA (``n_pcs`` components) of the real stimulated and control cells:
+
+    - ``e_distance``: E-distance of the predicted to the real stimulated cells as scPerturBench computes it
+      (squared Euclidean; equal to 2‖difference of the means‖², see :func:`e_distances`); lower is better;
+    - ``energy_distance``: the same with Euclidean distances, sensitive to the spread of the cells too;
+    - ``e_distance_control``, ``energy_distance_control``: the real control cells' distances to the real
+      stimulated ones (the distance of predicting no change), to scale the two above;
+
+    and ``n_genes``, ``top_genes``, ``top_change``, ``n_pcs``, and ``means``: a DataFrame of per-gene means
+    (columns ``control``, ``real``, ``predicted``).
     """
     genes = [str(g) for g in pred.var_names]
     _genes_in(real_stim, genes, "real_stim")
     _genes_in(real_ctrl, genes, "real_ctrl")
     stim, ctrl = real_stim[:, genes], real_ctrl[:, genes]
+    x_pred = _expression(pred, pred_normalized, None)
+    x_stim, x_ctrl = log_normalize(stim), log_normalize(ctrl)
+    names = pd.Index(genes)
     means = pd.DataFrame(
         {
-            "control": gene_means(ctrl),
-            "real": gene_means(stim),
-            "predicted": gene_means(pred, normalized=pred_normalized).to_numpy(),
-        }
+            "control": np.asarray(x_ctrl.mean(axis=0), dtype=np.float64).ravel(),
+            "real": np.asarray(x_stim.mean(axis=0), dtype=np.float64).ravel(),
+            "predicted": np.asarray(x_pred.mean(axis=0), dtype=np.float64).ravel(),
+        },
+        index=names,
     )
     if top_genes is None:
         both = AnnData(
@@ -196,21 +297,32 @@ def evaluate_perturbation(
                 {"group": ["stimulated"] * stim.n_obs + ["control"] * ctrl.n_obs},
                 index=pd.Index([str(i) for i in range(stim.n_obs + ctrl.n_obs)]),
             ),
-            var=pd.DataFrame(index=pd.Index(genes)),
+            var=pd.DataFrame(index=names),
         )
         top_genes = rank_de_genes(both, "group", "stimulated", "control", n_top, direction=direction)
     else:
         top_genes = _genes_in(pred, top_genes, "pred")
-    top = list(top_genes)
+    top, changed = list(top_genes), top_changed_genes(means, n_top)
     d_pred = means["predicted"] - means["control"]
     d_real = means["real"] - means["control"]
+
+    def dense(m: np.ndarray | sp.spmatrix) -> np.ndarray:
+        return m.toarray() if sp.issparse(m) else np.asarray(m)
+
+    distances = _pca_distances(dense(x_pred), dense(x_stim), dense(x_ctrl), n_pcs, max_cells, seed)
     return {
         "r2_all": _pearson(means["predicted"], means["real"]) ** 2,
         "r2_top": _pearson(means.loc[top, "predicted"], means.loc[top, "real"]) ** 2,
+        "r2_top_change": _pearson(means.loc[changed, "predicted"], means.loc[changed, "real"]) ** 2,
         "delta_corr": _pearson(d_pred, d_real),
         "delta_corr_top": _pearson(d_pred[top], d_real[top]),
+        "delta_corr_top_change": _pearson(d_pred[changed], d_real[changed]),
+        "sign_top": _sign_agreement(d_pred[top], d_real[top]),
+        "sign_top_change": _sign_agreement(d_pred[changed], d_real[changed]),
+        **distances,
         "n_genes": len(genes),
         "top_genes": top,
+        "top_change": changed,
         "means": means,
     }
 

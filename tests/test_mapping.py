@@ -51,6 +51,9 @@ def _assert_reference_part_identical(ref_model, mapped):
     new_off = np.cumsum([0, *new_sizes])
     kept = np.concatenate([new_off[i] + np.arange(k) for i, k in enumerate(old_sizes)])
     old_state, new_state = _state(ref_model), _state(mapped)
+    # The reference's adversarial label classifiers (training only) are not carried over to the mapped model.
+    old_state = {k: v for k, v in old_state.items() if not k.startswith("label_classifiers.")}
+    assert mapped.config["adversarial_weight"] == 0.0
     assert set(old_state) == set(new_state)
     widened = []
     for name, old in old_state.items():
@@ -184,7 +187,9 @@ def test_query_mixes_with_the_reference(mapping):
     both = ad.concat([ref[shared], mapping["query_unmapped"]])
     pca = PCA(10, random_state=0).fit_transform(log_normalize(both).toarray())
     control = batch_mixing(pca, origin)
-    assert mixing >= 0.4 and mixing >= 0.8 * plates  # measured 0.58, plates 0.54
+    # Measured: query 0.62, the reference's own plates 0.86 (with its adversarial batch classifier; 0.58 and 0.54
+    # without). The query's new batch entries are learnt without an adversary, so it mixes less than the plates.
+    assert mixing >= 0.5 and plates >= 0.75
     assert control < 0.1  # measured 0.003
 
 

@@ -157,6 +157,9 @@ def test_conditional_model_decodes_counterfactually_and_checks_categories():
     adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
     model = scvae.model.fit(adata, batch_key="batch", dispersion="gene-batch", max_epochs=15, progress_bar=False)
     assert model.config["categories"]["batch"] == sorted(adata.obs["batch"].unique())
+    # a batch key brings the adversarial batch classifier by default; it is recorded and saved with the weights
+    assert model.config["adversarial_weight"] == 3.0 and model.module.adversarial_indices == (0,)
+    assert adata.uns["scvae"]["adversarial_weight"] == 3.0
     as_drop = model.get_normalized_expression(adata, transform_batch="Dropseq_3cl", return_numpy=True)
     own = model.get_normalized_expression(adata, return_numpy=True)
     drop = (adata.obs["batch"] == "Dropseq_3cl").to_numpy()
@@ -195,6 +198,8 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
         ({"validation_size": 1.5}, "validation_size"),
         ({"dispersion": "gene-batch"}, "needs batch_key"),
         ({"data_on_device": "yes"}, "data_on_device must be True, False or None"),
+        ({"adversarial_weight": 1.0}, "needs batch_key or condition_key"),
+        ({"adversarial_weight": -1.0, "batch_key": "cell_type"}, "adversarial_weight must be a number >= 0"),
     ],
 )
 def test_bad_arguments_fail_before_training_with_a_clear_message(pbmc, kwargs, message):
@@ -298,3 +303,33 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_elbo(pbmc):
     best = int(h["elbo_validation"].to_numpy().argmax()) + 1
     assert model.config["best_epoch"] == best and len(h) == best + 3
     assert pbmc.uns["scvae"]["elbo_validation"] == pytest.approx(h["elbo_validation"].max())
+
+
+def test_adversarial_classifier_mixes_batches_further_on_real_data():
+    """CellBench (five batches over two technologies): the default adversarial batch classifier mixes the
+    batches within each cell line further than the same cVAE without it, for the same cell-line separation."""
+    adata = scvae.datasets.cellbench()
+    adata = adata[:, :1000].copy()
+    adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
+    scores = {}
+    for weight in (0.0, None):
+        a = adata.copy()
+        model = scvae.model.fit(a, batch_key="batch", adversarial_weight=weight, max_epochs=60, progress_bar=False)
+        z = a.obsm["X_scvae"]
+        scores[weight] = (
+            scvae.metrics.batch_mixing(z, a.obs["batch"], labels=a.obs["cell_type"]),
+            knn_accuracy(z, a.obs["cell_type"]),
+        )
+        assert model.config["adversarial_weight"] == (0.0 if weight == 0.0 else 3.0)
+    # measured: mixing 0.906 without, 0.938 with; 15-NN accuracy 0.981 and 0.979
+    assert scores[None][0] > scores[0.0][0] + 0.02, scores
+    assert scores[None][1] > scores[0.0][1] - 0.02, scores
+
+
+def test_adversary_trains_with_iwae_and_a_condition_key(pbmc):
+    a = pbmc.copy()
+    a.obs["condition"] = np.where(np.arange(a.n_obs) % 2, "control", "stimulated")
+    model = scvae.model.fit(a, batch_key="cell_type", condition_key="condition", objective="iwae", n_importance=3,
+                            max_epochs=3, progress_bar=False)
+    assert model.module.adversarial_indices == (0, 1) and len(model.module.label_classifiers) == 2
+    assert np.isfinite(a.obsm["X_scvae"]).all()

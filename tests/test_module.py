@@ -33,7 +33,7 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
     codes = torch.stack([torch.arange(64) % k for k in cats], 1) if cats else None
     dispersion = "gene-batch" if cats and likelihood in ("nb", "zinb") else "gene"
     vae = VAE(30, n_latent=3, n_hidden=16, likelihood=likelihood, n_categories=cats,
-              dispersion=dispersion, dispersion_key_index=0 if cats else None)
+              dispersion=dispersion, batch_index=0 if cats else None)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
     first = None
     for _ in range(60):
@@ -92,7 +92,7 @@ def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, disper
     nonzero = nonzero[:, torch.argsort(nonzero[0] * 25 + nonzero[1])]
     assert (x[nonzero[0], nonzero[1]] == 0).sum() >= 2
     vae = VAE(25, n_latent=3, n_hidden=16, likelihood=likelihood, n_categories=(3,), dispersion=dispersion,
-              dispersion_key_index=0, objective=objective, n_importance=k)
+              batch_index=0, objective=objective, n_importance=k)
     runs = []
     for nz in (None, nonzero):
         torch.manual_seed(0)
@@ -106,3 +106,33 @@ def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, disper
     for u, v in zip(ga, gb):
         if u is not None:
             torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-5)
+
+
+def test_adversarial_loss_reverses_the_gradient_reaching_z():
+    torch.manual_seed(0)
+    vae = VAE(30, n_latent=4, n_categories=(3, 2), adversarial_weight=2.0, adversarial_indices=(0, 1))
+    z = torch.randn(16, 4, requires_grad=True)
+    cats = torch.stack([torch.arange(16) % 3, torch.arange(16) % 2], 1)
+    vae.adversarial_loss(z, cats).backward()
+    reversed_grad = z.grad.clone()
+    classifier_grad = [p.grad.clone() for p in vae.label_classifiers.parameters()]
+    z.grad = None
+    vae.zero_grad()
+    f = torch.nn.functional
+    ce = 2.0 * (f.cross_entropy(vae.label_classifiers[0](z), cats[:, 0]) +
+                f.cross_entropy(vae.label_classifiers[1](z), cats[:, 1]))
+    ce.backward()
+    torch.testing.assert_close(reversed_grad, -z.grad)  # the encoder side works against the classifiers
+    for got, want in zip(classifier_grad, vae.label_classifiers.parameters()):
+        torch.testing.assert_close(got, want.grad)  # the classifiers themselves minimise their cross-entropy
+    with torch.no_grad():
+        assert vae.adversarial_loss(z, cats).item() == 0.0  # evaluation: no adversarial term
+
+
+def test_adversarial_weight_needs_labels_to_remove():
+    with pytest.raises(ValueError, match="labels to remove"):
+        VAE(30, n_categories=(2,), adversarial_weight=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        VAE(30, n_categories=(2,), adversarial_weight=-1.0, adversarial_indices=(0,))
+    with pytest.raises(ValueError, match="must index"):
+        VAE(30, n_categories=(2,), adversarial_weight=1.0, adversarial_indices=(1,))

@@ -108,6 +108,52 @@ def test_counterfactual_with_cvae(cvae, data, top, no_change):
     assert res["delta_corr_top"] > 0.7
 
 
+@pytest.mark.parametrize("which", ["vae", "cvae"])
+def test_transport_gives_each_cell_its_own_response(which, request, data, top, no_change):
+    model = request.getfixturevalue(which)
+    pred = model.predict_perturbation(data["train"], target=TARGET, method="transport", n_neighbors=20, **LABELS)
+    rec = pred.uns["scvae_perturbation"]
+    assert rec["method"] == "transport" and rec["n_neighbors"] == 20
+    assert rec["cell_types"] == ["CD14 Mono", "CD4 T"] and set(rec["n_pairs"]) == {"CD14 Mono", "CD4 T"}
+    assert rec["decoded_with_stimulated_label"] == (which == "cvae")
+    res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"], top_genes=top)
+    print(which, {k: round(res[k], 3) for k in ("r2_top", "delta_corr_top", "delta_corr_top_change", "e_distance")},
+          {k: round(no_change[k], 3) for k in ("r2_top", "e_distance")})
+    assert res["r2_top"] > no_change["r2_top"] + 0.15
+    assert res["delta_corr_top_change"] > 0.6 and res["e_distance"] < no_change["e_distance"]
+
+
+def test_transport_displacements_pair_points_optimally():
+    from itertools import permutations
+
+    from scvae.perturbation import transport_displacements
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 2)), rng.normal(size=(6, 2)) + 3.0
+    anchors, moves = transport_displacements(a, b, max_cells=6)
+    np.testing.assert_allclose(np.sort(anchors, axis=0), np.sort(a, axis=0))
+    cost = ((moves) ** 2).sum()
+    best = min(((b[list(p)] - a) ** 2).sum() for p in permutations(range(6)))
+    assert cost == pytest.approx(best)
+    anchors, moves = transport_displacements(a, b[:4], max_cells=10)  # the larger set is subsampled
+    assert anchors.shape == moves.shape == (4, 2)
+
+
+def test_linear_shift_unbalanced(data):
+    balanced = linear_shift(data["train"], target=TARGET, **LABELS)
+    unbalanced = linear_shift(data["train"], target=TARGET, balanced=False, **LABELS)
+    assert unbalanced.uns["scvae_perturbation"]["balanced"] is False
+    assert not np.allclose(balanced.X, unbalanced.X)
+    # unbalanced: the plain difference of the means of all cells of the other types
+    train = data["train"]
+    logx = tl.log_normalize(train)
+    other = (train.obs["cell_type"] != TARGET).to_numpy()
+    stim = (train.obs["condition"] == "stimulated").to_numpy()
+    delta = np.asarray(logx[other & stim].mean(0) - logx[other & ~stim].mean(0)).ravel()
+    ctrl = tl.log_normalize(data["ctrl"]).toarray()
+    np.testing.assert_allclose(unbalanced.X, ctrl + delta, atol=1e-5)
+
+
 def test_linear_shift_baseline(data, top, no_change):
     pred = linear_shift(data["train"], target=TARGET, **LABELS)
     ctrl_mean = tl.gene_means(data["ctrl"])
@@ -212,8 +258,44 @@ def test_tl_metrics(data, top):
     assert {"ISG15", "IFI6", "IFIT3", "ISG20", "MX1"} & set(top[:20])
     res = tl.evaluate_perturbation(stim, stim, ctrl, top_genes=top)
     assert res["r2_all"] == pytest.approx(1.0) and res["delta_corr"] == pytest.approx(1.0)
+    for key in ("delta_corr_top", "delta_corr_top_change", "r2_top_change", "sign_top", "sign_top_change"):
+        assert res[key] == pytest.approx(1.0), key
+    assert res["e_distance"] == pytest.approx(0.0, abs=1e-9) and res["energy_distance"] == pytest.approx(0.0, abs=1e-9)
+    # both directions of change are ranked: the top-changed genes include genes that go down
+    changed = res["means"].loc[res["top_change"]]
+    assert (changed["real"] < changed["control"]).any() and (changed["real"] > changed["control"]).any()
+    d = (changed["real"] - changed["control"]).abs().to_numpy()
+    assert (np.diff(d) <= 0).all() and d[-1] >= (res["means"]["real"] - res["means"]["control"]).abs().drop(
+        res["top_change"]).max()
+    # predicting no change: zero Pearson-delta is undefined (no change at all), and the distances are the control's
+    none = tl.evaluate_perturbation(ctrl, stim, ctrl, top_genes=top)
+    assert np.isnan(none["delta_corr"]) and none["sign_top"] == 0.0
+    assert none["e_distance"] == pytest.approx(none["e_distance_control"]) and none["e_distance"] > 1.0
+    assert none["energy_distance"] == pytest.approx(none["energy_distance_control"]) and none["energy_distance"] > 0.1
     with pytest.raises(InputError, match="missing"):
         tl.mean_r2(stim, ctrl[:, :10])
+
+
+def test_e_distances_match_their_definitions():
+    from scipy.spatial.distance import cdist
+    from scipy.stats import energy_distance
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(loc=0.5, scale=2.0, size=(60, 3))
+    e, energy = tl.e_distances(x, y)
+    # scPerturb / pertpy: 2 mean d²(X, Y) − mean d²(X, X) − mean d²(Y, Y), which is 2 ‖mean X − mean Y‖²
+    sq = 2 * cdist(x, y, "sqeuclidean").mean() - cdist(x, x, "sqeuclidean").mean() - cdist(y, y, "sqeuclidean").mean()
+    assert e == pytest.approx(sq) and e == pytest.approx(2 * np.sum((x.mean(0) - y.mean(0)) ** 2))
+    eu = 2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean()
+    assert energy == pytest.approx(eu)
+    # in one dimension, scipy's energy distance is the square root of ours
+    e1, energy1 = tl.e_distances(x[:, :1], y[:, :1])
+    assert np.sqrt(energy1) == pytest.approx(energy_distance(x[:, 0], y[:, 0]))
+    # the energy distance sees a change of spread that the E-distance does not
+    same_mean = rng.normal(size=(200, 3)) * 3.0
+    same_mean -= same_mean.mean(0) - x.mean(0)
+    e2, energy2 = tl.e_distances(x, same_mean)
+    assert e2 == pytest.approx(0.0, abs=1e-9) and energy2 > 0.5
 
 
 def test_plots(vae, data):
@@ -227,6 +309,14 @@ def test_plots(vae, data):
     assert len(ax.get_xticklabels()) == 3
     with pytest.raises(InputError, match="not among the predicted genes"):
         scvae.pl.perturbation_violin(pred, data["stim"], data["ctrl"], "NOT_A_GENE")
+    res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"])
+    none = tl.evaluate_perturbation(data["ctrl"], data["stim"], data["ctrl"], top_genes=res["top_genes"])
+    ax = scvae.pl.perturbation_scores({"no change": none, "delta": res})
+    assert len(ax.patches) == 2 * len(scvae.pl.PERTURBATION_SCORES) and len(ax.get_xticklabels()) == 5
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[5] == pytest.approx(res["delta_corr_top_change"])  # bars of the second result follow the first's
+    with pytest.raises(InputError, match="no \\['e_distance'\\]"):
+        scvae.pl.perturbation_scores({"x": {"r2_top": 1.0}}, metrics=["r2_top", "e_distance"])
     plt.close("all")
 
 
