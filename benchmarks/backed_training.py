@@ -84,7 +84,10 @@ def _mem() -> dict:
 def make_cgroup(limit_gb: float) -> Path | None:
     """A memory cgroup limited to ``limit_gb`` (v1 or v2), or None where none can be made (not root, no cgroupfs)."""
     cap = str(int(limit_gb * 2**30))
-    for root, limit_file in ((Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"), (Path("/sys/fs/cgroup"), "memory.max")):
+    for root, limit_file in (
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+        (Path("/sys/fs/cgroup"), "memory.max"),
+    ):
         group = root / "scvae_backed_benchmark"
         try:
             group.mkdir(exist_ok=True)
@@ -197,9 +200,24 @@ def main() -> None:
     rows = []
     for mode in ("backed_fit", "in_memory_load"):
         result_file = args.data_dir / f"{mode}.json"
-        cmd = [sys.executable, __file__, "--cells", str(args.cells), "--limit-gb", str(args.limit_gb),
-               "--epochs", str(args.epochs), "--seed", str(args.seed), "--data-dir", str(args.data_dir),
-               "--child", mode, str(result_file), str(group or "")]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--cells",
+            str(args.cells),
+            "--limit-gb",
+            str(args.limit_gb),
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(args.seed),
+            "--data-dir",
+            str(args.data_dir),
+            "--child",
+            mode,
+            str(result_file),
+            str(group or ""),
+        ]
         log.info("running %s under a %.1f GB cap: %s", mode, args.limit_gb, cap_kind)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 and not result_file.exists():

@@ -53,8 +53,21 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([*_cli(), "--version"], check=True, capture_output=True)
         version_s = time.perf_counter() - start
         start = time.perf_counter()
-        subprocess.run([*_cli(), "fit", str(data), "-o", str(work / f"cli{rep}.h5ad"), "--batch-key", "batch",
-                        "--max-epochs", str(args.max_epochs), "-q"], check=True)
+        subprocess.run(
+            [
+                *_cli(),
+                "fit",
+                str(data),
+                "-o",
+                str(work / f"cli{rep}.h5ad"),
+                "--batch-key",
+                "batch",
+                "--max-epochs",
+                str(args.max_epochs),
+                "-q",
+            ],
+            check=True,
+        )
         cli_s = time.perf_counter() - start
         start = time.perf_counter()
         adata = ad.read_h5ad(data)
@@ -62,27 +75,44 @@ def main(argv: list[str] | None = None) -> None:
         adata.write_h5ad(work / f"py{rep}.h5ad")
         py_s = time.perf_counter() - start
         same = (ad.read_h5ad(work / f"cli{rep}.h5ad").obsm["X_scvae"] == adata.obsm["X_scvae"]).all()
-        rows.append({"repeat": rep, "cli_s": cli_s, "python_s": py_s, "cli_minus_python_s": cli_s - py_s,
-                     "scvae_version_startup_s": version_s, "same_latent": bool(same)})
+        rows.append(
+            {
+                "repeat": rep,
+                "cli_s": cli_s,
+                "python_s": py_s,
+                "cli_minus_python_s": cli_s - py_s,
+                "scvae_version_startup_s": version_s,
+                "same_latent": bool(same),
+            }
+        )
     shutil.rmtree(work)
     tab = pd.DataFrame(rows)
     startup = subprocess.run(
-        [sys.executable, "-c", "import time; t = time.perf_counter(); import scvae.cli, scvae.model; "
-         "print(f'{time.perf_counter() - t:.2f}')"], capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import time; t = time.perf_counter(); import scvae.cli, scvae.model; "
+            "print(f'{time.perf_counter() - t:.2f}')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
-    text = "\n".join([
-        "# scvae fit: command line vs Python",
-        "",
-        f"CellBench bundled file (1,408 cells × 3,000 genes), batch_key=batch, max_epochs={args.max_epochs}, seed 0. "
-        "cli_s: the whole `scvae fit` subprocess; python_s: read_h5ad + scvae.model.fit + write_h5ad in a process "
-        "that has already imported scvae; scvae_version_startup_s: `scvae --version` (interpreter start-up only). "
-        "same_latent: the two runs wrote bit-identical X_scvae.",
-        "",
-        markdown_table(tab),
-        "",
-        f"Importing scvae (torch, Lightning, anndata, scanpy included) in a fresh interpreter: {startup} s.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# scvae fit: command line vs Python",
+            "",
+            f"CellBench bundled file (1,408 cells × 3,000 genes), batch_key=batch, max_epochs={args.max_epochs}, seed 0. "
+            "cli_s: the whole `scvae fit` subprocess; python_s: read_h5ad + scvae.model.fit + write_h5ad in a process "
+            "that has already imported scvae; scvae_version_startup_s: `scvae --version` (interpreter start-up only). "
+            "same_latent: the two runs wrote bit-identical X_scvae.",
+            "",
+            markdown_table(tab),
+            "",
+            f"Importing scvae (torch, Lightning, anndata, scanpy included) in a fresh interpreter: {startup} s.",
+            "",
+        ]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
     print(text)

@@ -33,8 +33,31 @@ from scvae import tl
 OUT = Path(__file__).resolve().parent / "results"
 # Canonical interferon-stimulated genes (Schoggins & Rice 2011; Kang et al. 2018, Fig. 3).
 ISGS = [
-    "ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "MX1", "MX2", "OAS1", "OAS2", "OAS3", "OASL", "ISG20", "IFI44L",
-    "IFI44", "RSAD2", "IFITM3", "IFI35", "IRF7", "STAT1", "XAF1", "HERC5", "LY6E", "EPSTI1", "IFI27", "SAMD9L",
+    "ISG15",
+    "IFI6",
+    "IFIT1",
+    "IFIT2",
+    "IFIT3",
+    "MX1",
+    "MX2",
+    "OAS1",
+    "OAS2",
+    "OAS3",
+    "OASL",
+    "ISG20",
+    "IFI44L",
+    "IFI44",
+    "RSAD2",
+    "IFITM3",
+    "IFI35",
+    "IRF7",
+    "STAT1",
+    "XAF1",
+    "HERC5",
+    "LY6E",
+    "EPSTI1",
+    "IFI27",
+    "SAMD9L",
 ]
 
 
@@ -59,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         cells, groupby="condition", group1="stimulated", group2="control", n_samples=args.n_samples, seed=args.seed
     )
     de_s = time.perf_counter() - t0
-    tl.rank_genes_groups(cells, model, "condition", groups=["stimulated"], reference="control",
-                         n_samples=args.n_samples, seed=args.seed)
+    tl.rank_genes_groups(
+        cells, model, "condition", groups=["stimulated"], reference="control", n_samples=args.n_samples, seed=args.seed
+    )
     ours = [str(g) for g in cells.uns["rank_genes_groups_scvae"]["names"]["stimulated"]]
     by_lfc = df[df["is_de"] & (df["lfc_mean"] > 0)].sort_values("lfc_mean", ascending=False).index.tolist()
 
@@ -71,34 +95,38 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for name, ranking, seconds in (("scvae", ours, de_s), ("scvae (lfc)", by_lfc, de_s), ("wilcoxon", wil, wil_s)):
-        rows.append({
-            "ranking": name,
-            "overlap top-100 with wilcoxon": len(set(ranking[:100]) & set(wil[:100])),
-            f"ISGs in top-50 (of {len(isgs)})": len(set(ranking[:50]) & set(isgs)),
-            f"ISGs in top-100 (of {len(isgs)})": len(set(ranking[:100]) & set(isgs)),
-            "seconds": seconds,
-        })
+        rows.append(
+            {
+                "ranking": name,
+                "overlap top-100 with wilcoxon": len(set(ranking[:100]) & set(wil[:100])),
+                f"ISGs in top-50 (of {len(isgs)})": len(set(ranking[:50]) & set(isgs)),
+                f"ISGs in top-100 (of {len(isgs)})": len(set(ranking[:100]) & set(isgs)),
+                "seconds": seconds,
+            }
+        )
     tab = pd.DataFrame(rows)
     n_de = int(df["is_de"].sum())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out.with_suffix(".csv"), float_format="%.5g")
-    text = "\n".join([
-        f"# Differential expression, stimulated vs control {args.cell_type} (Kang et al. 2018)",
-        "",
-        f"{cells.n_obs} cells ({(cells.obs['condition'] == 'stimulated').sum()} stimulated), {cells.n_vars} genes; "
-        f"model: NB VAE on all {adata.n_obs} cells, {model.config['epochs_trained']} epochs ({fit_s:.0f} s), "
-        f"seed {args.seed}; DE with n_samples={args.n_samples}, delta=0.25: {n_de} genes called DE (posterior "
-        f"expected FDR ≤ 5 %), {int((df['is_de'] & (df['lfc_mean'] > 0)).sum())} of them up. 'seconds': the DE "
-        "call for all genes (scvae) / scanpy's Wilcoxon test.",
-        "",
-        f"ISGs checked: {', '.join(isgs)}.",
-        "",
-        markdown_table(tab),
-        "",
-        f"scvae top-20 up: {', '.join(ours[:20])}",
-        f"wilcoxon top-20 up: {', '.join(wil[:20])}",
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"# Differential expression, stimulated vs control {args.cell_type} (Kang et al. 2018)",
+            "",
+            f"{cells.n_obs} cells ({(cells.obs['condition'] == 'stimulated').sum()} stimulated), {cells.n_vars} genes; "
+            f"model: NB VAE on all {adata.n_obs} cells, {model.config['epochs_trained']} epochs ({fit_s:.0f} s), "
+            f"seed {args.seed}; DE with n_samples={args.n_samples}, delta=0.25: {n_de} genes called DE (posterior "
+            f"expected FDR ≤ 5 %), {int((df['is_de'] & (df['lfc_mean'] > 0)).sum())} of them up. 'seconds': the DE "
+            "call for all genes (scvae) / scanpy's Wilcoxon test.",
+            "",
+            f"ISGs checked: {', '.join(isgs)}.",
+            "",
+            markdown_table(tab),
+            "",
+            f"scvae top-20 up: {', '.join(ours[:20])}",
+            f"wilcoxon top-20 up: {', '.join(wil[:20])}",
+            "",
+        ]
+    )
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

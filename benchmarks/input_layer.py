@@ -39,15 +39,21 @@ def datasets() -> dict[str, tuple[sp.csr_matrix, np.ndarray]]:
     import scvae
 
     blocks = list(synthetic_blocks(10_000))
-    out = {"synthetic 10k × 2,000": (sp.vstack([b[0] for b in blocks]).tocsr(),
-                                      np.concatenate([b[1]["batch"].cat.codes.to_numpy() for b in blocks]))}
+    out = {
+        "synthetic 10k × 2,000": (
+            sp.vstack([b[0] for b in blocks]).tocsr(),
+            np.concatenate([b[1]["batch"].cat.codes.to_numpy() for b in blocks]),
+        )
+    }
     kang = scvae.datasets.kang()
     out[f"Kang, all {kang.n_vars:,} genes"] = (kang.X, np.zeros(kang.n_obs, dtype=np.int64))
     hvg = real_dataset("kang")
     out[f"Kang, {hvg.n_vars:,} HVGs"] = (hvg.X, np.zeros(hvg.n_obs, dtype=np.int64))
     cb = scvae.datasets.cellbench()
     out[f"CellBench, {cb.n_vars:,} genes"] = (cb.X, cb.obs["batch"].cat.codes.to_numpy())
-    return {k: (sp.csr_matrix(x, dtype=np.float32), np.asarray(c, dtype=np.int64)[:, None]) for k, (x, c) in out.items()}
+    return {
+        k: (sp.csr_matrix(x, dtype=np.float32), np.asarray(c, dtype=np.int64)[:, None]) for k, (x, c) in out.items()
+    }
 
 
 def ab(x: sp.csr_matrix, codes: np.ndarray, blocks: int, steps: int) -> dict[str, float]:
@@ -86,9 +92,13 @@ def ab(x: sp.csr_matrix, codes: np.ndarray, blocks: int, steps: int) -> dict[str
     finally:
         N.entries_times.__defaults__ = default
     sparse, dense = np.array(times[1.0]), np.array(times[0.0])
-    return {"sparse_ms": float(np.median(sparse)), "dense_ms": float(np.median(dense)),
-            "dense_over_sparse": float(np.median(dense / sparse)),
-            "ratio_q25": float(np.quantile(dense / sparse, 0.25)), "ratio_q75": float(np.quantile(dense / sparse, 0.75))}
+    return {
+        "sparse_ms": float(np.median(sparse)),
+        "dense_ms": float(np.median(dense)),
+        "dense_over_sparse": float(np.median(dense / sparse)),
+        "ratio_q25": float(np.quantile(dense / sparse, 0.25)),
+        "ratio_q75": float(np.quantile(dense / sparse, 0.75)),
+    }
 
 
 def main() -> None:
@@ -104,23 +114,38 @@ def main() -> None:
         density = x.nnz / (x.shape[0] * x.shape[1])
         res = ab(x, codes, args.blocks, args.steps)
         default = "sparse" if density <= N.SPARSE_MAX_DENSITY else "dense"
-        rows.append({"data": name, "cells": x.shape[0], "genes": x.shape[1], "non-zero": round(density, 3),
-                     "default path": default, **res})
-        print(f"{name}: {density:.1%} non-zero; sparse {res['sparse_ms']:.2f} ms/step, dense {res['dense_ms']:.2f}, "
-              f"dense/sparse {res['dense_over_sparse']:.3f}", flush=True)
+        rows.append(
+            {
+                "data": name,
+                "cells": x.shape[0],
+                "genes": x.shape[1],
+                "non-zero": round(density, 3),
+                "default path": default,
+                **res,
+            }
+        )
+        print(
+            f"{name}: {density:.1%} non-zero; sparse {res['sparse_ms']:.2f} ms/step, dense {res['dense_ms']:.2f}, "
+            f"dense/sparse {res['dense_over_sparse']:.3f}",
+            flush=True,
+        )
     df = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "input_layer.csv", index=False)
     cmd = "python benchmarks/input_layer.py " + " ".join(sys.argv[1:])
-    text = (f"# The encoder's sparse input layer vs the dense product\n\nTraining steps of batch 128 (NB, n_latent=10, "
-            f"n_hidden=128, one layer), {args.blocks} blocks of {args.steps} steps per variant, alternating, "
-            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}. ms per step: medians over the "
-            f"blocks; dense/sparse: the median (and quartiles) of the back-to-back block ratios. Above "
-            f"{N.SPARSE_MAX_DENSITY:.0%} non-zero entries scvae uses the dense product (`default path`).\n\n"
-            f"Command: `{cmd.strip()}`\n\n{markdown_table(df, '.3f')}\n")
+    text = (
+        f"# The encoder's sparse input layer vs the dense product\n\nTraining steps of batch 128 (NB, n_latent=10, "
+        f"n_hidden=128, one layer), {args.blocks} blocks of {args.steps} steps per variant, alternating, "
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}. ms per step: medians over the "
+        f"blocks; dense/sparse: the median (and quartiles) of the back-to-back block ratios. Above "
+        f"{N.SPARSE_MAX_DENSITY:.0%} non-zero entries scvae uses the dense product (`default path`).\n\n"
+        f"Command: `{cmd.strip()}`\n\n{markdown_table(df, '.3f')}\n"
+    )
     (args.out / "input_layer.md").write_text(text)
-    print(f"wrote {args.out / 'input_layer.csv'} and .md; median step ratios: "
-          + ", ".join(f"{r['data']} {r['dense_over_sparse']:.2f}" for r in rows))
+    print(
+        f"wrote {args.out / 'input_layer.csv'} and .md; median step ratios: "
+        + ", ".join(f"{r['data']} {r['dense_over_sparse']:.2f}" for r in rows)
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,13 @@ def main() -> None:
         fit_s = (time.perf_counter() - t0) / len(args.seeds)
         for method, zs in reps.items():
             acc = [knn_accuracy(z[labelled], adata.obs["cell_type"][labelled]) for z in zs]
-            row = {"dataset": name, "method": method, "n_runs": len(zs), "knn_acc": np.mean(acc),
-                   "knn_acc_sd": np.std(acc)}
+            row = {
+                "dataset": name,
+                "method": method,
+                "n_runs": len(zs),
+                "knn_acc": np.mean(acc),
+                "knn_acc_sd": np.std(acc),
+            }
             if batch_key:
                 row["batch_mixing"] = np.mean([batch_mixing(z, adata.obs[batch_key]) for z in zs])
                 row["tech_mixing"] = np.mean([batch_mixing(z, adata.obs["tech"]) for z in zs])

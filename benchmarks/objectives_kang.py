@@ -69,13 +69,17 @@ base = df[df.config == "standard"].set_index("seed").heldout_ll
 summary = []
 for name, g in df.groupby("config", sort=False):
     d = (g.set_index("seed").heldout_ll - base).dropna()
-    summary.append({
-        "configuration": name, "seeds": len(g),
-        "held-out log p(x) (K=1000)": f"{g.heldout_ll.mean():.2f} ± {g.heldout_ll.std():.2f}",
-        "Δ vs standard, paired by seed": f"{d.mean():+.2f} ± {d.std():.2f}",
-        "seeds with Δ > 0": f"{int((d > 0).sum())}/{len(d)}",
-        "held-out ELBO": f"{g.heldout_elbo.mean():.2f}", "epochs": f"{g.epochs.mean():.0f}",
-    })
+    summary.append(
+        {
+            "configuration": name,
+            "seeds": len(g),
+            "held-out log p(x) (K=1000)": f"{g.heldout_ll.mean():.2f} ± {g.heldout_ll.std():.2f}",
+            "Δ vs standard, paired by seed": f"{d.mean():+.2f} ± {d.std():.2f}",
+            "seeds with Δ > 0": f"{int((d > 0).sum())}/{len(d)}",
+            "held-out ELBO": f"{g.heldout_elbo.mean():.2f}",
+            "epochs": f"{g.epochs.mean():.0f}",
+        }
+    )
     print(summary[-1])
 table = markdown_table(pd.DataFrame(summary))
 md = (
@@ -84,7 +88,9 @@ md = (
     "validation split); log p(x) by importance sampling with K=1000, nats per cell (higher is better); ± is the sd "
     "over seeds. The seed-to-seed spread of the standard VAE is its own ± (first row).\n\n"
     f"Command: `python benchmarks/objectives_kang.py --configs {' '.join(repr(c) if ' ' in c else c for c in args.configs)} "
-    f"--seeds {' '.join(map(str, args.seeds))}` (rows of other configurations kept from earlier runs)\n\n" + table + "\n"
+    f"--seeds {' '.join(map(str, args.seeds))}` (rows of other configurations kept from earlier runs)\n\n"
+    + table
+    + "\n"
 )
 (out.parent / "objectives_kang.md").write_text(md)
 print(md)

@@ -61,8 +61,7 @@ def heldout_terms(model: scvae.model.SCVAE, adata, n_samples: int, seed: int) ->
         rec += t["log_px_z"].mean(0).sum().item()
         kl += (t["log_qz"] - t["log_pz"]).mean(0).sum().item()
         n += xb.shape[0]
-    return {"heldout_ll": float(ll.mean()), "heldout_elbo": float(elbo.mean()), "reconstruction": rec / n,
-            "kl": kl / n}
+    return {"heldout_ll": float(ll.mean()), "heldout_elbo": float(elbo.mean()), "reconstruction": rec / n, "kl": kl / n}
 
 
 def run(seeds: list[int], n_samples: int, max_epochs: int | None, configs: list[str]) -> pd.DataFrame:

@@ -115,8 +115,12 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     wanted = set(args.methods)
     plans = (
         ("vae", {}, args.vae_args, (("delta", "delta"), ("transport", "transport"))),
-        ("cvae", {"condition_key": CONDITION}, args.cvae_args,
-         (("counterfactual", "counterfactual"), ("cvae_delta", "delta"), ("cvae_transport", "transport"))),
+        (
+            "cvae",
+            {"condition_key": CONDITION},
+            args.cvae_args,
+            (("counterfactual", "counterfactual"), ("cvae_delta", "delta"), ("cvae_transport", "transport")),
+        ),
     )
     for _, model_kw, extra, methods in plans:
         if not {n for n, _ in methods} & wanted:
@@ -133,18 +137,25 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     half = real_stim.n_obs // 2
     halves = (real_stim[np.sort(perm[:half])], real_stim[np.sort(perm[half:])])
 
-    base = dict(seed=seed, cell_type=target, n_control=real_ctrl.n_obs, n_stimulated=real_stim.n_obs,
-                n_genes=len(genes))
+    base = dict(
+        seed=seed, cell_type=target, n_control=real_ctrl.n_obs, n_stimulated=real_stim.n_obs, n_genes=len(genes)
+    )
     rows = []
     for method, (pred, normalized, seconds) in preds.items():
-        res = tl.evaluate_perturbation(pred, real_stim, real_ctrl, top_genes=top, pred_normalized=normalized,
-                                       seed=seed)
+        res = tl.evaluate_perturbation(pred, real_stim, real_ctrl, top_genes=top, pred_normalized=normalized, seed=seed)
         rows.append({**base, "method": method, **{k: res[k] for k in SCORES}, "fit_seconds": seconds})
     res = tl.evaluate_perturbation(halves[0], halves[1], real_ctrl, top_genes=top, seed=seed)
     rows.append({**base, "method": "halves", **{k: res[k] for k in SCORES}, "fit_seconds": 0.0})
     for r in rows:
-        logger.info("%-10s seed %d %-18s Pearson-delta top-|change| %.3f, top-up %.3f; E-distance %.2f", target,
-                    seed, r["method"], r["delta_corr_top_change"], r["delta_corr_top"], r["e_distance"])
+        logger.info(
+            "%-10s seed %d %-18s Pearson-delta top-|change| %.3f, top-up %.3f; E-distance %.2f",
+            target,
+            seed,
+            r["method"],
+            r["delta_corr_top_change"],
+            r["delta_corr_top"],
+            r["e_distance"],
+        )
     return rows
 
 
@@ -233,31 +244,53 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
         "",
     ]
     for score, higher in SCORES.items():
-        md += [f"## {score} ({'higher' if higher else 'lower'} is better)", "", markdown(score_table(results, score, methods)), ""]
+        md += [
+            f"## {score} ({'higher' if higher else 'lower'} is better)",
+            "",
+            markdown(score_table(results, score, methods)),
+            "",
+        ]
     return "\n".join(md)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cell-types", nargs="+", default=None, help="cell types to hold out (default: every type "
-                   "with at least --min-cells cells per condition)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--cell-types",
+        nargs="+",
+        default=None,
+        help="cell types to hold out (default: every type with at least --min-cells cells per condition)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--max-epochs", type=int, default=None, help="default: fit's")
     p.add_argument("--lr", type=float, default=None, help="default: fit's")
-    p.add_argument("--methods", nargs="+", default=list(MODEL_METHODS), choices=MODEL_METHODS,
-                   help="model methods (the baselines always run)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(MODEL_METHODS),
+        choices=MODEL_METHODS,
+        help="model methods (the baselines always run)",
+    )
     p.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the training cells; 0: all")
     p.add_argument("--n-top", type=int, default=100, help="number of top genes scored")
     p.add_argument("--min-cells", type=int, default=10, help="fewest cells per condition for a type to be scored")
     p.add_argument(
-        "--n-cells", type=int, default=1000,
+        "--n-cells",
+        type=int,
+        default=1000,
         help="predicted cells per held-out type, at least one per control cell (0: one per control cell)",
     )
     p.add_argument("--vae-args", type=json.loads, default={}, help="extra keyword arguments for the VAE's fit")
     p.add_argument("--cvae-args", type=json.loads, default={}, help="extra keyword arguments for the cVAE's fit")
     p.add_argument("--out", type=Path, default=None, help="output path without suffix")
-    p.add_argument("--report-only", action="store_true", help="rewrite <out>.md from <out>.csv (e.g. of a run "
-                   "stopped early); give the run's other arguments as they were")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite <out>.md from <out>.csv (e.g. of a run "
+        "stopped early); give the run's other arguments as they were",
+    )
     args = p.parse_args(argv)
     out = args.out or RESULTS / ("perturbation_kang" if args.n_hvg > 0 else "perturbation_kang_all_genes")
     methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]

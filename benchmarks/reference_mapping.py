@@ -42,8 +42,11 @@ def _scores(ref: AnnData, query: AnnData, label_key: str) -> dict[str, float]:
     q = query.obs[label_key].astype(str).isin(shared).to_numpy()
     z = np.vstack([ref.obsm["X_scvae"][r], query.obsm["X_scvae"][q]])
     mixing = batch_mixing(z, np.r_[np.zeros(r.sum()), np.ones(q.sum())])
-    return {"label_accuracy": accuracy, "query_reference_mixing": mixing,
-            "mean_uncertainty": float(pred[f"{label_key}_uncertainty"].mean())}
+    return {
+        "label_accuracy": accuracy,
+        "query_reference_mixing": mixing,
+        "mean_uncertainty": float(pred[f"{label_key}_uncertainty"].mean()),
+    }
 
 
 def run_case(name: str, adata: AnnData, batch_key: str, is_query: np.ndarray, label_key: str, seed: int) -> list[dict]:
@@ -55,17 +58,34 @@ def run_case(name: str, adata: AnnData, batch_key: str, is_query: np.ndarray, la
     t0 = time.perf_counter()
     ref_model.map_query(query, seed=seed, progress_bar=False)
     map_s = time.perf_counter() - t0
-    rows.append({"case": name, "method": "reference + map_query", "n_reference": ref.n_obs, "n_query": query.n_obs,
-                 **_scores(ref, query, label_key), "seconds (query step)": map_s, "seconds (reference fit)": ref_s})
+    rows.append(
+        {
+            "case": name,
+            "method": "reference + map_query",
+            "n_reference": ref.n_obs,
+            "n_query": query.n_obs,
+            **_scores(ref, query, label_key),
+            "seconds (query step)": map_s,
+            "seconds (reference fit)": ref_s,
+        }
+    )
 
     both = adata.copy()
     t0 = time.perf_counter()
     scvae.model.fit(both, batch_key=batch_key, seed=seed, progress_bar=False)
     scratch_s = time.perf_counter() - t0
     ref2, query2 = both[~is_query].copy(), both[is_query].copy()
-    rows.append({"case": name, "method": "from scratch on all", "n_reference": ref.n_obs, "n_query": query.n_obs,
-                 **_scores(ref2, query2, label_key), "seconds (query step)": scratch_s,
-                 "seconds (reference fit)": float("nan")})
+    rows.append(
+        {
+            "case": name,
+            "method": "from scratch on all",
+            "n_reference": ref.n_obs,
+            "n_query": query.n_obs,
+            **_scores(ref2, query2, label_key),
+            "seconds (query step)": scratch_s,
+            "seconds (reference fit)": float("nan"),
+        }
+    )
     for r in rows[-2:]:
         logging.getLogger("reference_mapping").info("%s", r)
     return rows
@@ -80,25 +100,39 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     cb = scvae.datasets.cellbench()
-    rows += run_case("CellBench: Drop-seq onto 4 CEL-seq2 plates", cb, "batch",
-                     (cb.obs["batch"] == "Dropseq_3cl").to_numpy(), "cell_type", args.seed)
+    rows += run_case(
+        "CellBench: Drop-seq onto 4 CEL-seq2 plates",
+        cb,
+        "batch",
+        (cb.obs["batch"] == "Dropseq_3cl").to_numpy(),
+        "cell_type",
+        args.seed,
+    )
     kang = scvae.datasets.kang()
-    rows += run_case("Kang: stimulated onto control", kang, "condition",
-                     (kang.obs["condition"] == "stimulated").to_numpy(), "cell_type", args.seed)
+    rows += run_case(
+        "Kang: stimulated onto control",
+        kang,
+        "condition",
+        (kang.obs["condition"] == "stimulated").to_numpy(),
+        "cell_type",
+        args.seed,
+    )
     tab = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tab.to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
-    text = "\n".join([
-        "# Reference mapping vs training from scratch",
-        "",
-        "Label accuracy: k-NN (k=15, distance-weighted) transfer from reference to query cells in the latent "
-        "space, against the dataset's cell types. Mixing: scvae.metrics.batch_mixing of reference vs query cells "
-        "on the joint latent (cell types present in both; 1 = ideal). 'seconds (query step)': map_query for the "
-        f"mapping rows, the whole fit for the from-scratch rows. Default epochs and early stopping; seed {args.seed}.",
-        "",
-        markdown_table(tab),
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Reference mapping vs training from scratch",
+            "",
+            "Label accuracy: k-NN (k=15, distance-weighted) transfer from reference to query cells in the latent "
+            "space, against the dataset's cell types. Mixing: scvae.metrics.batch_mixing of reference vs query cells "
+            "on the joint latent (cell types present in both; 1 = ideal). 'seconds (query step)': map_query for the "
+            f"mapping rows, the whole fit for the from-scratch rows. Default epochs and early stopping; seed {args.seed}.",
+            "",
+            markdown_table(tab),
+            "",
+        ]
+    )
     args.out.with_suffix(".md").write_text(text)
     print(text)
 

@@ -321,8 +321,14 @@ def run_scvae(spec: dict, train, held, clock) -> dict:
 
     scores = heldout_scores(encode, decode, x, codes, spec["eval_samples"], spec["seed"] + 1000, device)
     assert len(model.history) == spec["epochs"], "scvae stopped early"
-    return {"call_s": call_s, "peak_rss_mb": peak, "best_epoch": model.config["best_epoch"],
-            "device": str(device), **scores, **_gpu_peak(torch)}
+    return {
+        "call_s": call_s,
+        "peak_rss_mb": peak,
+        "best_epoch": model.config["best_epoch"],
+        "device": str(device),
+        **scores,
+        **_gpu_peak(torch),
+    }
 
 
 def run_scvi(spec: dict, train, held, clock) -> dict:
@@ -381,8 +387,14 @@ def run_scvi(spec: dict, train, held, clock) -> dict:
         return px.mu, px.theta
 
     scores = heldout_scores(encode, decode, held.X, codes, spec["eval_samples"], spec["seed"] + 1000, device)
-    return {"call_s": call_s, "peak_rss_mb": peak, "best_epoch": spec["epochs"], "device": str(device),
-            **scores, **_gpu_peak(torch)}
+    return {
+        "call_s": call_s,
+        "peak_rss_mb": peak,
+        "best_epoch": spec["epochs"],
+        "device": str(device),
+        **scores,
+        **_gpu_peak(torch),
+    }
 
 
 def _gpu_peak(torch) -> dict:
@@ -442,17 +454,31 @@ def run_one(tool: str, meta: dict, args, work_dir: Path, repeat: int = 0) -> dic
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     log_path = work_dir / f"{meta['dataset']}_{tool}_{repeat}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    row = {"dataset": meta["dataset"], "tool": tool, "repeat": repeat, "cells": meta["n_train"],
-           "genes": meta["n_genes"],
-           "batches": meta["n_batches"], "zeros": meta["zeros"], "epochs": args.epochs,
-           "batch_size": batch_size, "lr": f"{lr:g}", "steps_per_epoch": steps, "kl_warmup_steps": warmup * steps,
-           "heldout_cells": meta["n_heldout"]}
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        )
+    row = {
+        "dataset": meta["dataset"],
+        "tool": tool,
+        "repeat": repeat,
+        "cells": meta["n_train"],
+        "genes": meta["n_genes"],
+        "batches": meta["n_batches"],
+        "zeros": meta["zeros"],
+        "epochs": args.epochs,
+        "batch_size": batch_size,
+        "lr": f"{lr:g}",
+        "steps_per_epoch": steps,
+        "kl_warmup_steps": warmup * steps,
+        "heldout_cells": meta["n_heldout"],
+    }
     if proc.returncode != 0 or not Path(spec["result"]).is_file():
         tail = log_path.read_text()[-2000:]
-        logging.error("%s on %s failed (exit %s); log %s:\n%s", tool, meta["dataset"], proc.returncode, log_path,
-                      tail)
+        logging.error("%s on %s failed (exit %s); log %s:\n%s", tool, meta["dataset"], proc.returncode, log_path, tail)
         row["error"] = f"exit {proc.returncode}; see {log_path}"
         return row
     res = json.loads(Path(spec["result"]).read_text())
@@ -464,9 +490,29 @@ def run_one(tool: str, meta: dict, args, work_dir: Path, repeat: int = 0) -> dic
 
 
 COLUMNS = [
-    "dataset", "tool", "repeat", "cells", "genes", "batches", "batch_size", "lr", "epochs", "s_per_epoch",
-    "s_per_epoch_after_first", "s_per_epoch_per_10k", "cells_per_s", "call_s", "base_rss_mb", "peak_rss_mb",
-    "peak_gpu_mb", "heldout_elbo", "heldout_rec", "heldout_kl", "heldout_ll", "steps_run", "best_epoch",
+    "dataset",
+    "tool",
+    "repeat",
+    "cells",
+    "genes",
+    "batches",
+    "batch_size",
+    "lr",
+    "epochs",
+    "s_per_epoch",
+    "s_per_epoch_after_first",
+    "s_per_epoch_per_10k",
+    "cells_per_s",
+    "call_s",
+    "base_rss_mb",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "heldout_elbo",
+    "heldout_rec",
+    "heldout_kl",
+    "heldout_ll",
+    "steps_run",
+    "best_epoch",
 ]
 
 
@@ -477,8 +523,12 @@ def side_by_side(df: pd.DataFrame) -> pd.DataFrame:
     for name, g in df.groupby("dataset", sort=False):
         t = g.groupby("tool").median(numeric_only=True)
         row = {"dataset": name, "cells": int(g["cells"].iloc[0]), "batches": int(g["batches"].iloc[0])}
-        for col, label in (("s_per_epoch", "s/epoch"), ("cells_per_s", "cells/s"), ("peak_rss_mb", "peak RSS MB"),
-                           ("heldout_elbo", "held-out ELBO")):
+        for col, label in (
+            ("s_per_epoch", "s/epoch"),
+            ("cells_per_s", "cells/s"),
+            ("peak_rss_mb", "peak RSS MB"),
+            ("heldout_elbo", "held-out ELBO"),
+        ):
             for tool in ("scvae", "scvi"):
                 row[f"{tool} {label}"] = float(t.at[tool, col]) if tool in t.index else float("nan")
         row["speed ratio scvae/scvi (cells/s)"] = row["scvae cells/s"] / row["scvi cells/s"]
@@ -535,29 +585,55 @@ def main() -> None:
         child(sys.argv[2])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 200_000],
-                        help="synthetic datasets: cells (× 2,000 genes); none: --sizes with no value")
-    parser.add_argument("--datasets", nargs="*", default=list(REAL), choices=list(REAL),
-                        help="bundled real datasets (2,000 most variable genes)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[10_000, 50_000, 200_000],
+        help="synthetic datasets: cells (× 2,000 genes); none: --sizes with no value",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="*",
+        default=list(REAL),
+        choices=list(REAL),
+        help="bundled real datasets (2,000 most variable genes)",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="fixed number of epochs for both tools")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--kl-warmup-epochs", type=int, default=None,
-                        help="KL warm-up for both, in epochs (as minibatch steps); default: scvae's, epochs // 4")
+    parser.add_argument(
+        "--kl-warmup-epochs",
+        type=int,
+        default=None,
+        help="KL warm-up for both, in epochs (as minibatch steps); default: scvae's, epochs // 4",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: inherit)")
     parser.add_argument("--tools", nargs="+", default=["scvae", "scvi"], choices=["scvae", "scvi"])
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run the tools this many times per dataset, alternating (the table gives medians)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the tools this many times per dataset, alternating (the table gives medians)",
+    )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for both (auto, cpu, gpu)")
     parser.add_argument("--eval-samples", type=int, default=10, help="draws of z per held-out cell")
     parser.add_argument("--eval-cells", type=int, default=5000, help="at most this many held-out cells evaluated")
     parser.add_argument("--seed", type=int, default=0, help="model seed, data split and synthetic data")
-    parser.add_argument("--scvae-batch-size", type=int, default=None,
-                        help="scvae's minibatch size, if not --batch-size (scvi keeps --batch-size)")
+    parser.add_argument(
+        "--scvae-batch-size",
+        type=int,
+        default=None,
+        help="scvae's minibatch size, if not --batch-size (scvi keeps --batch-size)",
+    )
     parser.add_argument("--scvae-lr", type=float, default=LR, help=f"scvae's learning rate (scvi: {LR:g})")
     parser.add_argument("--name", default="speed_vs_scvi", help="stem of the output files")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the .csv and .md")
-    parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "scvae_speed_vs_scvi",
-                        help="where the data files are written once and reused")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "scvae_speed_vs_scvi",
+        help="where the data files are written once and reused",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t_start = time.time()
@@ -567,14 +643,26 @@ def main() -> None:
     rows = []
     for name in names:
         meta = prepare(name, args.data_dir, args.batch_size, args.eval_cells, args.seed)
-        logging.info("%s: %d training cells × %d genes, %d batches, %.0f%% zeros", name, meta["n_train"],
-                     meta["n_genes"], meta["n_batches"], 100 * meta["zeros"])
+        logging.info(
+            "%s: %d training cells × %d genes, %d batches, %.0f%% zeros",
+            name,
+            meta["n_train"],
+            meta["n_genes"],
+            meta["n_batches"],
+            100 * meta["zeros"],
+        )
         for repeat, tool in ((r, t) for r in range(args.repeats) for t in args.tools):
             row = run_one(tool, meta, args, work_dir, repeat)
             rows.append(row)
             if "s_per_epoch" in row:
-                logging.info("  %s: %.2f s/epoch, %.0f cells/s, peak RSS %.0f MB, held-out ELBO %.1f", tool,
-                             row["s_per_epoch"], row["cells_per_s"], row["peak_rss_mb"], row["heldout_elbo"])
+                logging.info(
+                    "  %s: %.2f s/epoch, %.0f cells/s, peak RSS %.0f MB, held-out ELBO %.1f",
+                    tool,
+                    row["s_per_epoch"],
+                    row["cells_per_s"],
+                    row["peak_rss_mb"],
+                    row["heldout_elbo"],
+                )
     df = pd.DataFrame(rows)
     df = df[[c for c in COLUMNS if c in df] + [c for c in df if c not in COLUMNS]]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -592,8 +680,12 @@ def main() -> None:
         "# Speed and scale: scvae vs scvi-tools\n\n"
         f"Same model for both (NB, gene dispersion, n_latent=10, n_hidden=128, n_layers=1, batch one-hot into "
         f"encoder and decoder), {args.epochs} epochs, batch size {args.batch_size}"
-        + (f" (scvae: {args.scvae_batch_size or args.batch_size}, lr {args.scvae_lr:g}; scvi: lr {LR:g})"
-           if args.scvae_batch_size or args.scvae_lr != LR else "") + ", "
+        + (
+            f" (scvae: {args.scvae_batch_size or args.batch_size}, lr {args.scvae_lr:g}; scvi: lr {LR:g})"
+            if args.scvae_batch_size or args.scvae_lr != LR
+            else ""
+        )
+        + ", "
         + (f"linear KL warm-up over the first {warm} epoch(s) of minibatch steps" if warm else "no KL warm-up")
         + ", no validation, no early stopping; each tool and dataset in a subprocess of its own, one after "
         f"the other, {args.repeats} time(s) in alternation (the first table gives medians over the repeats). "

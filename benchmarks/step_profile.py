@@ -95,8 +95,10 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
     big = {  # the five large products of one step, with this model's shapes
         "enc_in": torch.randn(batch_size, g + n_cov, generator=gen),
         "enc_w": torch.randn(128, g + n_cov, generator=gen),
-        "h": torch.randn(batch_size, 128, generator=gen), "head_w": torch.randn(g, 128, generator=gen),
-        "g_h": torch.randn(batch_size, 128, generator=gen), "g_out": torch.randn(batch_size, g, generator=gen),
+        "h": torch.randn(batch_size, 128, generator=gen),
+        "head_w": torch.randn(g, 128, generator=gen),
+        "g_h": torch.randn(batch_size, 128, generator=gen),
+        "g_out": torch.randn(batch_size, g, generator=gen),
     }
 
     def matmuls() -> float:
@@ -149,8 +151,9 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
     def bare() -> float:
         vae = module()
-        return bare_loop_ms(vae, loader, lambda xb, cb, nz: vae.loss(xb, cb, kl_weight=0.5, nonzero=nz)["loss"],
-                            fused=True)
+        return bare_loop_ms(
+            vae, loader, lambda xb, cb, nz: vae.loss(xb, cb, kl_weight=0.5, nonzero=nz)["loss"], fused=True
+        )
 
     def lightning() -> float:
         clock = epoch_clock()
@@ -159,8 +162,9 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
             def __init__(self, *args, callbacks=None, **kwargs) -> None:
                 super().__init__(*args, callbacks=[*(callbacks or []), clock], **kwargs)
 
-        settings = TrainSettings(max_epochs=1, lr=1e-3, kl_warmup_steps=len(loader) * 2, early_stopping=False,
-                                 progress_bar=False)
+        settings = TrainSettings(
+            max_epochs=1, lr=1e-3, kl_warmup_steps=len(loader) * 2, early_stopping=False, progress_bar=False
+        )
         original, pl.Trainer = pl.Trainer, ClockedTrainer
         try:
             train(module(), loader, None, settings, accelerator="cpu", devices=1)
@@ -168,9 +172,14 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
             pl.Trainer = original
         return clock.ms / clock.steps
 
-    return {"matmuls": matmuls, "decoder matmuls": decoder_matmuls, "input layer": input_layer,
-            "likelihood": likelihood, "scvae bare step": bare,
-            "scvae step in Lightning": lightning}
+    return {
+        "matmuls": matmuls,
+        "decoder matmuls": decoder_matmuls,
+        "input layer": input_layer,
+        "likelihood": likelihood,
+        "scvae bare step": bare,
+        "scvae step in Lightning": lightning,
+    }
 
 
 def scvi_parts(adata, x, codes, batch_size: int) -> dict:
@@ -182,8 +191,15 @@ def scvi_parts(adata, x, codes, batch_size: int) -> dict:
 
     n, g = x.shape
     n_cov = int(codes.max()) + 1
-    arch = dict(n_hidden=128, n_latent=10, n_layers=1, dropout_rate=0.1, dispersion="gene", gene_likelihood="nb",
-                encode_covariates=True)
+    arch = dict(
+        n_hidden=128,
+        n_latent=10,
+        n_layers=1,
+        dropout_rate=0.1,
+        dispersion="gene",
+        gene_likelihood="nb",
+        encode_covariates=True,
+    )
     loader = make_loader(x, codes, np.arange(n), batch_size, shuffle=True, seed=0)
 
     def bare() -> float:
@@ -206,9 +222,16 @@ def scvi_parts(adata, x, codes, batch_size: int) -> dict:
         scvi.model.SCVI.setup_anndata(data, batch_key="batch")
         model = scvi.model.SCVI(data, **arch)
         clock = epoch_clock()
-        model.train(max_epochs=1, batch_size=batch_size, train_size=1.0, accelerator="cpu", devices=1,
-                    plan_kwargs={"n_steps_kl_warmup": 2 * len(loader), "n_epochs_kl_warmup": None},
-                    callbacks=[clock], enable_progress_bar=False)
+        model.train(
+            max_epochs=1,
+            batch_size=batch_size,
+            train_size=1.0,
+            accelerator="cpu",
+            devices=1,
+            plan_kwargs={"n_steps_kl_warmup": 2 * len(loader), "n_epochs_kl_warmup": None},
+            callbacks=[clock],
+            enable_progress_bar=False,
+        )
         return clock.ms / clock.steps
 
     return {"scvi bare step": bare, "scvi step in Lightning": lightning}
@@ -240,27 +263,38 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in parts.items():
             times[name].append(fn())
-    rows = [{"part": name, "ms per step (median)": statistics.median(v), "min": min(v), "max": max(v)}
-            for name, v in times.items()]
+    rows = [
+        {"part": name, "ms per step (median)": statistics.median(v), "min": min(v), "max": max(v)}
+        for name, v in times.items()
+    ]
     df = pd.DataFrame(rows)
     table = markdown_table(df, floatfmt=".2f")
     med = {r["part"]: r["ms per step (median)"] for r in rows}
     lines = []
     if "scvi bare step" in med:
         lines.append(f"- bare step, scvi / scvae: {med['scvi bare step'] / med['scvae bare step']:.2f}×")
-        lines.append(f"- step in Lightning, scvi / scvae: "
-                     f"{med['scvi step in Lightning'] / med['scvae step in Lightning']:.2f}×")
-    lines.append(f"- Lightning's own cost per scvae step: "
-                 f"{med['scvae step in Lightning'] - med['scvae bare step']:.2f} ms")
-    lines.append(f"- the encoder input layer's two dense products: {med['matmuls'] - med['decoder matmuls']:.2f} ms; "
-                 f"scvae's input layer on the non-zero entries: {med['input layer']:.2f} ms")
-    lines.append(f"- scvae bare step beyond the decoder's three products, the input layer and the likelihood: "
-                 f"{med['scvae bare step'] - med['decoder matmuls'] - med['input layer'] - med['likelihood']:.2f} ms")
+        lines.append(
+            f"- step in Lightning, scvi / scvae: {med['scvi step in Lightning'] / med['scvae step in Lightning']:.2f}×"
+        )
+    lines.append(
+        f"- Lightning's own cost per scvae step: {med['scvae step in Lightning'] - med['scvae bare step']:.2f} ms"
+    )
+    lines.append(
+        f"- the encoder input layer's two dense products: {med['matmuls'] - med['decoder matmuls']:.2f} ms; "
+        f"scvae's input layer on the non-zero entries: {med['input layer']:.2f} ms"
+    )
+    lines.append(
+        f"- scvae bare step beyond the decoder's three products, the input layer and the likelihood: "
+        f"{med['scvae bare step'] - med['decoder matmuls'] - med['input layer'] - med['likelihood']:.2f} ms"
+    )
     cmd = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:])
-    text = (f"# One training step, part by part\n\n{args.cells} synthetic cells × 2,000 genes, batch size "
-            f"{args.batch_size}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; medians over "
-            f"{args.rounds} rounds (every part once per round).\n\nCommand: `{cmd}`\n\n{table}\n\n"
-            + "\n".join(lines) + "\n")
+    text = (
+        f"# One training step, part by part\n\n{args.cells} synthetic cells × 2,000 genes, batch size "
+        f"{args.batch_size}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; medians over "
+        f"{args.rounds} rounds (every part once per round).\n\nCommand: `{cmd}`\n\n{table}\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "step_profile.csv", index=False)
     (args.out / "step_profile.md").write_text(text)

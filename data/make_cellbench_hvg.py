@@ -5,6 +5,7 @@
 Keeps the 3,000 most variable genes (Scanpy's `seurat` flavour on log-normalised counts, per batch), raw counts
 unchanged, every cell and every obs column kept.
 """
+
 import sys
 
 import anndata as ad
@@ -18,6 +19,8 @@ sc.pp.log1p(b)
 sc.pp.highly_variable_genes(b, n_top_genes=3000, batch_key="batch")
 out = a[:, b.var["highly_variable"].to_numpy()].copy()
 out.uns["source"] = dict(a.uns["source"])
-out.uns["source"]["subset"] = "3,000 highly variable genes (scanpy seurat flavour, batch_key='batch'); data/make_cellbench_hvg.py"
+out.uns["source"]["subset"] = (
+    "3,000 highly variable genes (scanpy seurat flavour, batch_key='batch'); data/make_cellbench_hvg.py"
+)
 out.write_h5ad(dst, compression="gzip")
 print(out)

@@ -1,9 +1,9 @@
 """scvae: variational autoencoders for single-cell count data, on AnnData.
 
-    import scanpy as sc, scvae
-    adata = scvae.datasets.cellbench()
-    model = scvae.model.fit(adata, batch_key="batch")     # writes adata.obsm["X_scvae"]
-    sc.pp.neighbors(adata, use_rep="X_scvae")
+import scanpy as sc, scvae
+adata = scvae.datasets.cellbench()
+model = scvae.model.fit(adata, batch_key="batch")     # writes adata.obsm["X_scvae"]
+sc.pp.neighbors(adata, use_rep="X_scvae")
 """
 
 from importlib.metadata import PackageNotFoundError, version

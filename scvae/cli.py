@@ -39,7 +39,9 @@ def _read(path: str):
     if not p.is_file():
         raise CommandError(f"input file {path} does not exist")
     if p.suffix != ".h5ad":
-        raise CommandError(f"{path} is not an .h5ad file; convert it first (e.g. with scanpy.read_10x_h5 and write_h5ad)")
+        raise CommandError(
+            f"{path} is not an .h5ad file; convert it first (e.g. with scanpy.read_10x_h5 and write_h5ad)"
+        )
     try:
         return ad.read_h5ad(p)
     except Exception as err:  # noqa: BLE001 - anything h5py/anndata raises means: not a readable .h5ad
@@ -173,7 +175,8 @@ def _load(model_dir: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="scvae", description="Variational autoencoders for single-cell counts, on .h5ad files.",
+        prog="scvae",
+        description="Variational autoencoders for single-cell counts, on .h5ad files.",
         epilog="Run 'scvae COMMAND --help' for a command's options and an example.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -181,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str, func) -> argparse.ArgumentParser:
         p = sub.add_parser(
-            name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {EXAMPLES[name]}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)

@@ -189,9 +189,7 @@ class CategoryEncoder:
         overrides = overrides or {}
         unknown = set(overrides) - set(self.categories)
         if unknown:
-            raise InputError(
-                f"cannot set {sorted(unknown)}: the model is conditioned on {self.keys or 'no labels'}"
-            )
+            raise InputError(f"cannot set {sorted(unknown)}: the model is conditioned on {self.keys or 'no labels'}")
         codes = np.zeros((adata.n_obs, len(self.categories)), dtype=np.int64)
         for j, (key, order) in enumerate(self.categories.items()):
             lookup = {c: i for i, c in enumerate(order)}

@@ -215,8 +215,10 @@ def differential_expression(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     if not (0 < fdr < 1 and 0 < ci < 1 and delta >= 0 and pseudocount >= 0):
-        raise InputError(f"need 0 < fdr < 1, 0 < ci < 1, delta >= 0 and pseudocount >= 0; got {fdr=}, {ci=}, "
-                         f"{delta=}, {pseudocount=}")
+        raise InputError(
+            f"need 0 < fdr < 1, 0 < ci < 1, delta >= 0 and pseudocount >= 0; got {fdr=}, {ci=}, "
+            f"{delta=}, {pseudocount=}"
+        )
     in1 = _group_mask(adata, groupby, group1, "group1")
     in2 = _group_mask(adata, groupby, group2, "group2")
     if in2 is None:
@@ -289,6 +291,12 @@ def differential_expression(
     order = np.lexsort((-np.abs(df["lfc_mean"].to_numpy()), -df["bayes_factor"].to_numpy()))
     logger.info(
         "differential expression %s vs %s (%s): %d cells vs %d, %d of %d genes called DE",
-        group1, "rest" if group2 is None else group2, mode, in1.sum(), in2.sum(), int(is_de.sum()), len(df),
+        group1,
+        "rest" if group2 is None else group2,
+        mode,
+        in1.sum(),
+        in2.sum(),
+        int(is_de.sum()),
+        len(df),
     )
     return df.iloc[order]

@@ -103,10 +103,7 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
         thv = theta.expand_as(mu)[rows, cols]
         lgamma_thv = torch.lgamma(thv)
     per_entry = (
-        xv * (_safe_log(muv) - torch.log(thv + muv))
-        + torch.lgamma(xv + thv)
-        - lgamma_thv
-        - torch.lgamma(xv + 1.0)
+        xv * (_safe_log(muv) - torch.log(thv + muv)) + torch.lgamma(xv + thv) - lgamma_thv - torch.lgamma(xv + 1.0)
     )
     return zero_part.index_add(-1, rows, per_entry)
 

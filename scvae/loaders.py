@@ -34,7 +34,9 @@ _TORCH_DTYPES = {np.dtype(t) for t in ("float32", "float64", "float16", "int64",
 
 def is_backed_matrix(x: Any) -> bool:
     """True for an on-disk matrix of a backed AnnData (an h5py dataset or anndata's sparse dataset)."""
-    return not isinstance(x, (np.ndarray, sp.spmatrix, sp.sparray)) and hasattr(x, "shape") and hasattr(x, "__getitem__")
+    return (
+        not isinstance(x, (np.ndarray, sp.spmatrix, sp.sparray)) and hasattr(x, "shape") and hasattr(x, "__getitem__")
+    )
 
 
 def _as_torch(a: np.ndarray) -> torch.Tensor:
@@ -350,7 +352,9 @@ def place_on(loader: Minibatches, device: torch.device, resident: bool | None = 
         if not resident:
             logger.info(
                 "the count matrix (%.1f GB) does not fit in half of the free GPU memory (%.1f GB): minibatches are "
-                "cut on the host and copied over one by one", need / 1e9, free / 1e9,
+                "cut on the host and copied over one by one",
+                need / 1e9,
+                free / 1e9,
             )
     if resident:
         loader.to(device)

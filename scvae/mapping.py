@@ -148,12 +148,15 @@ def map_query(
     # The reference's label classifiers served its training only; the query's new entries are learnt without them.
     config["adversarial_weight"] = 0.0
     ref_state = {
-        k: v.detach().cpu().clone() for k, v in model.module.state_dict().items() if not k.startswith("label_classifiers.")
+        k: v.detach().cpu().clone()
+        for k, v in model.module.state_dict().items()
+        if not k.startswith("label_classifiers.")
     }
     with torch.random.fork_rng(devices=[]):  # its random initial weights are all overwritten; spare the caller's RNG
         module = _build_module(config)
-    masks = _transplant(ref_state, module, [len(v) for v in ref_categories.values()],
-                        [len(v) for v in config["categories"].values()])
+    masks = _transplant(
+        ref_state, module, [len(v) for v in ref_categories.values()], [len(v) for v in config["categories"].values()]
+    )
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
     mapped = SCVAE(module, config)
     x, codes = mapped._read(query)  # genes aligned and validated for the likelihood; codes in the new layout
@@ -187,12 +190,27 @@ def map_query(
             raise InputError(f"query has {n} cells; at least a handful are needed to learn its new categories")
         logger.info(
             "mapping %d query cells; new categories: %s; training %d of %d weights",
-            n, new_categories, sum(int(m.sum()) for m in masks.values()),
+            n,
+            new_categories,
+            sum(int(m.sum()) for m in masks.values()),
             sum(p.numel() for p in module.parameters()),
         )
         history, best_epoch = _train_new_entries(
-            module, masks, x, codes, train_idx, val_idx, record["batch_size"], max_epochs, lr, patience,
-            float(config.get("beta", 1.0)), seed, progress_bar, accelerator, config,
+            module,
+            masks,
+            x,
+            codes,
+            train_idx,
+            val_idx,
+            record["batch_size"],
+            max_epochs,
+            lr,
+            patience,
+            float(config.get("beta", 1.0)),
+            seed,
+            progress_bar,
+            accelerator,
+            config,
         )
         moved = _restore_reference(module, initial, masks)
         if moved:  # cannot happen with zero gradients and no weight decay; kept exact regardless
@@ -249,7 +267,9 @@ def _transplant(
                 new[:, base + torch.from_numpy(kept)] = old[:, base:]
                 mask[:, base + torch.from_numpy(added)] = True
             else:
-                raise RuntimeError(f"internal error: cannot extend {name} from {tuple(old.shape)} to {tuple(new.shape)}")
+                raise RuntimeError(
+                    f"internal error: cannot extend {name} from {tuple(old.shape)} to {tuple(new.shape)}"
+                )
             if name not in params:
                 raise RuntimeError(f"internal error: {name} grew but is not a parameter")
             masks[name] = mask

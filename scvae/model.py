@@ -43,8 +43,19 @@ FORMAT_VERSION = 1
 DEFAULT_ADVERSARIAL_WEIGHT = 3.0  # with batch_key or condition_key: benchmarks/results/integration_ablation.md
 
 _ARCH_KEYS = (
-    "n_latent", "n_hidden", "n_layers", "likelihood", "encode_covariates", "dispersion", "dropout", "norm",
-    "prior", "n_pseudo_inputs", "objective", "n_importance", "adversarial_weight",
+    "n_latent",
+    "n_hidden",
+    "n_layers",
+    "likelihood",
+    "encode_covariates",
+    "dispersion",
+    "dropout",
+    "norm",
+    "prior",
+    "n_pseudo_inputs",
+    "objective",
+    "n_importance",
+    "adversarial_weight",
 )
 
 
@@ -604,7 +615,9 @@ def fit(
         torch.manual_seed(seed + start_epoch)
         module = _build_module(config)
         if prior == "vamp":  # pseudo-inputs start as random training cells (seeded)
-            rows = np.random.default_rng(seed).choice(train_idx, n_pseudo_inputs, replace=len(train_idx) < n_pseudo_inputs)
+            rows = np.random.default_rng(seed).choice(
+                train_idx, n_pseudo_inputs, replace=len(train_idx) < n_pseudo_inputs
+            )
             module.init_pseudo_inputs(torch.from_numpy(to_dense_float(x, rows)))
         if checkpoint:
             module.load_state_dict(checkpoint["module"])
@@ -624,7 +637,13 @@ def fit(
             resume=checkpoint,
         )
         history, best = train(
-            module, train_loader, val_loader, settings, accelerator=accelerator, devices=devices, strategy=strategy,
+            module,
+            train_loader,
+            val_loader,
+            settings,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
             config=config,
         )
     module.eval()

@@ -164,9 +164,7 @@ class VAE(nn.Module):
         """(cells, n_keys) integer codes → (cells, sum of categories) one-hot, or None without labels."""
         if not self.n_categories:
             return None
-        return torch.cat(
-            [F.one_hot(cats[:, i], k).to(torch.float32) for i, k in enumerate(self.n_categories)], dim=-1
-        )
+        return torch.cat([F.one_hot(cats[:, i], k).to(torch.float32) for i, k in enumerate(self.n_categories)], dim=-1)
 
     def encoder_input(self, x: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor | Entries:
         """What the encoder reads: log1p of counts, the presence of binary data, continuous data as they are.
@@ -264,9 +262,7 @@ class VAE(nn.Module):
 
         return self.vamp.components(encode)
 
-    def log_prior(
-        self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def log_prior(self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """log p(z), summed over the latent axis; ``components`` may be passed to reuse the VampPrior's."""
         if self.prior != "vamp":
             return log_standard_normal(z)
@@ -324,9 +320,7 @@ class VAE(nn.Module):
         ``logvar`` of q (cells × n_latent).
         """
         mean, logvar = posterior if posterior is not None else self.inference(x, cats, nonzero)
-        eps = torch.randn(
-            (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
-        )
+        eps = torch.randn((n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * eps  # (S, B, d)
         s, b = n_samples, x.shape[0]
         flat_cats = cats.repeat(s, 1) if cats is not None and self.n_categories else cats
@@ -416,8 +410,6 @@ class VAE(nn.Module):
 def kl_normal_standard(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, diag exp(logvar)) || N(0, I)), summed over the last axis."""
     return 0.5 * (torch.exp(logvar) + mean**2 - 1.0 - logvar).sum(-1)
-
-
 
 
 class _ReverseGradient(torch.autograd.Function):

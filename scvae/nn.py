@@ -63,7 +63,10 @@ class _EntriesTimesWeight(torch.autograd.Function):
         key = cols.numpy().astype(np.uint16 if n_genes <= 1 << 16 else np.int64)
         order = torch.from_numpy(np.argsort(key, kind="stable"))  # numpy radix-sorts 16-bit keys
         grad_weight = F.embedding_bag(
-            rows.index_select(0, order), grad.contiguous(), _starts(cols, n_genes), mode="sum",
+            rows.index_select(0, order),
+            grad.contiguous(),
+            _starts(cols, n_genes),
+            mode="sum",
             per_sample_weights=values.index_select(0, order),
         )
         return grad_weight, None, None, None, None
@@ -184,8 +187,6 @@ class GaussianEncoder(nn.Module):
         self.mean = nn.Linear(self.body.n_out, n_latent)
         self.logvar = nn.Linear(self.body.n_out, n_latent)
 
-    def forward(
-        self, x: torch.Tensor | Entries, cov: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor | Entries, cov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x, cov)
         return self.mean(h), self.logvar(h).clamp(-15.0, 15.0)

@@ -74,9 +74,9 @@ def estimate_log_likelihood(
         done = 0
         while done < n_samples:
             s = min(chunk_size, n_samples - done)
-            lw = module.log_importance_weights(
-                xb, cb, s, generator=gen, components=components, posterior=posterior
-            )["log_weight"].double()
+            lw = module.log_importance_weights(xb, cb, s, generator=gen, components=components, posterior=posterior)[
+                "log_weight"
+            ].double()
             parts.append(torch.logsumexp(lw, dim=0))
             total += lw.sum(0)
             done += s

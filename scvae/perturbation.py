@@ -124,8 +124,9 @@ def balanced_indices(
         else:
             skipped.append(f"{t} ({len(ctrl)} {control}, {len(stim)} {stimulated})")
     if skipped:
-        logger.info("cell types left out of the balanced difference (fewer than %d cells): %s", min_cells,
-                    ", ".join(skipped))
+        logger.info(
+            "cell types left out of the balanced difference (fewer than %d cells): %s", min_cells, ", ".join(skipped)
+        )
     if not groups:
         raise InputError(
             f"no cell type other than {sorted(excluded)} has at least {min_cells} cells in both {control!r} and "
@@ -303,7 +304,11 @@ def predict_perturbation(
         raise InputError(f"n_cells must be a positive integer or None, got {n_cells!r}")
     control, stimulated, target = str(control), str(stimulated), str(target)
     cond, types = _check_inputs(
-        adata, condition_key=condition_key, control=control, stimulated=stimulated, cell_type_key=cell_type_key,
+        adata,
+        condition_key=condition_key,
+        control=control,
+        stimulated=stimulated,
+        cell_type_key=cell_type_key,
         target=target,
     )
     model_cond_key = model.config.get("condition_key")
@@ -320,8 +325,11 @@ def predict_perturbation(
             if value not in known:
                 raise InputError(f"{name}={value!r} is not a category the model knows for {condition_key!r}: {known}")
     if conditioned and model_cond_key != condition_key:
-        logger.info("the model is conditioned on %r as a %s label", condition_key,
-                    "batch" if model.config.get("batch_key") == condition_key else "covariate")
+        logger.info(
+            "the model is conditioned on %r as a %s label",
+            condition_key,
+            "batch" if model.config.get("batch_key") == condition_key else "covariate",
+        )
 
     x = _model_matrix(model, adata)
     codes = model.encoder.encode(adata)
@@ -346,8 +354,14 @@ def predict_perturbation(
     z = _posterior_mean(model, x, codes, source, batch_size)
     if method == "delta":
         ctrl_idx, stim_idx, n = balanced_indices(
-            cond, types, control=control, stimulated=stimulated, exclude=[target], n_per_type=n_per_type,
-            min_cells=min_cells, seed=seed,
+            cond,
+            types,
+            control=control,
+            stimulated=stimulated,
+            exclude=[target],
+            n_per_type=n_per_type,
+            min_cells=min_cells,
+            seed=seed,
         )
         z_ctrl = _posterior_mean(model, x, codes, np.concatenate(list(ctrl_idx.values())), batch_size)
         z_stim = _posterior_mean(model, x, codes, np.concatenate(list(stim_idx.values())), batch_size)
@@ -359,12 +373,26 @@ def predict_perturbation(
             cell_types=list(ctrl_idx),
             n_per_type=int(n),
         )
-        logger.info("δ from %d cell types × %d cells per condition (|δ| = %.3f)", len(ctrl_idx), n,
-                    record["delta_norm"])
+        logger.info(
+            "δ from %d cell types × %d cells per condition (|δ| = %.3f)", len(ctrl_idx), n, record["delta_norm"]
+        )
     elif method == "transport":
-        z = z + _transported(model, x, codes, cond, types, z, control=control, stimulated=stimulated, target=target,
-                             min_cells=min_cells, n_neighbors=n_neighbors, seed=seed, batch_size=batch_size,
-                             record=record)
+        z = z + _transported(
+            model,
+            x,
+            codes,
+            cond,
+            types,
+            z,
+            control=control,
+            stimulated=stimulated,
+            target=target,
+            min_cells=min_cells,
+            n_neighbors=n_neighbors,
+            seed=seed,
+            batch_size=batch_size,
+            record=record,
+        )
     else:
         record["cell_types"] = [target]
 
@@ -423,7 +451,8 @@ def _transported(
         ctrl = np.flatnonzero((types == t) & (cond == control))
         stim = np.flatnonzero((types == t) & (cond == stimulated))
         a, d = transport_displacements(
-            _posterior_mean(model, x, codes, ctrl, batch_size), _posterior_mean(model, x, codes, stim, batch_size),
+            _posterior_mean(model, x, codes, ctrl, batch_size),
+            _posterior_mean(model, x, codes, stim, batch_size),
             seed=seed + i,
         )
         anchors.append(a)
@@ -438,8 +467,9 @@ def _transported(
         n_neighbors=int(k),
         mean_shift=[float(v) for v in shift.mean(0)],
     )
-    logger.info("transport from %d cell types (%d paired cells), %d neighbours per cell", len(ctrl_idx),
-                len(anchors_all), k)
+    logger.info(
+        "transport from %d cell types (%d paired cells), %d neighbours per cell", len(ctrl_idx), len(anchors_all), k
+    )
     return shift.astype(np.float32)
 
 
@@ -483,12 +513,22 @@ def linear_shift(
 
     control, stimulated, target = str(control), str(stimulated), str(target)
     cond, types = _check_inputs(
-        adata, condition_key=condition_key, control=control, stimulated=stimulated, cell_type_key=cell_type_key,
+        adata,
+        condition_key=condition_key,
+        control=control,
+        stimulated=stimulated,
+        cell_type_key=cell_type_key,
         target=target,
     )
     ctrl_idx, stim_idx, n = balanced_indices(
-        cond, types, control=control, stimulated=stimulated, exclude=[target], n_per_type=n_per_type,
-        min_cells=min_cells, seed=seed,
+        cond,
+        types,
+        control=control,
+        stimulated=stimulated,
+        exclude=[target],
+        n_per_type=n_per_type,
+        min_cells=min_cells,
+        seed=seed,
     )
     if not balanced:  # every cell of the same cell types, unbalanced
         ctrl_idx = {t: np.flatnonzero((types == t) & (cond == control)) for t in ctrl_idx}

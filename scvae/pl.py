@@ -87,15 +87,22 @@ def reg_mean_plot(
         _, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.scatter(means["real"], means["predicted"], s=6, c="0.7", lw=0, label=f"all genes: R² = {result['r2_all']:.3f}")
     ax.scatter(
-        means.loc[top, "real"], means.loc[top, "predicted"], s=10, c="tab:red", lw=0,
+        means.loc[top, "real"],
+        means.loc[top, "predicted"],
+        s=10,
+        c="tab:red",
+        lw=0,
         label=f"top {len(top)} DEGs: R² = {result['r2_top']:.3f}",
     )
     hi = float(max(means["real"].max(), means["predicted"].max())) * 1.05
     ax.plot([0, hi], [0, hi], color="k", lw=0.7, ls="--")
     for gene in top[:n_labels]:
         ax.annotate(
-            gene, (means.loc[gene, "real"], means.loc[gene, "predicted"]), fontsize=7,
-            xytext=(3, 3), textcoords="offset points",
+            gene,
+            (means.loc[gene, "real"], means.loc[gene, "predicted"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
         )
     ax.set_xlabel("mean expression, real stimulated (log-norm.)")
     ax.set_ylabel("mean expression, predicted (log-norm.)")
@@ -169,14 +176,26 @@ def volcano(de, *, n_labels: int = 15, ax=None, title: str | None = None):
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4.2))
     called = de["is_de"].to_numpy(bool)
-    ax.scatter(de["lfc_mean"][~called], de["bayes_factor"][~called], s=4, c="lightgrey", label="not DE",
-               rasterized=True)
-    ax.scatter(de["lfc_mean"][called], de["bayes_factor"][called], s=6, c="crimson", label=f"DE ({called.sum()})",
-               rasterized=True)
+    ax.scatter(
+        de["lfc_mean"][~called], de["bayes_factor"][~called], s=4, c="lightgrey", label="not DE", rasterized=True
+    )
+    ax.scatter(
+        de["lfc_mean"][called],
+        de["bayes_factor"][called],
+        s=6,
+        c="crimson",
+        label=f"DE ({called.sum()})",
+        rasterized=True,
+    )
     order = np.lexsort((-de["lfc_mean"].abs().to_numpy(), -de["bayes_factor"].to_numpy()))[:n_labels]
     for i in order:
-        ax.annotate(str(de.index[i]), (de["lfc_mean"].iloc[i], de["bayes_factor"].iloc[i]), fontsize=7,
-                    xytext=(2, 2), textcoords="offset points")
+        ax.annotate(
+            str(de.index[i]),
+            (de["lfc_mean"].iloc[i], de["bayes_factor"].iloc[i]),
+            fontsize=7,
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
     ax.axvline(0, color="grey", lw=0.6)
     ax.set_xlabel("posterior mean log2 fold change")
     ax.set_ylabel("log Bayes factor of a change")

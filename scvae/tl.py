@@ -110,8 +110,9 @@ def rank_de_genes(
         var=pd.DataFrame(index=pd.Index(adata.var_names.astype(str))),
         uns={"log1p": {"base": None}},
     )
-    sc.tl.rank_genes_groups(tmp, "group", groups=[str(group1)], reference=str(group2), method=method,
-                            n_genes=tmp.n_vars)
+    sc.tl.rank_genes_groups(
+        tmp, "group", groups=[str(group1)], reference=str(group2), method=method, n_genes=tmp.n_vars
+    )
     res = tmp.uns["rank_genes_groups"]
     names = np.asarray(res["names"][str(group1)]).astype(str)
     scores = np.asarray(res["scores"][str(group1)], dtype=np.float64)
@@ -211,8 +212,13 @@ def _pca_distances(
     s = project(stim)
     e_pred, energy_pred = e_distances(project(pred), s)
     e_ctrl, energy_ctrl = e_distances(project(ctrl), s)
-    return {"e_distance": e_pred, "energy_distance": energy_pred, "e_distance_control": e_ctrl,
-            "energy_distance_control": energy_ctrl, "n_pcs": int(k)}
+    return {
+        "e_distance": e_pred,
+        "energy_distance": energy_pred,
+        "e_distance_control": e_ctrl,
+        "energy_distance_control": energy_ctrl,
+        "n_pcs": int(k),
+    }
 
 
 def evaluate_perturbation(
@@ -379,19 +385,31 @@ def rank_genes_groups(
     if groupby not in adata.obs:
         raise InputError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
     categories = [str(c) for c in pd.Categorical(adata.obs[groupby].astype(str)).categories]
-    wanted = categories if isinstance(groups, str) and groups == "all" else (
-        [groups] if isinstance(groups, str) else [str(g) for g in groups]
+    wanted = (
+        categories
+        if isinstance(groups, str) and groups == "all"
+        else ([groups] if isinstance(groups, str) else [str(g) for g in groups])
     )
     unknown = [g for g in wanted + ([] if reference == "rest" else [reference]) if g not in categories]
     if unknown:
         raise InputError(f"{unknown} not among the categories of adata.obs[{groupby!r}] ({categories})")
     wanted = [g for g in wanted if g != reference]
-    fields: dict[str, dict[str, np.ndarray]] = {k: {} for k in ("names", "scores", "logfoldchanges", "pvals",
-                                                                 "pvals_adj")}
+    fields: dict[str, dict[str, np.ndarray]] = {
+        k: {} for k in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")
+    }
     for i, group in enumerate(wanted):
         df = differential_expression(
-            model, adata, groupby=groupby, group1=group, group2=None if reference == "rest" else reference, mode=mode,
-            delta=delta, batch_correction=batch_correction, n_samples=n_samples, fdr=fdr, seed=seed + i,
+            model,
+            adata,
+            groupby=groupby,
+            group1=group,
+            group2=None if reference == "rest" else reference,
+            mode=mode,
+            delta=delta,
+            batch_correction=batch_correction,
+            n_samples=n_samples,
+            fdr=fdr,
+            seed=seed + i,
         )
         p_up = df["proba_up"].to_numpy()
         score = np.log(p_up + 1e-8) - np.log(1.0 - p_up + 1e-8)
@@ -402,19 +420,30 @@ def rank_genes_groups(
         fields["logfoldchanges"][group] = df["lfc_mean"].to_numpy()[order].astype(np.float32)
         fields["pvals"][group] = not_up
         fields["pvals_adj"][group] = np.cumsum(not_up) / np.arange(1, len(order) + 1)
-    dtypes = {"names": "O", "scores": "float32", "logfoldchanges": "float32", "pvals": "float64",
-              "pvals_adj": "float64"}
+    dtypes = {
+        "names": "O",
+        "scores": "float32",
+        "logfoldchanges": "float32",
+        "pvals": "float64",
+        "pvals_adj": "float64",
+    }
     result: dict[str, Any] = {
         "params": {
-            "groupby": groupby, "reference": reference, "method": "scvae", "use_raw": False, "layer": None,
-            "corr_method": "posterior expected FDR", "mode": mode, "delta": float(delta),
-            "batch_correction": bool(batch_correction), "n_samples": int(n_samples), "seed": int(seed),
+            "groupby": groupby,
+            "reference": reference,
+            "method": "scvae",
+            "use_raw": False,
+            "layer": None,
+            "corr_method": "posterior expected FDR",
+            "mode": mode,
+            "delta": float(delta),
+            "batch_correction": bool(batch_correction),
+            "n_samples": int(n_samples),
+            "seed": int(seed),
         }
     }
     for name, per_group in fields.items():
-        result[name] = np.rec.fromarrays(
-            [per_group[g] for g in wanted], dtype=[(g, dtypes[name]) for g in wanted]
-        )
+        result[name] = np.rec.fromarrays([per_group[g] for g in wanted], dtype=[(g, dtypes[name]) for g in wanted])
     adata.uns[key_added] = result
 
 
@@ -523,6 +552,9 @@ def transfer_labels(
     query_adata.obs[f"{key_added}{label_key}_uncertainty"] = out[f"{label_key}_uncertainty"].to_numpy()
     logger.info(
         "transferred %r to %d query cells from their %d nearest reference cells; median uncertainty %.3f",
-        label_key, query_adata.n_obs, k, float(np.median(uncertainty)),
+        label_key,
+        query_adata.n_obs,
+        k,
+        float(np.median(uncertainty)),
     )
     return out

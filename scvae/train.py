@@ -128,7 +128,10 @@ class TrainingPlan(pl.LightningModule):
         # The fused Adam kernel (one pass over all parameters) is ~20 % of a CPU step faster than the per-tensor loop.
         device = next(self.module.parameters()).device.type
         opt = torch.optim.Adam(
-            self.module.parameters(), lr=self.settings.lr, eps=0.01, weight_decay=self.settings.weight_decay,
+            self.module.parameters(),
+            lr=self.settings.lr,
+            eps=0.01,
+            weight_decay=self.settings.weight_decay,
             fused=True if device in ("cpu", "cuda") else None,
         )
         if self.settings.resume is not None:
@@ -186,7 +189,11 @@ class BestWeights(pl.Callback):
             if self.wait >= self.settings.patience:
                 logger.info(
                     "early stopping at epoch %d: %s has not improved for %d epochs (best %.2f at epoch %d)",
-                    row["epoch"], self.monitor, self.wait, self.best, self.best_epoch,
+                    row["epoch"],
+                    self.monitor,
+                    self.wait,
+                    self.best,
+                    self.best_epoch,
                 )
                 trainer.should_stop = True
 
@@ -373,7 +380,8 @@ def train(
             interrupt.restore()
     if interrupt.requested:
         logger.warning(
-            "training interrupted at epoch %d; kept the best weights, from epoch %d", len(plan.history),
+            "training interrupted at epoch %d; kept the best weights, from epoch %d",
+            len(plan.history),
             best.best_epoch,
         )
     if best.diverged_at is not None:
@@ -385,7 +393,9 @@ def train(
             raise TrainingDiverged(f"training diverged (loss became NaN/inf) at epoch {best.diverged_at}; {causes}")
         logger.warning(
             "training diverged (loss became NaN/inf) at epoch %d; kept the best weights, from epoch %d; %s",
-            best.diverged_at, best.best_epoch, causes,
+            best.diverged_at,
+            best.best_epoch,
+            causes,
         )
     return plan.history, best
 

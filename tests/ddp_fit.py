@@ -16,7 +16,13 @@ def main(out: str, devices: int, lr: float) -> None:
     torch.set_num_threads(1)  # the ranks share the machine's cores
     adata = scvae.datasets.pbmc68k()
     model = scvae.model.fit(
-        adata, max_epochs=80, seed=0, progress_bar=False, accelerator="cpu", devices=devices, lr=lr,
+        adata,
+        max_epochs=80,
+        seed=0,
+        progress_bar=False,
+        accelerator="cpu",
+        devices=devices,
+        lr=lr,
         strategy="ddp" if devices > 1 else "auto",
     )
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:

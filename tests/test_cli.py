@@ -24,7 +24,8 @@ def trained(tmp_path_factory):
     before = inp.read_bytes()
     proc = subprocess.run(
         ["scvae", "fit", str(inp), "-o", str(d / "out.h5ad"), "--model-dir", str(d / "model"), "--max-epochs", "3"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert inp.read_bytes() == before  # the input file is never touched
@@ -60,12 +61,18 @@ def test_embed_and_info(trained, capsys):
         (["fit", "{data}", "-o", "{exists}"], "pass --force"),
         (["embed", "{kang}", "--model-dir", "{model}", "-o", "o.h5ad"], "genes are missing"),
         (["info", "no_such_model"], "does not exist"),
-        (["de", "{data}", "--model-dir", "{model}", "-o", "de.txt", "--groupby", "cell_type", "--group1", "B"],
-         "must end in .csv"),
-        (["de", "{data}", "--model-dir", "{model}", "-o", "de.csv", "--groupby", "cell_type", "--group1", "B"],
-         "is not a category"),
-        (["de", "{data}", "--model-dir", "{model}", "-o", "de.csv", "--groupby", "kind", "--group1", "B"],
-         "not a column"),
+        (
+            ["de", "{data}", "--model-dir", "{model}", "-o", "de.txt", "--groupby", "cell_type", "--group1", "B"],
+            "must end in .csv",
+        ),
+        (
+            ["de", "{data}", "--model-dir", "{model}", "-o", "de.csv", "--groupby", "cell_type", "--group1", "B"],
+            "is not a category",
+        ),
+        (
+            ["de", "{data}", "--model-dir", "{model}", "-o", "de.csv", "--groupby", "kind", "--group1", "B"],
+            "not a column",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path, capsys, monkeypatch):
@@ -76,8 +83,15 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path,
     norm = ad.read_h5ad(DATA)
     norm.X = norm.X / 3.0
     norm.write_h5ad(tmp_path / "norm.h5ad")
-    paths = {"bad": "bad.h5ad", "txt": "x.txt", "data": str(DATA), "norm": "norm.h5ad", "exists": "exists.h5ad",
-             "kang": str(scvae.datasets.data_dir() / "kang_ifnb_counts.h5ad"), "model": str(trained / "model")}
+    paths = {
+        "bad": "bad.h5ad",
+        "txt": "x.txt",
+        "data": str(DATA),
+        "norm": "norm.h5ad",
+        "exists": "exists.h5ad",
+        "kang": str(scvae.datasets.data_dir() / "kang_ifnb_counts.h5ad"),
+        "model": str(trained / "model"),
+    }
     code = main([a.format(**paths) for a in argv] + ["-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -98,8 +112,21 @@ def test_every_command_has_help_with_an_example(capsys):
 
 def test_de_writes_a_table(trained):
     out = trained / "de.csv"
-    argv = ["de", str(DATA), "--model-dir", str(trained / "model"), "-o", str(out), "--groupby", "cell_type",
-            "--group1", "CD14+ Monocyte", "--n-samples", "300", "-q"]
+    argv = [
+        "de",
+        str(DATA),
+        "--model-dir",
+        str(trained / "model"),
+        "-o",
+        str(out),
+        "--groupby",
+        "cell_type",
+        "--group1",
+        "CD14+ Monocyte",
+        "--n-samples",
+        "300",
+        "-q",
+    ]
     assert main(argv) == 0
     df = pd.read_csv(out, index_col=0)
     assert len(df) == 765 and {"lfc_mean", "proba_de", "is_de", "bayes_factor"} <= set(df.columns)

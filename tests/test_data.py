@@ -30,7 +30,13 @@ COUNTS = np.random.default_rng(0).poisson(2.0, (40, 7)).astype(np.float32) + np.
 
 @pytest.mark.parametrize(
     "convert",
-    [np.asarray, sp.csr_matrix, sp.csc_matrix, lambda x: x.astype(np.int32), lambda x: sp.csr_matrix(x.astype(np.int64))],
+    [
+        np.asarray,
+        sp.csr_matrix,
+        sp.csc_matrix,
+        lambda x: x.astype(np.int32),
+        lambda x: sp.csr_matrix(x.astype(np.int64)),
+    ],
 )
 def test_get_matrix_accepts_dense_sparse_and_integer_inputs(convert):
     x = get_matrix(_adata(convert(COUNTS)), None)

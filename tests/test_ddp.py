@@ -15,7 +15,11 @@ def _run(tmp_path: Path, devices: int, lr: float) -> dict:
     out = tmp_path / f"ddp_{devices}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(devices), str(lr)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(SCRIPT), str(out), str(devices), str(lr)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())

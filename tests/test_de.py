@@ -24,8 +24,20 @@ def test_table_is_complete_sorted_and_coherent(mono_de, pbmc_model):
     model, _ = pbmc_model
     df = mono_de
     assert list(df.index.sort_values()) == sorted(model.genes)
-    for col in ("lfc_mean", "lfc_ci_low", "lfc_ci_high", "proba_de", "bayes_factor", "is_de", "scale1", "scale2",
-                "raw_mean1", "raw_mean2", "non_zeros_proportion1", "non_zeros_proportion2"):
+    for col in (
+        "lfc_mean",
+        "lfc_ci_low",
+        "lfc_ci_high",
+        "proba_de",
+        "bayes_factor",
+        "is_de",
+        "scale1",
+        "scale2",
+        "raw_mean1",
+        "raw_mean2",
+        "non_zeros_proportion1",
+        "non_zeros_proportion2",
+    ):
         assert col in df and df[col].notna().all(), col
     assert df["proba_de"].between(0, 1).all()
     assert np.allclose(df["proba_de"] + df["proba_not_de"], 1)

@@ -14,8 +14,15 @@ RNG = np.random.default_rng(0)
 def _nb_params(n):
     mu = np.exp(RNG.uniform(np.log(1e-3), np.log(1e5), n))
     theta = np.exp(RNG.uniform(np.log(1e-4), np.log(1e6), n))
-    x = np.concatenate([np.zeros(n // 4), RNG.integers(1, 10, n // 4), RNG.negative_binomial(
-        np.maximum(theta[: n - n // 2], 1e-3), theta[: n - n // 2] / (theta[: n - n // 2] + mu[: n - n // 2]))])
+    x = np.concatenate(
+        [
+            np.zeros(n // 4),
+            RNG.integers(1, 10, n // 4),
+            RNG.negative_binomial(
+                np.maximum(theta[: n - n // 2], 1e-3), theta[: n - n // 2] / (theta[: n - n // 2] + mu[: n - n // 2])
+            ),
+        ]
+    )
     x = np.concatenate([x[: n - 3], [1e6, 5e4, 0.0]])  # very large counts included
     return x.astype(np.float64), mu, theta
 
@@ -134,8 +141,11 @@ def test_log_prob_sums_to_one_over_support():
     # The pmfs normalise: sum over x of p(x) = 1 for a few parameter settings.
     xs = torch.arange(0, 3000, dtype=torch.float64)
     for mu, theta, logit in [(0.5, 0.3, -2.0), (20.0, 5.0, 0.5), (100.0, 50.0, 1.0)]:
-        p = {"mu": torch.tensor(mu, dtype=torch.float64), "theta": torch.tensor(theta, dtype=torch.float64),
-             "zi_logits": torch.tensor(logit, dtype=torch.float64)}
+        p = {
+            "mu": torch.tensor(mu, dtype=torch.float64),
+            "theta": torch.tensor(theta, dtype=torch.float64),
+            "zi_logits": torch.tensor(logit, dtype=torch.float64),
+        }
         for lik in D.COUNT_LIKELIHOODS:
             total = torch.logsumexp(D.log_prob(lik, xs, p), 0).exp().item()
             assert abs(total - 1) < 1e-8, (lik, mu, theta)
@@ -153,8 +163,9 @@ def test_sparse_aware_sums_equal_elementwise_sums_with_gradients(theta_shape):
     x = torch.poisson(torch.rand(50, 300, generator=gen, dtype=torch.float64) ** 4 * 5, generator=gen)
     x[3] = 0  # a cell with no counts
     logits = torch.randn(50, 300, generator=gen, dtype=torch.float64, requires_grad=True)
-    log_theta = torch.randn(300 if theta_shape == "gene" else (50, 300), generator=gen, dtype=torch.float64,
-                            requires_grad=True)
+    log_theta = torch.randn(
+        300 if theta_shape == "gene" else (50, 300), generator=gen, dtype=torch.float64, requires_grad=True
+    )
     lib = x.sum(1, keepdim=True) + 1.0
 
     def run(fn):

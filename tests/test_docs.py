@@ -40,15 +40,23 @@ def test_readme_quickstart_runs_as_written_and_integrates_batches():
 def test_tutorial_runs_headless(script, tmp_path):
     env = dict(os.environ, SCVAE_TUTORIAL_FAST="1", MPLBACKEND="Agg")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tutorials" / script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, str(ROOT / "tutorials" / script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_code_is_ruff_clean():
-    ruff = subprocess.run([sys.executable, "-m", "ruff", "check", "scvae", "tests", "tutorials", "benchmarks"],
-                          cwd=ROOT, capture_output=True, text=True)
+    ruff = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "scvae", "tests", "tutorials", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if "No module named ruff" in ruff.stderr:
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
     assert ruff.returncode == 0, ruff.stdout[-3000:]

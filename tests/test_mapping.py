@@ -23,8 +23,16 @@ SHARED_TYPES = ["H1975", "H2228", "HCC827"]  # the Drop-seq batch holds 3 of the
 
 def _snapshot(adata):
     x = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
-    return {"X": x, "obs": adata.obs.copy(), "var": adata.var.copy(), "layers": set(adata.layers),
-            "obsm": set(adata.obsm), "uns": set(adata.uns), "obsp": set(adata.obsp), "varm": set(adata.varm)}
+    return {
+        "X": x,
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "layers": set(adata.layers),
+        "obsm": set(adata.obsm),
+        "uns": set(adata.uns),
+        "obsp": set(adata.obsp),
+        "varm": set(adata.varm),
+    }
 
 
 def _assert_only_gained(before, adata, obsm=(), uns=(), obs_columns=()):
@@ -107,10 +115,19 @@ def mapping():
     finally:
         logging.getLogger("scvae.mapping").removeHandler(warnings)
     rng_after = (torch.get_rng_state(), np.random.get_state()[1].copy())
-    return {"ref": ref, "query": query, "query_unmapped": query_unmapped, "model": model, "mapped": mapped,
-            "state_before": state_before, "config_before": config_before, "z_ref_before": z_ref_before,
-            "query_before": before, "rng": (rng, rng_after),
-            "warnings": [r.getMessage() for r in warnings.records]}
+    return {
+        "ref": ref,
+        "query": query,
+        "query_unmapped": query_unmapped,
+        "model": model,
+        "mapped": mapped,
+        "state_before": state_before,
+        "config_before": config_before,
+        "z_ref_before": z_ref_before,
+        "query_before": before,
+        "rng": (rng, rng_after),
+        "warnings": [r.getMessage() for r in warnings.records],
+    }
 
 
 def test_reference_is_untouched_and_its_latent_space_does_not_move(mapping):

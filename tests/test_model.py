@@ -329,7 +329,14 @@ def test_adversarial_classifier_mixes_batches_further_on_real_data():
 def test_adversary_trains_with_iwae_and_a_condition_key(pbmc):
     a = pbmc.copy()
     a.obs["condition"] = np.where(np.arange(a.n_obs) % 2, "control", "stimulated")
-    model = scvae.model.fit(a, batch_key="cell_type", condition_key="condition", objective="iwae", n_importance=3,
-                            max_epochs=3, progress_bar=False)
+    model = scvae.model.fit(
+        a,
+        batch_key="cell_type",
+        condition_key="condition",
+        objective="iwae",
+        n_importance=3,
+        max_epochs=3,
+        progress_bar=False,
+    )
     assert model.module.adversarial_indices == (0, 1) and len(model.module.label_classifiers) == 2
     assert np.isfinite(a.obsm["X_scvae"]).all()

@@ -32,8 +32,15 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
         x = torch.log1p(x)
     codes = torch.stack([torch.arange(64) % k for k in cats], 1) if cats else None
     dispersion = "gene-batch" if cats and likelihood in ("nb", "zinb") else "gene"
-    vae = VAE(30, n_latent=3, n_hidden=16, likelihood=likelihood, n_categories=cats,
-              dispersion=dispersion, batch_index=0 if cats else None)
+    vae = VAE(
+        30,
+        n_latent=3,
+        n_hidden=16,
+        likelihood=likelihood,
+        n_categories=cats,
+        dispersion=dispersion,
+        batch_index=0 if cats else None,
+    )
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
     first = None
     for _ in range(60):
@@ -65,8 +72,10 @@ def test_covariates_reach_the_decoder_and_optionally_not_the_encoder():
     rb = vae.generative(z, torch.ones(4, 1, dtype=torch.long))["rho"]
     assert not torch.allclose(ra, rb)  # the decoder does
     with_enc = VAE(30, n_latent=4, n_categories=(2,)).eval()
-    assert not torch.allclose(with_enc.inference(x, torch.zeros(4, 1, dtype=torch.long))[0],
-                              with_enc.inference(x, torch.ones(4, 1, dtype=torch.long))[0])
+    assert not torch.allclose(
+        with_enc.inference(x, torch.zeros(4, 1, dtype=torch.long))[0],
+        with_enc.inference(x, torch.ones(4, 1, dtype=torch.long))[0],
+    )
 
 
 def test_bad_settings_are_refused():
@@ -91,8 +100,17 @@ def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, disper
     nonzero = torch.cat([D.nonzero_indices(x), torch.tensor([[1, 2], [3, 4]])], dim=1)  # two explicit zeros
     nonzero = nonzero[:, torch.argsort(nonzero[0] * 25 + nonzero[1])]
     assert (x[nonzero[0], nonzero[1]] == 0).sum() >= 2
-    vae = VAE(25, n_latent=3, n_hidden=16, likelihood=likelihood, n_categories=(3,), dispersion=dispersion,
-              batch_index=0, objective=objective, n_importance=k)
+    vae = VAE(
+        25,
+        n_latent=3,
+        n_hidden=16,
+        likelihood=likelihood,
+        n_categories=(3,),
+        dispersion=dispersion,
+        batch_index=0,
+        objective=objective,
+        n_importance=k,
+    )
     runs = []
     for nz in (None, nonzero):
         torch.manual_seed(0)
@@ -119,8 +137,10 @@ def test_adversarial_loss_reverses_the_gradient_reaching_z():
     z.grad = None
     vae.zero_grad()
     f = torch.nn.functional
-    ce = 2.0 * (f.cross_entropy(vae.label_classifiers[0](z), cats[:, 0]) +
-                f.cross_entropy(vae.label_classifiers[1](z), cats[:, 1]))
+    ce = 2.0 * (
+        f.cross_entropy(vae.label_classifiers[0](z), cats[:, 0])
+        + f.cross_entropy(vae.label_classifiers[1](z), cats[:, 1])
+    )
     ce.backward()
     torch.testing.assert_close(reversed_grad, -z.grad)  # the encoder side works against the classifiers
     for got, want in zip(classifier_grad, vae.label_classifiers.parameters()):

@@ -44,8 +44,18 @@ def _tiny_trained(prior: str) -> tuple[VAE, torch.Tensor]:
     x = torch.poisson(torch.exp(1.5 + z @ w), generator=gen)
     x[:, 0] += 1  # no empty cells
     torch.manual_seed(0)
-    vae = VAE(6, n_latent=1, n_hidden=12, likelihood="nb", prior=prior, n_pseudo_inputs=5, dropout=0.0,
-              norm="none", objective="iwae", n_importance=4)
+    vae = VAE(
+        6,
+        n_latent=1,
+        n_hidden=12,
+        likelihood="nb",
+        prior=prior,
+        n_pseudo_inputs=5,
+        dropout=0.0,
+        norm="none",
+        objective="iwae",
+        n_importance=4,
+    )
     if prior == "vamp":
         vae.init_pseudo_inputs(x[:5])
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
@@ -166,8 +176,13 @@ def test_log_likelihood_rises_with_k_and_exceeds_the_elbo(pbmc):
 
 @pytest.mark.parametrize(
     ("likelihood", "objective", "prior"),
-    [("nb", "iwae", "normal"), ("nb", "elbo", "vamp"), ("gaussian", "iwae", "vamp"), ("bernoulli", "iwae", "vamp"),
-     ("bernoulli", "elbo", "vamp")],
+    [
+        ("nb", "iwae", "normal"),
+        ("nb", "elbo", "vamp"),
+        ("gaussian", "iwae", "vamp"),
+        ("bernoulli", "iwae", "vamp"),
+        ("bernoulli", "elbo", "vamp"),
+    ],
 )
 def test_iwae_and_vamp_train_with_likelihoods_and_batch_key(pbmc, likelihood, objective, prior):
     adata = _small(pbmc, n_cells=160, n_genes=60)
@@ -175,8 +190,16 @@ def test_iwae_and_vamp_train_with_likelihoods_and_batch_key(pbmc, likelihood, ob
         adata.X = np.log1p(adata.X.toarray())
     elif likelihood == "bernoulli":
         adata.X = sp.csr_matrix((adata.X.toarray() > 0).astype(np.float32))
-    model = _fit(adata, likelihood=likelihood, objective=objective, n_importance=3, prior=prior,
-                 n_pseudo_inputs=8, batch_key="phase", max_epochs=3)
+    model = _fit(
+        adata,
+        likelihood=likelihood,
+        objective=objective,
+        n_importance=3,
+        prior=prior,
+        n_pseudo_inputs=8,
+        batch_key="phase",
+        max_epochs=3,
+    )
     assert np.isfinite(model.history["elbo_train"]).all()
     assert adata.uns["scvae"]["objective"] == objective and adata.uns["scvae"]["prior"] == prior
     ll = model.log_likelihood(adata[:20], n_samples=8)
@@ -206,8 +229,9 @@ def test_beta_and_warmup_are_recorded_in_history_and_uns(pbmc):
     assert np.all(np.diff(w) >= 0) and w[0] < 2.0 and w[-1] == pytest.approx(2.0)
     assert adata.uns["scvae"]["beta"] == 2.0 and adata.uns["scvae"]["kl_warmup_epochs"] == 4
     # Warm-up given in steps (minibatches) instead: 3 batches per epoch here, 6 steps = 2 epochs.
-    model = _fit(adata, beta=0.5, kl_warmup_steps=6, max_epochs=4, batch_size=38, validation_size=0.1,
-                 early_stopping=False)
+    model = _fit(
+        adata, beta=0.5, kl_warmup_steps=6, max_epochs=4, batch_size=38, validation_size=0.1, early_stopping=False
+    )
     w = model.history["kl_weight"].to_numpy()
     np.testing.assert_allclose(w, [0.25, 0.5, 0.5, 0.5])
     assert adata.uns["scvae"]["kl_warmup_steps"] == 6
@@ -215,8 +239,13 @@ def test_beta_and_warmup_are_recorded_in_history_and_uns(pbmc):
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(objective="vi"), dict(prior="mog"), dict(n_importance=0), dict(n_pseudo_inputs=1.5),
-     dict(kl_warmup_steps=-1)],
+    [
+        dict(objective="vi"),
+        dict(prior="mog"),
+        dict(n_importance=0),
+        dict(n_pseudo_inputs=1.5),
+        dict(kl_warmup_steps=-1),
+    ],
 )
 def test_bad_settings_are_refused(pbmc, kw):
     with pytest.raises(InputError):

@@ -71,8 +71,10 @@ def cvae(data):
 def top(data) -> list[str]:
     both = AnnData(
         X=sp.vstack([data["stim"].X, data["ctrl"].X]).tocsr(),
-        obs=pd.DataFrame({"condition": ["stimulated"] * data["stim"].n_obs + ["control"] * data["ctrl"].n_obs},
-                         index=[str(i) for i in range(data["stim"].n_obs + data["ctrl"].n_obs)]),
+        obs=pd.DataFrame(
+            {"condition": ["stimulated"] * data["stim"].n_obs + ["control"] * data["ctrl"].n_obs},
+            index=[str(i) for i in range(data["stim"].n_obs + data["ctrl"].n_obs)],
+        ),
         var=data["stim"].var.copy(),
     )
     return tl.rank_de_genes(both, "condition", "stimulated", "control", 100)
@@ -117,8 +119,11 @@ def test_transport_gives_each_cell_its_own_response(which, request, data, top, n
     assert rec["cell_types"] == ["CD14 Mono", "CD4 T"] and set(rec["n_pairs"]) == {"CD14 Mono", "CD4 T"}
     assert rec["decoded_with_stimulated_label"] == (which == "cvae")
     res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"], top_genes=top)
-    print(which, {k: round(res[k], 3) for k in ("r2_top", "delta_corr_top", "delta_corr_top_change", "e_distance")},
-          {k: round(no_change[k], 3) for k in ("r2_top", "e_distance")})
+    print(
+        which,
+        {k: round(res[k], 3) for k in ("r2_top", "delta_corr_top", "delta_corr_top_change", "e_distance")},
+        {k: round(no_change[k], 3) for k in ("r2_top", "e_distance")},
+    )
     assert res["r2_top"] > no_change["r2_top"] + 0.15
     assert res["delta_corr_top_change"] > 0.6 and res["e_distance"] < no_change["e_distance"]
 
@@ -266,7 +271,8 @@ def test_tl_metrics(data, top):
     assert (changed["real"] < changed["control"]).any() and (changed["real"] > changed["control"]).any()
     d = (changed["real"] - changed["control"]).abs().to_numpy()
     assert (np.diff(d) <= 0).all() and d[-1] >= (res["means"]["real"] - res["means"]["control"]).abs().drop(
-        res["top_change"]).max()
+        res["top_change"]
+    ).max()
     # predicting no change: zero Pearson-delta is undefined (no change at all), and the distances are the control's
     none = tl.evaluate_perturbation(ctrl, stim, ctrl, top_genes=top)
     assert np.isnan(none["delta_corr"]) and none["sign_top"] == 0.0

@@ -102,8 +102,14 @@ def test_any_valid_count_layout_trains_and_leaves_adata_unchanged(adata, use_bat
     before_type, before_dtype = type(adata.X), adata.X.dtype
     before_obs = adata.obs.copy()
     model = scvae.model.fit(
-        adata, batch_key="batch" if use_batch else None, likelihood=likelihood, max_epochs=2, batch_size=8,
-        n_hidden=8, n_latent=2, progress_bar=False,
+        adata,
+        batch_key="batch" if use_batch else None,
+        likelihood=likelihood,
+        max_epochs=2,
+        batch_size=8,
+        n_hidden=8,
+        n_latent=2,
+        progress_bar=False,
     )
     after_x = adata.X.toarray() if sp.issparse(adata.X) else adata.X
     np.testing.assert_array_equal(before_x, after_x)

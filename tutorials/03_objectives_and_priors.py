@@ -61,9 +61,16 @@ for beta in betas:
     models[f"β={beta:g}"] = m
     ll, elbo = log_likelihood(m, held, n_samples=K_LL, return_elbo=True)
     best = m.history.iloc[m.config["best_epoch"] - 1]  # the epoch whose weights were kept
-    rows.append({"beta": beta, "reconstruction (train)": best["reconstruction_train"], "KL (train)": best["kl_train"], "held-out ELBO": elbo.mean(),
-                 "held-out log p(x)": ll.mean(),
-                 "kNN acc.": scvae.metrics.knn_accuracy(m.get_latent(adata), adata.obs["cell_type"])})
+    rows.append(
+        {
+            "beta": beta,
+            "reconstruction (train)": best["reconstruction_train"],
+            "KL (train)": best["kl_train"],
+            "held-out ELBO": elbo.mean(),
+            "held-out log p(x)": ll.mean(),
+            "kNN acc.": scvae.metrics.knn_accuracy(m.get_latent(adata), adata.obs["cell_type"]),
+        }
+    )
 beta_table = pd.DataFrame(rows)
 print(beta_table.round(3).to_string(index=False))
 
@@ -111,8 +118,13 @@ results = []
 for name, kw in variants.items():
     m = standard if name == "standard" else scvae.model.fit(train, seed=0, max_epochs=EPOCHS, progress_bar=False, **kw)
     models[name] = m
-    results.append({"model": name, "held-out log p(x)": log_likelihood(m, held, n_samples=K_LL).mean(),
-                    "kNN acc.": scvae.metrics.knn_accuracy(m.get_latent(adata), adata.obs["cell_type"])})
+    results.append(
+        {
+            "model": name,
+            "held-out log p(x)": log_likelihood(m, held, n_samples=K_LL).mean(),
+            "kNN acc.": scvae.metrics.knn_accuracy(m.get_latent(adata), adata.obs["cell_type"]),
+        }
+    )
 results = pd.DataFrame(results)
 print(results.round(3).to_string(index=False))
 

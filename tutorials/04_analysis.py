@@ -62,17 +62,39 @@ SCVAE = [shutil.which("scvae")] if shutil.which("scvae") else [sys.executable, "
 
 # %%
 kang_file = scvae.datasets.data_dir() / "kang_ifnb_counts.h5ad"
-fit_cmd = [*SCVAE, "fit", str(kang_file), "-o", str(WORK / "kang_scvae.h5ad"), "--model-dir", str(WORK / "kang_model"),
-           "-q"] + (["--max-epochs", str(EPOCHS)] if EPOCHS else [])
+fit_cmd = [
+    *SCVAE,
+    "fit",
+    str(kang_file),
+    "-o",
+    str(WORK / "kang_scvae.h5ad"),
+    "--model-dir",
+    str(WORK / "kang_model"),
+    "-q",
+] + (["--max-epochs", str(EPOCHS)] if EPOCHS else [])
 start = time.perf_counter()
 subprocess.run(fit_cmd, check=True)
 print(f"scvae fit: {time.perf_counter() - start:.0f} s")
-print(subprocess.run([*SCVAE, "info", str(WORK / "kang_model")], check=True, capture_output=True,
-                     text=True).stdout)
+print(subprocess.run([*SCVAE, "info", str(WORK / "kang_model")], check=True, capture_output=True, text=True).stdout)
 
-de_cmd = [*SCVAE, "de", str(kang_file), "--model-dir", str(WORK / "kang_model"), "-o", str(WORK / "cd14_de.csv"),
-          "--groupby", "condition", "--group1", "stimulated", "--group2", "control", "--subset", "cell_type=CD14 Mono",
-          "-q"] + (["--n-samples", "1000"] if FAST else [])
+de_cmd = [
+    *SCVAE,
+    "de",
+    str(kang_file),
+    "--model-dir",
+    str(WORK / "kang_model"),
+    "-o",
+    str(WORK / "cd14_de.csv"),
+    "--groupby",
+    "condition",
+    "--group1",
+    "stimulated",
+    "--group2",
+    "control",
+    "--subset",
+    "cell_type=CD14 Mono",
+    "-q",
+] + (["--n-samples", "1000"] if FAST else [])
 subprocess.run(de_cmd, check=True)
 print(pd.read_csv(WORK / "cd14_de.csv", index_col=0).head(10)[["lfc_mean", "proba_de", "bayes_factor", "is_de"]])
 
@@ -88,12 +110,16 @@ print(pd.read_csv(WORK / "cd14_de.csv", index_col=0).head(10)[["lfc_mean", "prob
 model = scvae.model.load(WORK / "kang_model")
 adata = sc.read_h5ad(WORK / "kang_scvae.h5ad")
 mono = adata[adata.obs["cell_type"] == "CD14 Mono"].copy()
-de = model.differential_expression(mono, groupby="condition", group1="stimulated", group2="control",
-                                   n_samples=1000 if FAST else 5000, seed=0)
+de = model.differential_expression(
+    mono, groupby="condition", group1="stimulated", group2="control", n_samples=1000 if FAST else 5000, seed=0
+)
 up = de[de["is_de"] & (de["lfc_mean"] > 0)]
 print(f"{int(de['is_de'].sum())} genes called DE, {len(up)} up in stimulated; strongest up:")
-print(up.sort_values("lfc_mean", ascending=False).head(15)[["lfc_mean", "lfc_ci_low", "lfc_ci_high", "proba_de",
-                                                            "non_zeros_proportion1", "non_zeros_proportion2"]])
+print(
+    up.sort_values("lfc_mean", ascending=False).head(15)[
+        ["lfc_mean", "lfc_ci_low", "lfc_ci_high", "proba_de", "non_zeros_proportion1", "non_zeros_proportion2"]
+    ]
+)
 
 isgs = ["ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "OAS1", "IFITM3", "RSAD2", "ISG20", "IFI44L"]
 print("known interferon-stimulated genes:")
@@ -108,12 +134,14 @@ plt.close()
 # are. Here: each cell type's markers against all other cells, shown as a dot plot on log-normalised data.
 
 # %%
-scvae.tl.rank_genes_groups(adata, model, "cell_type", groups=["CD14 Mono", "CD4 T", "B", "NK"],
-                           n_samples=1000 if FAST else 5000)
+scvae.tl.rank_genes_groups(
+    adata, model, "cell_type", groups=["CD14 Mono", "CD4 T", "B", "NK"], n_samples=1000 if FAST else 5000
+)
 print(sc.get.rank_genes_groups_df(adata, group="B", key="rank_genes_groups_scvae").head(8))
 adata.layers["log_normalized"] = scvae.tl.log_normalize(adata)
-sc.pl.rank_genes_groups_dotplot(adata, key="rank_genes_groups_scvae", n_genes=4, layer="log_normalized",
-                                dendrogram=False, show=False)
+sc.pl.rank_genes_groups_dotplot(
+    adata, key="rank_genes_groups_scvae", n_genes=4, layer="log_normalized", dendrogram=False, show=False
+)
 plt.savefig(FIGURES / "04_markers_dotplot.png", dpi=120, bbox_inches="tight")
 plt.close()
 
