@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,13 @@ _BACKED_BLOCK = 16384  # rows read at a time when validating an on-disk matrix
 
 class InputError(ValueError):
     """Raised when the AnnData or an argument cannot be used as given; the message says what to do."""
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or an :class:`InputError` naming ``name`` unless it is an integer >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 # -- matrices ------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import InputError
+from .data import InputError, check_positive_int
 from .loaders import to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,8 +212,7 @@ def differential_expression(
             f"differential expression needs a count likelihood (nb, zinb, poisson); this model's is {model.likelihood!r}"
         )
     for name, value in (("n_samples", n_samples), ("batch_size", batch_size), ("gene_chunk", gene_chunk)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
     if not (0 < fdr < 1 and 0 < ci < 1 and delta >= 0 and pseudocount >= 0):
         raise InputError(
             f"need 0 < fdr < 1, 0 < ci < 1, delta >= 0 and pseudocount >= 0; got {fdr=}, {ci=}, "

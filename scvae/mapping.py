@@ -27,13 +27,14 @@ from .data import (
     CategoryEncoder,
     InputError,
     align_genes,
+    check_positive_int,
     get_matrix,
     obs_column,
     refuse_view,
     split_indices,
 )
 from .loaders import make_loaders
-from .model import SCVAE, _build_module, _check_positive_int, _cuda_devices, _home_device, _uns_record
+from .model import SCVAE, _build_module, _cuda_devices, _home_device, _uns_record
 from .module import VAE
 from .train import TrainSettings, default_max_epochs, train
 
@@ -129,9 +130,9 @@ def map_query(
     get_matrix(query, model.config.get("layer"))  # a clear error for a missing layer before the genes
     align_genes(query, model.genes)
     if max_epochs is not None:
-        max_epochs = _check_positive_int("max_epochs", max_epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    patience = _check_positive_int("patience", patience)
+        max_epochs = check_positive_int("max_epochs", max_epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    patience = check_positive_int("patience", patience)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise InputError(f"lr must be a positive number, got {lr!r}")
     if not 0 <= validation_size < 1:

@@ -24,6 +24,7 @@ from .data import (
     CategoryEncoder,
     InputError,
     align_genes,
+    check_positive_int,
     get_matrix,
     refuse_view,
     split_indices,
@@ -57,12 +58,6 @@ _ARCH_KEYS = (
     "n_importance",
     "adversarial_weight",
 )
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class SCVAE:
@@ -180,7 +175,7 @@ class SCVAE:
         a category of ``batch_key``, or a dict ``{obs key: category}`` for any label the model is conditioned on.
         The encoder still sees each cell's own labels.
         """
-        n_samples = _check_positive_int("n_samples", n_samples)
+        n_samples = check_positive_int("n_samples", n_samples)
         x, codes = self._read(adata)
         decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
         gen = torch.Generator(device=self._device()).manual_seed(seed)
@@ -220,7 +215,7 @@ class SCVAE:
         """Posterior predictive samples: z ~ q(z | x), then x' ~ p(x | z) with each cell's own library size.
 
         Returns cells × genes (``n_samples=1``) or n_samples × cells × genes."""
-        n_samples = _check_positive_int("n_samples", n_samples)
+        n_samples = check_positive_int("n_samples", n_samples)
         x, codes = self._read(adata)
         decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
         device = self._device()
@@ -497,17 +492,17 @@ def fit(
     if likelihood not in D.LIKELIHOODS:
         raise InputError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
     for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("batch_size", batch_size)):
-        _check_positive_int(name, value)
+        check_positive_int(name, value)
     if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 0:
         raise InputError(f"n_layers must be a non-negative integer, got {n_layers!r}")
     if max_epochs is not None:
-        _check_positive_int("max_epochs", max_epochs)
+        check_positive_int("max_epochs", max_epochs)
     if objective not in ("elbo", "iwae"):
         raise InputError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
     if prior not in ("normal", "vamp"):
         raise InputError(f"prior must be 'normal' or 'vamp', got {prior!r}")
-    _check_positive_int("n_importance", n_importance)
-    _check_positive_int("n_pseudo_inputs", n_pseudo_inputs)
+    check_positive_int("n_importance", n_importance)
+    check_positive_int("n_pseudo_inputs", n_pseudo_inputs)
     if kl_warmup_steps is not None and (
         isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, (int, np.integer)) or kl_warmup_steps < 0
     ):

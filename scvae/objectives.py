@@ -97,11 +97,11 @@ def log_likelihood(
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-cell marginal log-likelihood estimate of ``adata`` under ``model``; see
     :meth:`scvae.model.SCVAE.log_likelihood`. With ``return_elbo=True`` also the per-cell ELBO estimate."""
-    from .model import _check_positive_int
+    from .data import check_positive_int
 
-    n_samples = _check_positive_int("n_samples", n_samples)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    n_samples = check_positive_int("n_samples", n_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     x, codes = model._read(adata)
     batches: Any = model._batches(x, codes, batch_size)
     ll, elbo = estimate_log_likelihood(model.module, batches, n_samples, seed=seed, chunk_size=chunk_size)

@@ -29,7 +29,7 @@ import torch
 from anndata import AnnData
 
 from . import distributions as D
-from .data import InputError, align_genes, get_matrix, obs_column
+from .data import InputError, align_genes, check_positive_int, get_matrix, obs_column
 from .loaders import to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,8 +107,7 @@ def balanced_indices(
     -------
     The control and the stimulated indices, each a dict {cell type: indices}, and the number per group.
     """
-    if isinstance(min_cells, bool) or not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
-        raise InputError(f"min_cells must be a positive integer, got {min_cells!r}")
+    check_positive_int("min_cells", min_cells)
     if n_per_type is not None and (
         isinstance(n_per_type, bool) or not isinstance(n_per_type, (int, np.integer)) or n_per_type < 1
     ):
@@ -298,8 +297,7 @@ def predict_perturbation(
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise InputError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    check_positive_int("n_neighbors", n_neighbors)
     if n_cells is not None and (isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
         raise InputError(f"n_cells must be a positive integer or None, got {n_cells!r}")
     control, stimulated, target = str(control), str(stimulated), str(target)

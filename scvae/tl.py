@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, get_matrix, obs_column, refuse_view
+from .data import InputError, check_positive_int, get_matrix, obs_column, refuse_view
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +281,8 @@ def evaluate_perturbation(
     and ``n_genes``, ``top_genes``, ``top_change``, ``n_pcs``, and ``means``: a DataFrame of per-gene means
     (columns ``control``, ``real``, ``predicted``).
     """
+    check_positive_int("n_pcs", n_pcs)
+    check_positive_int("max_cells", max_cells)
     genes = [str(g) for g in pred.var_names]
     _genes_in(real_stim, genes, "real_stim")
     _genes_in(real_ctrl, genes, "real_ctrl")
@@ -518,8 +520,7 @@ def transfer_labels(
             "query_adata; both must come from the same (mapped) model"
         )
     labels = obs_column(ref_adata, label_key, "label_key", owner="ref_adata")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
+    check_positive_int("k", k)
     if k > ref_adata.n_obs:
         raise InputError(f"k={k} is larger than the number of reference cells ({ref_adata.n_obs}); lower it")
 

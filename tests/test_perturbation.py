@@ -280,6 +280,8 @@ def test_tl_metrics(data, top):
     assert none["energy_distance"] == pytest.approx(none["energy_distance_control"]) and none["energy_distance"] > 0.1
     with pytest.raises(InputError, match="missing"):
         tl.mean_r2(stim, ctrl[:, :10])
+    with pytest.raises(InputError, match="max_cells must be a positive integer"):
+        tl.evaluate_perturbation(stim, stim, ctrl, top_genes=top, max_cells=0)
 
 
 def test_e_distances_match_their_definitions():
@@ -347,6 +349,8 @@ def _with(adata: AnnData, **changes) -> AnnData:
         (dict(n_cells=0), "n_cells must be a positive integer"),
         (dict(min_cells=10_000), "no cell type other than"),
         (dict(n_per_type=-1), "n_per_type must be a positive integer"),
+        (dict(method="transport", n_neighbors=0), "n_neighbors must be a positive integer"),
+        (dict(method="transport", min_cells=10_000), "no cell type other than"),
         (dict(method="counterfactual"), "needs a model conditioned on 'condition'"),
     ],
 )
