@@ -86,6 +86,39 @@ def _check_inputs(
 
 
 # -- balanced sampling ------------------------------------------------------------------------------------------
+def type_groups(
+    cond: np.ndarray,
+    types: np.ndarray,
+    *,
+    control: str,
+    stimulated: str,
+    exclude: Sequence[str] = (),
+    min_cells: int = 10,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The control and stimulated indices of every cell type the response is learnt from: {type: (control,
+    stimulated)}, for the types not in ``exclude`` with at least ``min_cells`` cells in both conditions."""
+    check_positive_int("min_cells", min_cells)
+    excluded = {str(t) for t in exclude}
+    groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    skipped = []
+    for t in sorted(set(types) - excluded):
+        ctrl = np.flatnonzero((types == t) & (cond == control))
+        stim = np.flatnonzero((types == t) & (cond == stimulated))
+        if min(len(ctrl), len(stim)) >= min_cells:
+            groups[t] = (ctrl, stim)
+        else:
+            skipped.append(f"{t} ({len(ctrl)} {control}, {len(stim)} {stimulated})")
+    if skipped:
+        logger.info("cell types left out (fewer than %d cells in a condition): %s", min_cells, ", ".join(skipped))
+    if not groups:
+        raise InputError(
+            f"no cell type other than {sorted(excluded)} has at least {min_cells} cells in both {control!r} and "
+            f"{stimulated!r} (left out: {skipped}); the stimulus response is learnt from such cell types. "
+            "Lower min_cells or add data"
+        )
+    return groups
+
+
 def balanced_indices(
     cond: np.ndarray,
     types: np.ndarray,
@@ -99,39 +132,18 @@ def balanced_indices(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     """Indices of an equal number of cells per cell type and condition (seeded).
 
-    Cell types in ``exclude`` and types with fewer than ``min_cells`` cells in either condition are left out.
-    ``n_per_type`` cells are drawn per type and condition: by default the smallest group's size (without
+    The cell types are those of :func:`type_groups`. ``n_per_type`` cells are drawn per type and condition: by default the smallest group's size (without
     replacement); a larger ``n_per_type`` draws groups that are smaller with replacement.
 
     Returns
     -------
     The control and the stimulated indices, each a dict {cell type: indices}, and the number per group.
     """
-    check_positive_int("min_cells", min_cells)
     if n_per_type is not None and (
         isinstance(n_per_type, bool) or not isinstance(n_per_type, (int, np.integer)) or n_per_type < 1
     ):
         raise InputError(f"n_per_type must be a positive integer or None, got {n_per_type!r}")
-    excluded = {str(t) for t in exclude}
-    groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    skipped = []
-    for t in sorted(set(types) - excluded):
-        ctrl = np.flatnonzero((types == t) & (cond == control))
-        stim = np.flatnonzero((types == t) & (cond == stimulated))
-        if min(len(ctrl), len(stim)) >= min_cells:
-            groups[t] = (ctrl, stim)
-        else:
-            skipped.append(f"{t} ({len(ctrl)} {control}, {len(stim)} {stimulated})")
-    if skipped:
-        logger.info(
-            "cell types left out of the balanced difference (fewer than %d cells): %s", min_cells, ", ".join(skipped)
-        )
-    if not groups:
-        raise InputError(
-            f"no cell type other than {sorted(excluded)} has at least {min_cells} cells in both {control!r} and "
-            f"{stimulated!r} (left out: {skipped}); the stimulus response is learnt from such cell types. "
-            "Lower min_cells or add data"
-        )
+    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=exclude, min_cells=min_cells)
     smallest = min(min(len(c), len(s)) for c, s in groups.values())
     n = int(n_per_type) if n_per_type is not None else smallest
     rng = np.random.default_rng(seed)
@@ -205,13 +217,13 @@ def transport_displacements(
     to one by the exact assignment that minimises the total squared Euclidean distance (optimal transport
     between two uniform empirical measures of equal size, whose optimal plan is a permutation)."""
     from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
 
     rng = np.random.default_rng(seed)
     m = min(len(z_ctrl), len(z_stim), int(max_cells))
     a = z_ctrl[np.sort(rng.choice(len(z_ctrl), m, replace=False))].astype(np.float64)
     b = z_stim[np.sort(rng.choice(len(z_stim), m, replace=False))].astype(np.float64)
-    cost = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = linear_sum_assignment(cdist(a, b, "sqeuclidean"))
     return a[rows], b[cols] - a[rows]
 
 
@@ -403,6 +415,7 @@ def predict_perturbation(
         library = np.asarray(x[source].sum(axis=1), dtype=np.float64).ravel()
     counts, expected = _decode(model, z, decode_codes, library, batch_size, seed)
     record["decoded_with_stimulated_label"] = bool(conditioned)
+
     obs = adata.obs.iloc[source].copy()
     obs["source_cell"] = obs.index.astype(str)
     obs.index = pd.Index([f"{name}-pred{i}" for i, name in enumerate(obs.index.astype(str))])
@@ -441,13 +454,9 @@ def _transported(
     """Displacement of every target control cell for ``method="transport"`` (see :func:`predict_perturbation`)."""
     from sklearn.neighbors import NearestNeighbors
 
-    ctrl_idx, stim_idx, _ = balanced_indices(
-        cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells, seed=seed
-    )
+    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
     anchors, moves = [], []
-    for i, t in enumerate(ctrl_idx):
-        ctrl = np.flatnonzero((types == t) & (cond == control))
-        stim = np.flatnonzero((types == t) & (cond == stimulated))
+    for i, (ctrl, stim) in enumerate(groups.values()):
         a, d = transport_displacements(
             _posterior_mean(model, x, codes, ctrl, batch_size),
             _posterior_mean(model, x, codes, stim, batch_size),
@@ -460,13 +469,13 @@ def _transported(
     _, nn_idx = NearestNeighbors(n_neighbors=k).fit(anchors_all).kneighbors(z_target.astype(np.float64))
     shift = moves_all[nn_idx].mean(1)
     record.update(
-        cell_types=list(ctrl_idx),
-        n_pairs={t: int(len(a)) for t, a in zip(ctrl_idx, anchors)},
+        cell_types=list(groups),
+        n_pairs={t: int(len(a)) for t, a in zip(groups, anchors)},
         n_neighbors=int(k),
         mean_shift=[float(v) for v in shift.mean(0)],
     )
     logger.info(
-        "transport from %d cell types (%d paired cells), %d neighbours per cell", len(ctrl_idx), len(anchors_all), k
+        "transport from %d cell types (%d paired cells), %d neighbours per cell", len(groups), len(anchors_all), k
     )
     return shift.astype(np.float32)
 
@@ -518,19 +527,27 @@ def linear_shift(
         cell_type_key=cell_type_key,
         target=target,
     )
-    ctrl_idx, stim_idx, n = balanced_indices(
-        cond,
-        types,
-        control=control,
-        stimulated=stimulated,
-        exclude=[target],
-        n_per_type=n_per_type,
-        min_cells=min_cells,
-        seed=seed,
-    )
-    if not balanced:  # every cell of the same cell types, unbalanced
-        ctrl_idx = {t: np.flatnonzero((types == t) & (cond == control)) for t in ctrl_idx}
-        stim_idx = {t: np.flatnonzero((types == t) & (cond == stimulated)) for t in stim_idx}
+    if not isinstance(balanced, (bool, np.bool_)):
+        raise InputError(f"balanced must be True or False, got {balanced!r}")
+    if balanced:
+        ctrl_idx, stim_idx, n = balanced_indices(
+            cond,
+            types,
+            control=control,
+            stimulated=stimulated,
+            exclude=[target],
+            n_per_type=n_per_type,
+            min_cells=min_cells,
+            seed=seed,
+        )
+    else:  # every cell of the same cell types, as they are
+        if n_per_type is not None:
+            raise InputError(
+                "n_per_type sets the cells per type of the balanced difference; with balanced=False drop it"
+            )
+        groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
+        ctrl_idx = {t: c for t, (c, _) in groups.items()}
+        stim_idx = {t: st for t, (_, st) in groups.items()}
     logx = log_normalize(adata, layer=layer, target_sum=target_sum)
     delta = np.asarray(
         logx[np.concatenate(list(stim_idx.values()))].mean(0) - logx[np.concatenate(list(ctrl_idx.values()))].mean(0)

@@ -159,12 +159,6 @@ def _sign_agreement(d_pred: pd.Series, d_real: pd.Series) -> float:
     return float(np.mean(np.sign(d_pred.to_numpy()) == np.sign(d_real.to_numpy()))) if len(d_real) else float("nan")
 
 
-def _pairwise_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances between the rows of ``a`` and ``b``, in float64, clipped at 0."""
-    d = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)
-
-
 def e_distances(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
     """E-distance and energy distance between two sets of points (cells × dimensions).
 
@@ -179,8 +173,10 @@ def e_distances(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
     on an equal footing (two halves of the real cells, each half as large, pay more of it than a full-size
     prediction does).
     """
+    from scipy.spatial.distance import cdist
+
     a, b = np.asarray(pred, dtype=np.float64), np.asarray(real, dtype=np.float64)
-    ab, aa, bb = _pairwise_sq(a, b), _pairwise_sq(a, a), _pairwise_sq(b, b)
+    ab, aa, bb = cdist(a, b, "sqeuclidean"), cdist(a, a, "sqeuclidean"), cdist(b, b, "sqeuclidean")
     e = 2.0 * ab.mean() - aa.mean() - bb.mean()
     energy = 2.0 * np.sqrt(ab).mean() - np.sqrt(aa).mean() - np.sqrt(bb).mean()
     return float(e), float(energy)

@@ -148,6 +148,10 @@ def test_linear_shift_unbalanced(data):
     balanced = linear_shift(data["train"], target=TARGET, **LABELS)
     unbalanced = linear_shift(data["train"], target=TARGET, balanced=False, **LABELS)
     assert unbalanced.uns["scvae_perturbation"]["balanced"] is False
+    with pytest.raises(InputError, match="balanced must be True or False"):
+        linear_shift(data["train"], target=TARGET, balanced="no", **LABELS)
+    with pytest.raises(InputError, match="with balanced=False drop it"):
+        linear_shift(data["train"], target=TARGET, balanced=False, n_per_type=5, **LABELS)
     assert not np.allclose(balanced.X, unbalanced.X)
     # unbalanced: the plain difference of the means of all cells of the other types
     train = data["train"]
