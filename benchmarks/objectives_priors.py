@@ -50,8 +50,8 @@ OUT = Path(__file__).resolve().parent / "results"
 @torch.no_grad()
 def heldout_terms(model: scvae.model.SCVAE, adata, n_samples: int, seed: int) -> dict[str, float]:
     """Mean held-out log-likelihood (K = n_samples), ELBO, reconstruction and KL per cell."""
-    x, codes = model._read(adata)
-    batches = list(model._batches(x, codes, 256))
+    x, codes = model.read(adata)
+    batches = list(model.batches(x, codes, 256))
     ll, elbo = estimate_log_likelihood(model.module, batches, n_samples, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     comps = model.module.prior_components()

@@ -309,7 +309,7 @@ def run_scvae(spec: dict, train, held, clock) -> dict:
     peak = max_rss_mb()
     module = model.module.eval()
     device = next(module.parameters()).device
-    x, codes = model._read(held)
+    x, codes = model.read(held)
 
     def encode(xb, cb):
         mean, logvar = module.inference(xb, cb)

@@ -84,7 +84,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
     """Callables that time scvae's parts; each returns ms per step."""
     import lightning.pytorch as pl
 
-    from scvae import distributions as D
+    from scvae import kernels as K
     from scvae.loaders import make_loader
     from scvae.module import VAE
     from scvae.train import TrainSettings, train
@@ -140,7 +140,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
         def one() -> None:
             for xb, _, nz in batches:
                 lib = xb.sum(-1, keepdim=True)
-                out = D.log_nb_softmax_sum(xb, logits[: len(xb)], lib, torch.exp(log_theta), nz)
+                out = K.log_nb_softmax_sum(xb, logits[: len(xb)], lib, torch.exp(log_theta), nz)
                 out.mean().backward()
 
         return timed(one) / len(batches)

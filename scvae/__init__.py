@@ -6,13 +6,17 @@ model = scvae.model.fit(adata, batch_key="batch")     # writes adata.obsm["X_scv
 sc.pp.neighbors(adata, use_rep="X_scvae")
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from . import datasets, de, mapping, metrics, model, objectives, perturbation, pl, tl
+from .model import SCVAE
+from .version import __version__
 
-try:
-    __version__ = version("scvae")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
-from . import datasets, metrics, model, pl, tl  # noqa: E402
+# The features are functions of their own modules, each taking the model first; they are attached to SCVAE here,
+# with their own signatures and docstrings, so that ``model.predict_perturbation(adata, ...)`` works while
+# model.py depends on none of them (tests/test_architecture.py checks the direction of every import).
+SCVAE.predict_perturbation = perturbation.predict_perturbation
+SCVAE.differential_expression = de.differential_expression
+SCVAE.map_query = mapping.map_query
+SCVAE.log_likelihood = objectives.log_likelihood
+SCVAE.plot_history = pl.history
 
 __all__ = ["datasets", "metrics", "model", "pl", "tl", "__version__"]

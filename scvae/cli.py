@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .version import __version__
 
         sys.stdout.write(f"scvae {__version__}\n")
         return 0

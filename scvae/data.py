@@ -14,7 +14,6 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .distributions import COUNT_LIKELIHOODS
 from .loaders import is_backed_matrix
 
 logger = logging.getLogger(__name__)
@@ -104,11 +103,11 @@ def _blocks(x: Matrix) -> Iterator[Matrix]:
         yield block if sp.issparse(block) else np.asarray(block)
 
 
-def validate_matrix(x: Matrix, likelihood: str, where: str = "adata.X") -> None:
-    """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells for count likelihoods.
+def validate_matrix(x: Matrix, likelihood: str, *, counts: bool, where: str = "adata.X") -> None:
+    """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells when ``counts`` (the
+    ``likelihood``, named in the messages, models counts: ``distributions.COUNT_LIKELIHOODS``).
 
     A backed (on-disk) matrix is checked block by block."""
-    counts = likelihood in COUNT_LIKELIHOODS
     empty = 0
     for block in _blocks(x):
         for chunk in _values(block):
@@ -175,10 +174,6 @@ class CategoryEncoder:
     @property
     def keys(self) -> list[str]:
         return list(self.categories)
-
-    @property
-    def sizes(self) -> list[int]:
-        return [len(v) for v in self.categories.values()]
 
     @classmethod
     def fit(cls, adata: AnnData, keys: Sequence[str]) -> CategoryEncoder:
@@ -250,3 +245,17 @@ def split_indices(n: int, validation_size: float, seed: int) -> tuple[np.ndarray
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * validation_size))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float = 1e4) -> np.ndarray | sp.csr_matrix:
+    """``log1p(x / total × target_sum)`` of every cell, as a new float32 matrix (CSR if the input is sparse).
+
+    Cells with zero total stay zero. ``adata`` is not modified."""
+    x = get_matrix(adata, layer)
+    totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    scale = target_sum / np.where(totals > 0, totals, 1.0)
+    if sp.issparse(x):
+        out = sp.csr_matrix(sp.diags(scale) @ x, dtype=np.float32)
+        out.data = np.log1p(out.data)
+        return out
+    return np.log1p(np.asarray(x, dtype=np.float64) * scale[:, None]).astype(np.float32)

@@ -73,7 +73,7 @@ def _draw_rho(
 ) -> torch.Tensor:
     """One z ~ q(z | x) per row of ``rows`` (repeats allowed), decoded to expected frequencies rho and averaged
     over the label codes in ``decode_codes`` (one array of codes per batch category, or the cells' own)."""
-    device = model._device()
+    device = model.device
     module = model.module
     noise = torch.randn((len(rows), module.n_latent), generator=gen, device=device)  # independent of batch_size
     out = []
@@ -228,7 +228,7 @@ def differential_expression(
         if not mask.any():
             raise InputError(f"{what} has no cells in adata")
 
-    x, codes = model._read(adata)
+    x, codes = model.read(adata)
     decode = [codes]
     batch_key = model.config.get("batch_key")
     if batch_correction:
@@ -245,7 +245,7 @@ def differential_expression(
     rng = np.random.default_rng(seed)
     rows1 = rng.choice(np.flatnonzero(in1), n_samples, replace=True)
     rows2 = rng.choice(np.flatnonzero(in2), n_samples, replace=True)
-    gen = torch.Generator(device=model._device()).manual_seed(seed)
+    gen = torch.Generator(device=model.device).manual_seed(seed)
     model.module.eval()
     rho1 = _draw_rho(model, x, codes, rows1, decode, batch_size, gen)
     rho2 = _draw_rho(model, x, codes, rows2, decode, batch_size, gen)

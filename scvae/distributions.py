@@ -22,7 +22,7 @@ LIKELIHOODS = ("nb", "zinb", "poisson", "gaussian", "bernoulli")
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 
 
-def _safe_log(v: torch.Tensor) -> torch.Tensor:
+def safe_log(v: torch.Tensor) -> torch.Tensor:
     """log of a non-negative tensor, with 0 mapped to log of the dtype's smallest normal number (finite)."""
     return torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))
 
@@ -35,7 +35,7 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tens
     theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
     return (
         -theta * torch.log1p(mu / theta)
-        + x * (_safe_log(mu) - torch.log(theta + mu))
+        + x * (safe_log(mu) - torch.log(theta + mu))
         + torch.lgamma(x + theta)
         - torch.lgamma(theta)
         - torch.lgamma(x + 1.0)
@@ -53,7 +53,7 @@ def log_zinb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, zi_logits: 
 
 def log_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """Poisson log-pmf with rate ``mu``."""
-    return x * _safe_log(mu) - mu - torch.lgamma(x + 1.0)
+    return x * safe_log(mu) - mu - torch.lgamma(x + 1.0)
 
 
 def log_gaussian(x: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -103,27 +103,9 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
         thv = theta.expand_as(mu)[rows, cols]
         lgamma_thv = torch.lgamma(thv)
     per_entry = (
-        xv * (_safe_log(muv) - torch.log(thv + muv)) + torch.lgamma(xv + thv) - lgamma_thv - torch.lgamma(xv + 1.0)
+        xv * (safe_log(muv) - torch.log(thv + muv)) + torch.lgamma(xv + thv) - lgamma_thv - torch.lgamma(xv + 1.0)
     )
     return zero_part.index_add(-1, rows, per_entry)
-
-
-def digamma(y: torch.Tensor) -> torch.Tensor:
-    """digamma(y) for y > 0. In float32 (and below) a branch-free form, ~3× faster than ``torch.digamma`` for the
-    small arguments of count data (whose CPU kernel loops up to 10 for them): the recurrence
-    digamma(y) = digamma(y + 6) - sum_{k<6} 1 / (y + k) and the asymptotic series at y + 6 >= 6, whose truncation
-    error (< 2e-10) is below float32 rounding. float64 uses ``torch.digamma``."""
-    if y.dtype == torch.float64:
-        return torch.digamma(y)
-    shift = y.reciprocal()
-    w = y + 1.0
-    for _ in range(5):
-        shift += w.reciprocal()
-        w += 1.0
-    r = w.reciprocal()
-    r2 = r * r
-    series = r2 * (-1 / 12 + r2 * (1 / 120 + r2 * (-1 / 252 + r2 * (1 / 240 - r2 / 132))))
-    return torch.log(w) - 0.5 * r + series - shift
 
 
 def nonzero_indices(x: torch.Tensor) -> torch.Tensor:
@@ -132,97 +114,6 @@ def nonzero_indices(x: torch.Tensor) -> torch.Tensor:
     ``x``, otherwise. Indices of some zero entries may be included (explicit zeros of a sparse matrix): every
     function that takes them gives those entries their correct, zero-count value."""
     return torch.nonzero(x).T
-
-
-class _NBFromLogits(torch.autograd.Function):
-    """Per-cell sum over genes of log NB(x; library * softmax(logits), theta), with a hand-written backward pass.
-
-    Autograd through the same formula keeps about a dozen cells × genes temporaries and runs as many element-wise
-    kernels forward and back; here the forward pass is one softmax, one log1p and one matrix-vector product over
-    the dense entries (plus the count-dependent terms at the non-zero entries only), and the backward pass a handful
-    of element-wise kernels. With u = mu / theta and q = 1 / (1 + u), the derivatives per entry are
-
-        d log p / d logit_g = a_g - rho_g * sum_h a_h,   a = (x - mu) * q
-        d log p / d theta   = u * q - log1p(u) - x * q / theta + digamma(x + theta) - digamma(theta)
-    """
-
-    @staticmethod
-    def forward(ctx, logits, theta, x, library, nonzero):  # noqa: ANN001, ANN205 (autograd.Function signature)
-        n_genes = logits.shape[-1]
-        rows, cols = nonzero[0], nonzero[1]
-        nz = rows * n_genes + cols  # flat positions
-        rho = torch.softmax(logits, dim=-1)
-        mu = rho * library
-        u = mu * theta.reciprocal()
-        log1p_u = torch.log1p(u)
-        per_gene = theta.dim() == 1
-        zero_part = -(log1p_u @ theta) if per_gene else -(log1p_u * theta).sum(-1)
-        xv = x.reshape(-1).index_select(0, nz)
-        if per_gene:
-            th_v = theta.index_select(0, cols)
-            lgamma_th = torch.lgamma(theta).index_select(0, cols)  # once per gene, not per entry
-        else:
-            th_v = theta.reshape(-1).index_select(0, nz)
-            lgamma_th = torch.lgamma(th_v)
-        # log of mu at the entries (an explicit zero stored in an empty cell gives 0 * finite, not 0 * -inf)
-        log_mu_v = _safe_log(rho.reshape(-1).index_select(0, nz) * library.reshape(-1).index_select(0, rows))
-        per_entry = (
-            xv * (log_mu_v - torch.log(th_v) - log1p_u.reshape(-1).index_select(0, nz))
-            + torch.lgamma(xv + th_v)
-            - lgamma_th
-            - torch.lgamma(xv + 1.0)
-        )
-        ctx.save_for_backward(rho, mu, u, log1p_u, theta, xv, th_v, rows, cols, nz)
-        return zero_part.index_add(0, rows, per_entry)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        rho, mu, u, log1p_u, theta, xv, th_v, rows, cols, nz = ctx.saved_tensors
-        q = (u + 1.0).reciprocal_()
-        q_v = q.reshape(-1).index_select(0, nz)
-        g = grad.unsqueeze(-1)
-        grad_logits = grad_theta = None
-        if ctx.needs_input_grad[0]:
-            a = torch.mul(mu, q).neg_()
-            a.view(-1).index_add_(0, nz, xv * q_v)  # a = (x - mu) * q, the x part at the non-zeros only
-            grad_logits = torch.addcmul(a, rho, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
-        if ctx.needs_input_grad[1]:
-            dense = torch.mul(u, q).sub_(log1p_u)
-            digamma_th = digamma(theta).index_select(0, cols) if theta.dim() == 1 else digamma(th_v)
-            count_part = (digamma(xv + th_v) - digamma_th - xv * q_v / th_v) * grad.index_select(0, rows)
-            if theta.dim() == 1:  # one theta per gene: sums over cells
-                grad_theta = (grad @ dense).index_add_(0, cols, count_part)
-            else:
-                grad_theta = dense.mul_(g)
-                grad_theta.view(-1).index_add_(0, nz, count_part)
-        return grad_logits, grad_theta, None, None, None
-
-
-def log_nb_softmax_sum(
-    x: torch.Tensor,
-    logits: torch.Tensor,
-    library: torch.Tensor,
-    theta: torch.Tensor,
-    nonzero: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``log_nb(x, library * softmax(logits), theta).sum(-1)``, fused: the NB decoder's log-likelihood per cell.
-
-    Equal to that expression (and to :func:`log_nb_sum`) up to rounding, values and gradients, at a fraction of
-    the cost: the count-dependent terms only at the non-zero entries, and a hand-written backward pass (see
-    :class:`_NBFromLogits`). ``x``, ``logits``: cells × genes; ``library``: cells × 1 (the observed total counts);
-    ``theta``: genes (one per gene) or cells × genes; ``nonzero``: row and column indices of ``x``'s non-zero
-    entries (:func:`nonzero_indices`; explicit zeros may be among them, duplicates may not), found when not given.
-    No gradient reaches ``x`` or ``library``."""
-    if nonzero is None:
-        nonzero = nonzero_indices(x)
-    if logits.dtype in (torch.float16, torch.bfloat16):  # under autocast: the likelihood in float32
-        logits, theta = logits.float(), theta.float()
-    theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
-    if theta.dim() == 2 and theta.shape[0] == 1:
-        theta = theta[0]
-    elif theta.dim() == 2:
-        theta = theta.expand_as(logits)
-    return _NBFromLogits.apply(logits, theta, x.detach().contiguous(), library.detach(), nonzero)
 
 
 def log_poisson_sum(x: torch.Tensor, mu: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,7 +125,7 @@ def log_poisson_sum(x: torch.Tensor, mu: torch.Tensor, nonzero: torch.Tensor | N
         nonzero = nonzero_indices(x)
     flat = nonzero[0] * x.shape[1] + nonzero[1]
     xv = x.reshape(-1).index_select(0, flat)
-    per_entry = xv * _safe_log(mu.reshape(-1).index_select(0, flat)) - torch.lgamma(xv + 1.0)
+    per_entry = xv * safe_log(mu.reshape(-1).index_select(0, flat)) - torch.lgamma(xv + 1.0)
     return (-mu.sum(-1)).index_add(-1, nonzero[0], per_entry)
 
 

@@ -92,7 +92,7 @@ def cut_rows(
 
 
 class TensorRows:
-    """A cells × genes matrix from which minibatches are cut; ``rows(idx)`` is the dense float32 minibatch.
+    """A cells × genes matrix from which minibatches are cut; ``cut(idx)`` gives the dense float32 minibatch.
 
     On the CPU it keeps the AnnData's own matrix (CSR or dense; no copy) and cuts with scipy/numpy, the fastest
     way there. :meth:`to` a GPU copies it there once as torch tensors (the CSR arrays, or the dense array), and
@@ -148,13 +148,9 @@ class TensorRows:
         """Whether a copy of this matrix is already on ``device``."""
         return device == self.device or device in self._copies
 
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """Dense float32 rows ``idx`` (a 1-D int64 tensor on this matrix's device), in that order."""
-        return self.cut(idx)[0]
-
     def cut(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`rows` and, for a sparse matrix, the row and column indices of their non-zero entries (see
-        :func:`cut_rows`)."""
+        """Dense float32 rows ``idx`` (a 1-D int64 tensor on this matrix's device), in that order, and, for a
+        sparse matrix, the row and column indices of their non-zero entries (see :func:`cut_rows`)."""
         if self.device.type == "cpu":
             return cut_rows(self.host, idx.numpy(), self.duplicates)
         if self.dense is not None:

@@ -34,9 +34,9 @@ from .data import (
     split_indices,
 )
 from .loaders import make_loaders
-from .model import SCVAE, _build_module, _cuda_devices, _home_device, _uns_record
+from .model import SCVAE, build_module, uns_record
 from .module import VAE
-from .train import TrainSettings, default_max_epochs, train
+from .train import TrainSettings, cuda_devices, default_max_epochs, home_device, train
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +154,13 @@ def map_query(
         if not k.startswith("label_classifiers.")
     }
     with torch.random.fork_rng(devices=[]):  # its random initial weights are all overwritten; spare the caller's RNG
-        module = _build_module(config)
+        module = build_module(config)
     masks = _transplant(
         ref_state, module, [len(v) for v in ref_categories.values()], [len(v) for v in config["categories"].values()]
     )
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
     mapped = SCVAE(module, config)
-    x, codes = mapped._read(query)  # genes aligned and validated for the likelihood; codes in the new layout
+    x, codes = mapped.read(query)  # genes aligned and validated for the likelihood; codes in the new layout
 
     n = query.n_obs
     max_epochs = max_epochs or default_max_epochs(n)
@@ -217,7 +217,7 @@ def map_query(
         if moved:  # cannot happen with zero gradients and no weight decay; kept exact regardless
             logger.warning("%d reference entries moved during query training; restored them", moved)
     module.eval()
-    module.to(_home_device(accelerator))
+    module.to(home_device(accelerator))
 
     hist = pd.DataFrame(history)
     config["epochs_trained"] = len(hist)
@@ -227,7 +227,7 @@ def map_query(
     latent = mapped.get_latent(query)  # raises before anything is written if the weights are not usable
 
     query.obsm[key_added] = latent
-    query.uns["scvae"] = _uns_record(config, hist, key_added)
+    query.uns["scvae"] = uns_record(config, hist, key_added)
     logger.info("mapped the query (%d epochs, best %d); wrote query.obsm[%r]", len(hist), best_epoch, key_added)
     return mapped
 
@@ -322,7 +322,7 @@ def _train_new_entries(
     module.freeze_batchnorm = True
     module.train()
     try:
-        with torch.random.fork_rng(devices=_cuda_devices(accelerator)), warnings.catch_warnings():
+        with torch.random.fork_rng(devices=cuda_devices(accelerator)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*in eval mode.*")  # the frozen batch norm, on purpose
             torch.manual_seed(seed)
             train_loader, val_loader = make_loaders(x, codes, train_idx, val_idx, batch_size, seed=seed)

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import __version__
 from . import distributions as D
 from .data import (
     CategoryEncoder,
@@ -32,7 +31,16 @@ from .data import (
 )
 from .loaders import make_loaders, to_dense_float
 from .module import VAE
-from .train import TrainSettings, default_lr, default_max_epochs, read_checkpoint, train
+from .train import (
+    TrainSettings,
+    cuda_devices,
+    default_lr,
+    default_max_epochs,
+    home_device,
+    read_checkpoint,
+    train,
+)
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +98,9 @@ class SCVAE:
         )
 
     # -- reading AnnData -------------------------------------------------------------------------------------
-    def _read(
-        self, adata: AnnData, overrides: dict[str, str] | None = None, codes_needed: bool = True
-    ) -> tuple[Any, np.ndarray]:
-        """The model's genes of ``adata`` (validated) and the label codes."""
+    def read(self, adata: AnnData, overrides: dict[str, str] | None = None) -> tuple[Any, np.ndarray]:
+        """The model's genes of ``adata``, in the model's order and validated for its likelihood, and the label
+        codes of every cell (``overrides``: {label: category} to encode every cell with)."""
         layer = self.config.get("layer")
         x = get_matrix(adata, layer)
         idx = align_genes(adata, self.genes)
@@ -105,15 +112,23 @@ class SCVAE:
             )
         if idx is not None:
             x = x[:, idx]
-        validate_matrix(x, self.likelihood, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+        validate_matrix(
+            x,
+            self.likelihood,
+            counts=self.module.counts,
+            where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
+        )
         codes = self.encoder.encode(adata, overrides)
         return x, codes
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
         return next(self.module.parameters()).device
 
-    def _batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = self._device()
+    def batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive minibatches of ``read``'s matrix and codes, as tensors on the model's device."""
+        device = self.device
         for start in range(0, x.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             xb = torch.from_numpy(to_dense_float(x, rows)).to(device)
@@ -138,12 +153,12 @@ class SCVAE:
         """Latent representation of every cell of ``adata`` (cells × n_latent).
 
         ``give_mean=True`` returns the posterior mean; otherwise one draw from q(z | x), seeded by ``seed``."""
-        x, codes = self._read(adata)
-        gen = torch.Generator(device=self._device()).manual_seed(seed)
+        x, codes = self.read(adata)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         self.module.eval()
         # written into one array made up front: no pile of small per-batch arrays between the large temporaries
         z = np.empty((x.shape[0], self.module.n_latent), dtype=np.float32)
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
+        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
             mean, logvar = self.module.inference(xb, cb)
             if not give_mean:
                 eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
@@ -176,13 +191,13 @@ class SCVAE:
         The encoder still sees each cell's own labels.
         """
         n_samples = check_positive_int("n_samples", n_samples)
-        x, codes = self._read(adata)
+        x, codes = self.read(adata)
         decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
-        gen = torch.Generator(device=self._device()).manual_seed(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         self.module.eval()
         expr = np.empty(x.shape, dtype=np.float32)  # filled batch by batch: no second copy from concatenating
-        device = self._device()
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
+        device = self.device
+        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
             mean, logvar = self.module.inference(xb, cb)
             acc = torch.zeros(xb.shape, device=device)
@@ -216,13 +231,13 @@ class SCVAE:
 
         Returns cells × genes (``n_samples=1``) or n_samples × cells × genes."""
         n_samples = check_positive_int("n_samples", n_samples)
-        x, codes = self._read(adata)
+        x, codes = self.read(adata)
         decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
-        device = self._device()
+        device = self.device
         gen = torch.Generator(device=device).manual_seed(seed)
         self.module.eval()
         draws = np.zeros((n_samples, x.shape[0], x.shape[1]), dtype=np.float32)
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self._batches(x, codes, batch_size)):
+        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
             mean, logvar = self.module.inference(xb, cb)
             for s in range(n_samples):
@@ -230,40 +245,6 @@ class SCVAE:
                 params = self.module.generative(mean + torch.exp(0.5 * logvar) * eps, db, self.module.library(xb))
                 draws[s, start : start + xb.shape[0]] = D.sample(self.likelihood, params, gen).cpu().numpy()
         return draws[0] if n_samples == 1 else draws
-
-    def log_likelihood(
-        self, adata: AnnData, *, n_samples: int = 1000, batch_size: int = 256, seed: int = 0
-    ) -> np.ndarray:
-        """Per-cell estimate of the marginal log-likelihood log p(x) (nats), by importance sampling with
-        q(z | x) as proposal: log (1/K) sum_k p(x, z_k) / q(z_k | x), K = ``n_samples``, in log-space and in
-        chunks (memory does not grow with K). Rises with K towards log p(x); >= the ELBO in expectation. For
-        count likelihoods p(x) is given the cell's library size. Works for any prior, objective and likelihood.
-        See :func:`scvae.objectives.log_likelihood` (which can also return the ELBO estimate)."""
-        from .objectives import log_likelihood
-
-        return log_likelihood(self, adata, n_samples=n_samples, batch_size=batch_size, seed=seed)
-
-    def predict_perturbation(self, adata: AnnData, **kwargs: Any) -> AnnData:
-        """Predicted response of a held-out cell type to a stimulus; see
-        :func:`scvae.perturbation.predict_perturbation` for the arguments."""
-        from .perturbation import predict_perturbation
-
-        return predict_perturbation(self, adata, **kwargs)
-
-    def differential_expression(self, adata: AnnData, **kwargs: Any) -> pd.DataFrame:
-        """Bayesian differential expression between two groups of cells, one row per gene; see
-        :func:`scvae.de.differential_expression` for the arguments and the columns."""
-        from .de import differential_expression
-
-        return differential_expression(self, adata, **kwargs)
-
-    def map_query(self, query: AnnData, **kwargs: Any) -> SCVAE:
-        """A model that also embeds ``query``, whose batches the reference never saw, trained on the new batches'
-        parameters only (scArches-style; the reference's weights and latent space do not move); see
-        :func:`scvae.mapping.map_query` for the arguments."""
-        from .mapping import map_query
-
-        return map_query(self, query, **kwargs)
 
     # -- persistence -----------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
@@ -283,12 +264,6 @@ class SCVAE:
         }
         (path / CONFIG_FILE).write_text(json.dumps(doc, indent=1))
 
-    def plot_history(self, ax=None):
-        """Training and validation ELBO, reconstruction and KL per epoch (see :func:`scvae.pl.history`)."""
-        from .pl import history
-
-        return history(self, ax=ax)
-
 
 def _refuse_nonfinite(values: np.ndarray, what: str) -> None:
     if not np.isfinite(values).all():
@@ -298,7 +273,7 @@ def _refuse_nonfinite(values: np.ndarray, what: str) -> None:
         )
 
 
-def _build_module(config: dict[str, Any]) -> VAE:
+def build_module(config: dict[str, Any]) -> VAE:
     keys = list(config["categories"])
     batch_key = config.get("batch_key")
     removed = [config.get("batch_key"), config.get("condition_key")]  # what the adversaries take out of z
@@ -329,7 +304,7 @@ def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
             "saved it, or retrain"
         )
     config = doc["config"]
-    module = _build_module(config)
+    module = build_module(config)
     try:
         state = torch.load(w_file, map_location=map_location, weights_only=True)
         module.load_state_dict(state)
@@ -539,7 +514,7 @@ def fit(
 
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    validate_matrix(x, likelihood, where)
+    validate_matrix(x, likelihood, counts=likelihood in D.COUNT_LIKELIHOODS, where=where)
     if not pd.Index(adata.var_names).is_unique:
         raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
     encoder = CategoryEncoder.fit(adata, keys)
@@ -606,9 +581,9 @@ def fit(
         _check_checkpoint_matches(checkpoint, config, checkpoint_dir)
     start_epoch = checkpoint["epoch"] if checkpoint else 0
 
-    with torch.random.fork_rng(devices=_cuda_devices(accelerator)):
+    with torch.random.fork_rng(devices=cuda_devices(accelerator)):
         torch.manual_seed(seed + start_epoch)
-        module = _build_module(config)
+        module = build_module(config)
         if prior == "vamp":  # pseudo-inputs start as random training cells (seeded)
             rows = np.random.default_rng(seed).choice(
                 train_idx, n_pseudo_inputs, replace=len(train_idx) < n_pseudo_inputs
@@ -642,7 +617,7 @@ def fit(
             config=config,
         )
     module.eval()
-    module.to(_home_device(accelerator))
+    module.to(home_device(accelerator))
 
     hist = pd.DataFrame(history)
     config["epochs_trained"] = len(hist)
@@ -651,7 +626,7 @@ def fit(
     latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
 
     adata.obsm[key_added] = latent
-    adata.uns["scvae"] = _uns_record(config, hist, key_added)
+    adata.uns["scvae"] = uns_record(config, hist, key_added)
     logger.info(
         "trained %d epochs (weights of epoch %d kept); wrote adata.obsm[%r]", len(hist), best.best_epoch, key_added
     )
@@ -672,17 +647,7 @@ def _check_checkpoint_matches(checkpoint: dict[str, Any], config: dict[str, Any]
         )
 
 
-def _home_device(accelerator: str) -> str:
-    """Where a trained model is kept for inference: the GPU when training could use one, else the CPU."""
-    return "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
-
-
-def _cuda_devices(accelerator: str) -> list[int]:
-    """The CUDA devices whose random state training may touch (for ``torch.random.fork_rng``)."""
-    return list(range(torch.cuda.device_count())) if _home_device(accelerator) == "cuda" else []
-
-
-def _uns_record(config: dict[str, Any], hist: pd.DataFrame, key_added: str) -> dict[str, Any]:
+def uns_record(config: dict[str, Any], hist: pd.DataFrame, key_added: str) -> dict[str, Any]:
     """The run's settings in a form AnnData can write to .h5ad (no None, no nested category lists)."""
     record: dict[str, Any] = {"version": __version__, "key_added": key_added}
     for k, v in config.items():

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributions as D
-from .nn import MLP, Entries, GaussianEncoder
+from .kernels import Entries, log_nb_softmax_sum
+from .nn import MLP, GaussianEncoder
 from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal
 
 DISPERSIONS = ("gene", "gene-batch")
@@ -170,7 +171,7 @@ class VAE(nn.Module):
         """What the encoder reads: log1p of counts, the presence of binary data, continuous data as they are.
 
         For counts with the ``nonzero`` indices given, the log1p values at those entries only, as
-        :class:`~scvae.nn.Entries`, which the encoder's first layer multiplies without reading the zeros."""
+        :class:`~scvae.kernels.Entries`, which the encoder's first layer multiplies without reading the zeros."""
         if self.counts:
             if nonzero is None or x.dim() != 2:
                 return torch.log1p(x)
@@ -225,9 +226,11 @@ class VAE(nn.Module):
         entries of ``x`` (as the loaders give them), found here when None. The NB likelihood goes through the fused
         :func:`scvae.distributions.log_nb_softmax_sum`."""
         library = self.library(x)
+        if self.likelihood == "bernoulli":  # detection: the likelihood of x > 0, as the encoder reads it
+            x = (x > 0).to(z.dtype)
         if self.likelihood == "nb":
             logits = self.head(self.decoder(z, self.one_hot(cats)))
-            return D.log_nb_softmax_sum(x, logits, library, self.theta_for(cats), nonzero)
+            return log_nb_softmax_sum(x, logits, library, self.theta_for(cats), nonzero)
         return D.log_prob_sum(self.likelihood, x, self.generative(z, cats, library), nonzero)
 
     def library(self, x: torch.Tensor) -> torch.Tensor | None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .kernels import Entries, entries_times
 
 NORMS = ("batch", "layer", "none")
 
@@ -23,86 +22,13 @@ def _norm(kind: str, width: int) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
-class Entries(NamedTuple):
-    """A cells × features matrix given by its non-zero entries (explicit zeros may be among them, duplicates may
-    not): ``values``, their ``rows`` and ``cols``, and the matrix's ``shape``. Rows in non-decreasing order, as a
-    CSR matrix stores them and the loaders give them, save a sort in :func:`entries_times`."""
-
-    values: torch.Tensor
-    rows: torch.Tensor
-    cols: torch.Tensor
-    shape: tuple[int, int]
-
-    def to_dense(self) -> torch.Tensor:
-        out = self.values.new_zeros(self.shape)
-        out.view(-1)[self.rows * self.shape[1] + self.cols] = self.values
-        return out
-
-
-class _EntriesTimesWeight(torch.autograd.Function):
-    """``Entries`` (cells × genes) @ ``weight`` (genes × width), CPU, in time proportional to the non-zeros.
-
-    Forward: every cell's output row is the sum of the weight rows of its genes, scaled by the values: one
-    embedding-bag sum over the cells' entries. Backward: the weight's gradient row of a gene is the sum of the output
-    gradient rows of the cells that have the gene, scaled the same way: the same kernel over the entries ordered by
-    gene (a stable radix sort of the gene indices, up to 65,536 genes). The two dense products this replaces read
-    every zero."""
-
-    @staticmethod
-    def forward(ctx, weight, values, rows, cols, n_rows):  # noqa: ANN001, ANN205 (autograd.Function signature)
-        ctx.save_for_backward(values, rows, cols)
-        ctx.n_genes = weight.shape[0]
-        return F.embedding_bag(cols, weight, _starts(rows, n_rows), mode="sum", per_sample_weights=values)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        values, rows, cols = ctx.saved_tensors
-        n_genes = ctx.n_genes
-        key = cols.numpy().astype(np.uint16 if n_genes <= 1 << 16 else np.int64)
-        order = torch.from_numpy(np.argsort(key, kind="stable"))  # numpy radix-sorts 16-bit keys
-        grad_weight = F.embedding_bag(
-            rows.index_select(0, order),
-            grad.contiguous(),
-            _starts(cols, n_genes),
-            mode="sum",
-            per_sample_weights=values.index_select(0, order),
-        )
-        return grad_weight, None, None, None, None
-
-
-def _starts(index: torch.Tensor, n: int) -> torch.Tensor:
-    """Where each of the groups 0..n-1 starts in the sorted order of ``index`` (the offsets of an embedding bag)."""
-    counts = torch.bincount(index, minlength=n)
-    return counts.cumsum(0).sub_(counts)
-
-
-# Above this fraction of non-zero entries the dense product is faster: measured crossover about 0.17 for a
-# 128 × 2,000 minibatch and width 128 on a 2-core AVX-512 CPU (forward and weight gradient together).
-SPARSE_MAX_DENSITY = 0.15
-
-
-def entries_times(x: Entries, weight: torch.Tensor, max_density: float = SPARSE_MAX_DENSITY) -> torch.Tensor:
-    """``x.to_dense() @ weight`` (genes × width): on the CPU, when at most ``max_density`` of ``x``'s entries are
-    given, without the zeros, in time (and gradient time) proportional to the entries; otherwise a dense product."""
-    n_rows, n_cols = x.shape
-    if x.values.device.type != "cpu" or x.values.numel() > max_density * n_rows * n_cols:
-        return x.to_dense().to(weight.dtype) @ weight
-    rows, cols, values = x.rows, x.cols, x.values
-    if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):  # each cell's entries must be together
-        order = torch.argsort(rows, stable=True)
-        rows, cols, values = rows[order], cols[order], values[order]
-    return _EntriesTimesWeight.apply(weight, values.to(weight.dtype), rows, cols, n_rows)
-
-
 class InputLayer(nn.Module):
     """The encoder's first linear layer, ``x @ genes + cov @ covariates.T + bias``, over genes and one-hot
     covariates, the same as ``nn.Linear(n_in + n_cov, n_out)`` over ``cat([x, cov])`` (and initialised the same).
 
     Its gene weight is stored genes × width, so that a sparse input (:class:`Entries`, on the CPU) costs time in
-    proportion to its non-zero entries, forward and backward (see :class:`_EntriesTimesWeight`): UMI counts over
-    2,000 genes are often ~90 % zeros. A dense input, one with more than :data:`SPARSE_MAX_DENSITY` of its entries
+    proportion to its non-zero entries, forward and backward (see :class:`scvae.kernels._EntriesTimesWeight`): UMI counts over
+    2,000 genes are often ~90 % zeros. A dense input, one with more than :data:`scvae.kernels.SPARSE_MAX_DENSITY` of its entries
     non-zero, or one on another device goes through one matrix product."""
 
     def __init__(self, n_in: int, n_out: int, n_cov: int = 0) -> None:

@@ -1,6 +1,5 @@
 """Bounds and estimators beyond the single-sample ELBO.
 
-- :func:`iwae_bound`: log (1/K) sum_k w_k from log importance weights, the IWAE bound (Burda et al. 2016).
 - :func:`estimate_log_likelihood`: per-cell importance-sampling estimate of the marginal log-likelihood
   log p(x) = log E_q[p(x, z) / q(z | x)] with the encoder's q(z | x) as proposal, for any trained
   :class:`~scvae.module.VAE` (normal or VampPrior, any likelihood, conditioned or not). It is the IWAE bound with
@@ -21,17 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .data import check_positive_int
 from .module import VAE
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
     from .model import SCVAE
-
-
-def iwae_bound(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """log of the mean of exp(log_weights) along ``dim``, computed stably (logsumexp - log K)."""
-    return torch.logsumexp(log_weights, dim=dim) - math.log(log_weights.shape[dim])
 
 
 @torch.no_grad()
@@ -95,15 +90,20 @@ def log_likelihood(
     chunk_size: int = 100,
     return_elbo: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Per-cell marginal log-likelihood estimate of ``adata`` under ``model``; see
-    :meth:`scvae.model.SCVAE.log_likelihood`. With ``return_elbo=True`` also the per-cell ELBO estimate."""
-    from .data import check_positive_int
+    """Per-cell estimate of the marginal log-likelihood log p(x) of ``adata`` under ``model`` (nats; also
+    ``model.log_likelihood(adata, ...)``).
+
+    Importance sampling with q(z | x) as proposal: log (1/K) Σ_k p(x, z_k) / q(z_k | x), K = ``n_samples``,
+    in log-space and in chunks of ``chunk_size`` samples (memory does not grow with K). It rises with K towards
+    log p(x) and is ≥ the ELBO in expectation. For count likelihoods p(x) is given the cell's library size.
+    Works for any prior, objective and likelihood. With ``return_elbo=True`` also the per-cell ELBO estimate.
+    """
 
     n_samples = check_positive_int("n_samples", n_samples)
     batch_size = check_positive_int("batch_size", batch_size)
     chunk_size = check_positive_int("chunk_size", chunk_size)
-    x, codes = model._read(adata)
-    batches: Any = model._batches(x, codes, batch_size)
+    x, codes = model.read(adata)
+    batches: Any = model.batches(x, codes, batch_size)
     ll, elbo = estimate_log_likelihood(model.module, batches, n_samples, seed=seed, chunk_size=chunk_size)
     if not np.isfinite(ll).all():
         raise FloatingPointError("the log-likelihood estimate is NaN/inf; the model's weights are not usable")

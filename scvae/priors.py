@@ -95,10 +95,6 @@ class VampPrior(nn.Module):
             raise ValueError(f"n_pseudo_inputs must be positive, got {n_pseudo_inputs}")
         self.pseudo_inputs = nn.Parameter(init_std * torch.randn(n_pseudo_inputs, n_features))
 
-    @property
-    def n_components(self) -> int:
-        return self.pseudo_inputs.shape[0]
-
     @torch.no_grad()
     def initialize(self, encoder_inputs: torch.Tensor) -> None:
         """Set the pseudo-inputs to given encoder inputs (e.g. ``log1p`` of random training cells), one per row.

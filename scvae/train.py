@@ -25,8 +25,6 @@ from .module import VAE
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("elbo", "reconstruction", "kl")
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite before any usable weights were found."""
@@ -408,3 +406,13 @@ def default_max_epochs(n_cells: int) -> int:
 def default_lr(likelihood: str) -> float:
     """Adam's learning rate when none is given: 4e-3 for count likelihoods (measured for them), else 1e-3."""
     return 4e-3 if likelihood in D.COUNT_LIKELIHOODS else 1e-3
+
+
+def home_device(accelerator: str) -> str:
+    """Where a trained model is kept for inference: the GPU when training could use one, else the CPU."""
+    return "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+
+
+def cuda_devices(accelerator: str) -> list[int]:
+    """The CUDA devices whose random state training may touch (for ``torch.random.fork_rng``)."""
+    return list(range(torch.cuda.device_count())) if home_device(accelerator) == "cuda" else []

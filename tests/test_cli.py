@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_fit_writes_output_and_model(trained):
     out = ad.read_h5ad(trained / "out.h5ad")
     assert out.obsm["X_scvae"].shape == (700, 10) and np.isfinite(out.obsm["X_scvae"]).all()
@@ -99,6 +100,7 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path,
     assert not (tmp_path / "o.h5ad").exists()
 
 
+@pytest.mark.slow
 def test_every_command_has_help_with_an_example(capsys):
     proc = subprocess.run([sys.executable, "-m", "scvae.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0

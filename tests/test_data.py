@@ -14,6 +14,7 @@ from scvae.data import (
     split_indices,
     validate_matrix,
 )
+from scvae.distributions import COUNT_LIKELIHOODS
 
 
 def _adata(x, **obs):
@@ -43,7 +44,7 @@ def test_get_matrix_accepts_dense_sparse_and_integer_inputs(convert):
     assert sp.isspmatrix_csr(x) or isinstance(x, np.ndarray)
     dense = x.toarray() if sp.issparse(x) else x
     np.testing.assert_array_equal(dense, COUNTS)
-    validate_matrix(x, "nb")
+    validate_matrix(x, "nb", counts=True)
 
 
 def test_get_matrix_reads_a_layer_and_names_missing_ones():
@@ -69,16 +70,16 @@ def test_validation_refuses_bad_values_with_a_clear_message(value, likelihood, m
     x = COUNTS.copy()
     x[3, 2] = value
     with pytest.raises(InputError, match=message):
-        validate_matrix(get_matrix(_adata(fmt(x)), None), likelihood)
+        validate_matrix(get_matrix(_adata(fmt(x)), None), likelihood, counts=likelihood in COUNT_LIKELIHOODS)
 
 
 def test_validation_accepts_continuous_data_for_gaussian_and_refuses_empty_cells_for_counts():
     x = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
-    validate_matrix(x, "gaussian")
+    validate_matrix(x, "gaussian", counts=False)
     empty = COUNTS.copy()
     empty[5] = 0
     with pytest.raises(InputError, match="1 cells have zero total counts.*filter_cells"):
-        validate_matrix(empty, "nb")
+        validate_matrix(empty, "nb", counts=True)
 
 
 def test_empty_anndata_is_refused():
@@ -97,12 +98,12 @@ def test_backed_matrix_is_kept_on_disk_and_checked_block_by_block(tmp_path, monk
     x = get_matrix(backed, None)
     assert not isinstance(x, (np.ndarray, sp.spmatrix))  # not read into memory
     with pytest.raises(InputError, match="negative"):
-        validate_matrix(x, "nb")
+        validate_matrix(x, "nb", counts=True)
     counts[35, 2] = 0
     counts[[3, 20, 30]] = 0  # empty cells in every block: counted over all blocks
     _adata(sp.csr_matrix(counts) if sparse else counts).write_h5ad(tmp_path / "b.h5ad")
     with pytest.raises(InputError, match="^3 cells have zero total counts"):
-        validate_matrix(get_matrix(ad.read_h5ad(tmp_path / "b.h5ad", backed="r"), None), "nb")
+        validate_matrix(get_matrix(ad.read_h5ad(tmp_path / "b.h5ad", backed="r"), None), "nb", counts=True)
 
 
 def test_category_encoder_keeps_category_order_and_refuses_unseen_or_missing_labels():

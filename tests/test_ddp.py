@@ -25,6 +25,7 @@ def _run(tmp_path: Path, devices: int, lr: float) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
 def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     one = _run(tmp_path, 1, 1e-3)

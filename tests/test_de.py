@@ -11,6 +11,8 @@ import scvae
 from scvae import tl
 from scvae.data import InputError
 
+pytestmark = pytest.mark.slow  # models trained on real data
+
 MONO = "CD14+ Monocyte"
 
 

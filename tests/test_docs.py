@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ import scvae
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_as_written_and_integrates_batches():
     text = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
@@ -36,9 +38,30 @@ def test_readme_quickstart_runs_as_written_and_integrates_batches():
     assert tech > 0.76, tech
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "tutorials").glob("[0-9]*.py")))
+# What each tutorial must print and draw, even in its fast mode (short training: the structure, not the figures).
+EXPECTED = {
+    "01_quickstart.py": ([r"scvae\s+k-NN accuracy [01]\.\d{3}\s+batch mixing \d\.\d\d"], ["01_history", "01_umap"]),
+    "02_perturbation.py": (
+        [r"90 % intervals cover the real change of \d+% of the top-100 changed genes", r"scvae delta\s+0\.\d+"],
+        ["02_scores", "02_intervals", "02_reg_mean", "02_violin"],
+    ),
+    "03_objectives_and_priors.py": ([r"IWAE K=5\s+-\d+\.\d+", r"VampPrior\s+-\d+\.\d+"], ["03_beta", "03_iwae_vamp"]),
+    "04_analysis.py": (
+        [r"reference latent unchanged: True", r"label transfer accuracy on the Drop-seq cells: 0\.\d{3}"],
+        ["04_volcano", "04_markers_dotplot", "04_query_on_reference"],
+    ),
+}
+
+
+def test_every_tutorial_has_expectations():
+    assert sorted(EXPECTED) == sorted(p.name for p in (ROOT / "tutorials").glob("[0-9]*.py"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_tutorial_runs_headless(script, tmp_path):
     env = dict(os.environ, SCVAE_TUTORIAL_FAST="1", MPLBACKEND="Agg")
+    started = time.time()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tutorials" / script)],
         env=env,
@@ -48,11 +71,18 @@ def test_tutorial_runs_headless(script, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    printed, figures = EXPECTED[script]
+    for pattern in printed:
+        assert re.search(pattern, proc.stdout), f"{script} did not print {pattern!r}:\n{proc.stdout[-3000:]}"
+    for name in figures:
+        path = ROOT / "tutorials" / "figures" / f"{name}.png"
+        assert path.is_file() and path.stat().st_mtime >= started - 1, f"{script} did not draw {path}"
 
 
-def test_code_is_ruff_clean():
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_code_is_ruff_clean(command):
     ruff = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "scvae", "tests", "tutorials", "benchmarks"],
+        [sys.executable, "-m", "ruff", *command, "scvae", "tests", "tutorials", "benchmarks"],
         cwd=ROOT,
         capture_output=True,
         text=True,

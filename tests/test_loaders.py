@@ -195,6 +195,7 @@ def test_backed_minibatches_read_blocks_once_per_epoch_and_cover_every_cell(back
     np.testing.assert_array_equal(_cells_seen(make_loader(backed.X, codes, train, 64, shuffle=False)), train)
 
 
+@pytest.mark.slow
 def test_fit_trains_from_a_backed_h5ad_like_from_memory(tmp_path, pbmc_model, _pbmc):
     import scvae
     from scvae.metrics import knn_accuracy

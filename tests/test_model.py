@@ -149,6 +149,20 @@ def test_outputs_normalized_expression_and_samples(pbmc_model):
     real = np.asarray(adata.X.mean(0)).ravel()
     r = np.corrcoef(np.log1p(real), np.log1p(draws.mean((0, 1))))[0, 1]
     assert r > 0.95
+    # ... and each cell's expression follows its own counts, through its latent code (a decoder that ignored z would
+    # give every cell the same profile): correlation of log expression with the cell's own log-normalised counts
+    # against another cell's; measured 0.66 against 0.44, own ahead for 97 % of the cells.
+    x = adata.X.toarray()
+    counts = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
+    profile = np.log1p(expr.to_numpy())
+
+    def rowcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+    own = rowcorr(profile, counts)
+    other = rowcorr(profile, counts[np.random.default_rng(0).permutation(adata.n_obs)])
+    assert own.mean() > other.mean() + 0.15 and (own > other).mean() > 0.9
 
 
 def test_conditional_model_decodes_counterfactually_and_checks_categories():
@@ -305,6 +319,7 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_elbo(pbmc):
     assert pbmc.uns["scvae"]["elbo_validation"] == pytest.approx(h["elbo_validation"].max())
 
 
+@pytest.mark.slow
 def test_adversarial_classifier_mixes_batches_further_on_real_data():
     """CellBench (five batches over two technologies): the default adversarial batch classifier mixes the
     batches within each cell line further than the same cVAE without it, for the same cell-line separation."""

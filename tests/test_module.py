@@ -30,6 +30,8 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
     x = _counts()
     if likelihood == "gaussian":
         x = torch.log1p(x)
+    if likelihood == "bernoulli":  # detection of x > 0: some entries must be zero for it to be learnt
+        x[torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.4] = 0
     codes = torch.stack([torch.arange(64) % k for k in cats], 1) if cats else None
     dispersion = "gene-batch" if cats and likelihood in ("nb", "zinb") else "gene"
     vae = VAE(
@@ -50,7 +52,10 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
         opt.step()
         first = first if first is not None else out["loss"].item()
         assert out["reconstruction"].shape == (64,) and out["kl"].shape == (64,)
-    assert torch.isfinite(out["loss"]) and out["loss"].item() < first
+    # measured: the last loss is 0.43-0.92 of the first, depending on the likelihood (bernoulli 0.89-0.92)
+    assert torch.isfinite(out["loss"]) and out["loss"].item() < 0.95 * first
+    if likelihood in ("nb", "zinb", "poisson", "bernoulli"):  # -log of a pmf: never below zero
+        assert out["loss"].item() > 0
 
 
 def test_count_decoder_gives_frequencies_scaled_by_library():

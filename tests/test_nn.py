@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from scvae.nn import SPARSE_MAX_DENSITY, Entries, InputLayer, entries_times
+from scvae.kernels import SPARSE_MAX_DENSITY, Entries, entries_times
+from scvae.nn import InputLayer
 
 
 def _entries(dtype=torch.float64):

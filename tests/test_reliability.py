@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,17 +20,26 @@ import scvae
 from scvae.data import InputError
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(pbmc):
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(pbmc, tmp_path):
     previous = signal.getsignal(signal.SIGINT)
     timer = threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
-        model = scvae.model.fit(pbmc, max_epochs=2000, progress_bar=False, early_stopping=False)
+        model = scvae.model.fit(pbmc, max_epochs=2000, progress_bar=False, checkpoint_dir=tmp_path)
     finally:
         timer.cancel()
     assert 1 <= model.config["epochs_trained"] < 2000
     assert np.isfinite(pbmc.obsm["X_scvae"]).all()
     assert signal.getsignal(signal.SIGINT) is previous  # the caller's handler is back
+    # The weights returned are those of the last complete epoch (the final weights, as without an interrupt), as
+    # the checkpoint recorded them, not those of the minibatches of the epoch cut short.
+    saved = scvae.train.read_checkpoint(tmp_path)
+    assert model.config["best_epoch"] == saved["best_epoch"] >= 1
+    state = model.module.state_dict()
+    assert set(state) == set(saved["best_state"])
+    for name, value in saved["best_state"].items():
+        assert torch.equal(state[name].cpu(), value), name
 
 
 def test_a_run_resumes_from_its_checkpoint(pbmc, tmp_path):
@@ -53,6 +63,7 @@ np.save(sys.argv[1], a.obsm["X_scvae"])
 """
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_across_fresh_processes(tmp_path):
     outs = []
     for i in range(2):

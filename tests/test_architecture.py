@@ -1,0 +1,124 @@
+"""The direction of every import inside ``scvae/``: data → distributions/nn → module → train → model → features
+→ tl/pl/cli, read from the source (imports inside functions and ``TYPE_CHECKING`` blocks included)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "scvae"
+# A module may import modules of its own layer or lower ones, never a higher one.
+LAYERS = {
+    "version": 0,
+    "data": 1,
+    "conditions": 6,
+    "loaders": 1,
+    "distributions": 2,
+    "kernels": 2,
+    "nn": 2,
+    "priors": 2,
+    "module": 3,
+    "train": 4,
+    "model": 5,
+    "de": 6,
+    "mapping": 6,
+    "objectives": 6,
+    "perturbation": 6,
+    "metrics": 7,
+    "datasets": 7,
+    "tl": 7,
+    "pl": 7,
+    "cli": 7,
+    "__init__": 8,
+}
+FEATURES = [name for name, layer in LAYERS.items() if layer == 6]
+
+
+def imports() -> dict[str, set[str]]:
+    """{module: the scvae modules it imports}."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        name, found = path.stem, set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:  # from . import x / from .x import y
+                    if node.module:
+                        found.add(node.module.split(".")[0])
+                    else:
+                        found.update(a.name for a in node.names)
+                elif node.module and node.module.split(".")[0] == "scvae":
+                    parts = node.module.split(".")
+                    found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    parts = a.name.split(".")
+                    if parts[0] == "scvae":
+                        found.add(parts[1] if len(parts) > 1 else "__init__")
+        graph[name] = found - {name}
+    return graph
+
+
+def test_every_module_has_a_layer():
+    assert set(imports()) == set(LAYERS), "give each new module of scvae/ a layer in LAYERS"
+
+
+def test_no_import_points_upwards():
+    upward = [
+        f"{mod} (layer {LAYERS[mod]}) imports {dep} (layer {LAYERS[dep]})"
+        for mod, deps in imports().items()
+        for dep in sorted(deps)
+        if LAYERS[dep] > LAYERS[mod]
+    ]
+    assert not upward, upward
+
+
+def test_no_import_cycle():
+    graph = imports()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                raise AssertionError(f"import cycle: {' → '.join([*path, node, dep])}")
+            if dep not in state:
+                visit(dep, [*path, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_features_use_only_the_public_core_of_the_model():
+    for name in FEATURES:
+        text = (PACKAGE / f"{name}.py").read_text()
+        tree = ast.parse(text)
+        private = [
+            f"{name} imports {a.name} from {node.module}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for a in node.names
+            if a.name.startswith("_") and a.name != "__future__"
+        ]
+        private += [f"{name}: {m}" for m in re.findall(r"\b(?:model|mapped|reference)\._[a-z]\w*", text)]
+        assert not private, private
+
+
+def test_the_checker_sees_upward_and_function_level_imports(tmp_path, monkeypatch):
+    """The checks above fail on what they are meant to catch (a fake package with an upward import inside a
+    function and a private import)."""
+    fake = tmp_path / "scvae"
+    fake.mkdir()
+    (fake / "data.py").write_text("def f():\n    from .model import _build\n")
+    (fake / "model.py").write_text("from . import data\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    graph = imports()
+    assert graph == {"data": {"model"}, "model": {"data"}}
+    import pytest
+
+    with pytest.raises(AssertionError, match="data \\(layer 1\\) imports model"):
+        test_no_import_points_upwards()
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_no_import_cycle()
