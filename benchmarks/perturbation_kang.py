@@ -76,6 +76,13 @@ SCORES = {
     "e_distance": False,
     "energy_distance": False,
 }
+# coverage of the real change by predict_perturbation's intervals (interval=--interval)
+INTERVAL_SCORES = (
+    "interval_coverage_top_change",
+    "interval_coverage_top",
+    "interval_coverage",
+    "interval_width_top_change",
+)
 HEADLINE = ("delta_corr_top_change", "delta_corr_top", "r2_top_change", "r2_top", "delta_corr", "e_distance")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -130,7 +137,9 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
         seconds = time.perf_counter() - t0
         for name, method in methods:
             if name in wanted:
-                pred = model.predict_perturbation(train, **labels, method=method, n_cells=n_cells, seed=seed)
+                pred = model.predict_perturbation(
+                    train, **labels, method=method, n_cells=n_cells, interval=args.interval or None, seed=seed
+                )
                 preds[name] = (pred, False, seconds)
 
     perm = np.random.default_rng(seed).permutation(real_stim.n_obs)
@@ -143,7 +152,8 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     rows = []
     for method, (pred, normalized, seconds) in preds.items():
         res = tl.evaluate_perturbation(pred, real_stim, real_ctrl, top_genes=top, pred_normalized=normalized, seed=seed)
-        rows.append({**base, "method": method, **{k: res[k] for k in SCORES}, "fit_seconds": seconds})
+        intervals = {k: res.get(k, np.nan) for k in INTERVAL_SCORES}
+        rows.append({**base, "method": method, **{k: res[k] for k in SCORES}, **intervals, "fit_seconds": seconds})
     res = tl.evaluate_perturbation(halves[0], halves[1], real_ctrl, top_genes=top, seed=seed)
     rows.append({**base, "method": "halves", **{k: res[k] for k in SCORES}, "fit_seconds": 0.0})
     for r in rows:
@@ -243,6 +253,25 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
         markdown(closest_to_ceiling(results, methods)),
         "",
     ]
+    model_methods = [m for m in methods if m not in BASELINES]
+    if "interval_coverage_top_change" in results and results["interval_coverage_top_change"].notna().any():
+        cov = results.groupby(["cell_type", "method"], sort=False)["interval_coverage_top_change"].mean()
+        cov = cov.unstack("method")[[m for m in model_methods if m in cov.index.get_level_values(1)]]
+        inside = ((cov >= 0.85) & (cov <= 0.95)).sum()
+        md += [
+            f"## Intervals: coverage of the real change (interval level {settings['interval']})",
+            "",
+            "`predict_perturbation(..., interval=...)`: the share of genes whose real change (real stimulated − "
+            "control mean) lies within the predicted interval, over the top-100 genes by |real change| "
+            "(`interval_coverage_top_change`), scGen's top-100 up-regulated DEGs (`interval_coverage_top`) and all "
+            "genes (`interval_coverage`); `interval_width_top_change`: median width over the top-changed genes. "
+            "Cell types whose top-change coverage lies within 0.85–0.95: "
+            + ", ".join(f"{m} {int(inside[m])} of {len(cov)}" for m in cov.columns)
+            + ".",
+            "",
+        ]
+        for score in INTERVAL_SCORES:
+            md += [f"### {score}", "", markdown(score_table(results, score, model_methods)), ""]
     for score, higher in SCORES.items():
         md += [
             f"## {score} ({'higher' if higher else 'lower'} is better)",
@@ -282,6 +311,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         default=1000,
         help="predicted cells per held-out type, at least one per control cell (0: one per control cell)",
     )
+    p.add_argument("--interval", type=float, default=0.9, help="level of predict_perturbation's intervals (0: none)")
     p.add_argument("--vae-args", type=json.loads, default={}, help="extra keyword arguments for the VAE's fit")
     p.add_argument("--cvae-args", type=json.loads, default={}, help="extra keyword arguments for the cVAE's fit")
     p.add_argument("--out", type=Path, default=None, help="output path without suffix")

@@ -132,8 +132,7 @@ def perturbation_violin(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .data import InputError
-    from .tl import log_normalize
+    from .data import InputError, log_normalize
 
     genes = [str(g) for g in pred.var_names]
     if gene not in genes:
@@ -249,4 +248,85 @@ def perturbation_scores(scores, *, metrics=PERTURBATION_SCORES, ax=None, title: 
     ax.legend(fontsize=8, frameon=False)
     if title:
         ax.set_title(title)
+    return ax
+
+
+def change_intervals(pred, real_stim=None, real_ctrl=None, *, n_genes: int = 30, genes=None, ax=None, title=None):
+    """Predicted mean change of the top genes with their intervals, and the real change where it is known.
+
+    Parameters
+    ----------
+    pred
+        From :func:`scvae.perturbation.predict_perturbation` with ``interval=...`` (``var`` has ``change``,
+        ``change_lower`` and ``change_upper``).
+    real_stim, real_ctrl
+        The real stimulated and control cells of the type (counts), if known: their change is drawn as dots
+        (filled inside the interval, open outside; as :func:`scvae.tl.evaluate_perturbation` computes it).
+    n_genes, genes
+        Draw the ``n_genes`` genes of largest |real change| (largest |predicted change| without real cells), or
+        the ``genes`` given.
+
+    Returns
+    -------
+    The matplotlib axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .data import InputError
+
+    missing = [c for c in ("change", "change_lower", "change_upper") if c not in pred.var]
+    if missing:
+        raise InputError(
+            f"pred.var has no {missing}; predict with scvae.perturbation.predict_perturbation(..., interval=0.9)"
+        )
+    if (real_stim is None) != (real_ctrl is None):
+        raise InputError("pass both real_stim and real_ctrl, or neither")
+    var = pred.var.copy()
+    var.index = var.index.astype(str)
+    real = None
+    if real_stim is not None:
+        from .tl import evaluate_perturbation
+
+        means = evaluate_perturbation(pred, real_stim, real_ctrl, n_top=1, top_genes=[var.index[0]])["means"]
+        real = (means["real"] - means["control"]).set_axis(var.index)
+    if genes is None:
+        key = (real if real is not None else var["change"]).abs()
+        genes = list(key.sort_values(ascending=False, kind="stable").index[:n_genes])
+    else:
+        genes = [str(g) for g in genes]
+        absent = [g for g in genes if g not in var.index]
+        if absent:
+            raise InputError(f"genes {absent[:5]} are not among the predicted genes")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(genes) + 1.5), 3.4))
+    x = np.arange(len(genes))
+    v = var.loc[genes]
+    ax.errorbar(
+        x,
+        v["change"],
+        yerr=[v["change"] - v["change_lower"], v["change_upper"] - v["change"]],
+        fmt="s",
+        ms=3,
+        color="tab:blue",
+        elinewidth=1,
+        capsize=2,
+        label="predicted (interval)",
+    )
+    if real is not None:
+        r = real.loc[genes]
+        inside = ((r >= v["change_lower"]) & (r <= v["change_upper"])).to_numpy()
+        ax.scatter(x[inside], r[inside], s=14, c="tab:red", zorder=3, label="real, inside")
+        ax.scatter(
+            x[~inside], r[~inside], s=14, facecolors="none", edgecolors="tab:red", zorder=3, label="real, outside"
+        )
+        level = pred.uns.get("scvae_perturbation", {}).get("interval", {}).get("level")
+        share = f"{inside.mean():.0%} inside" + (f" ({level:.0%} intervals)" if level else "")
+        ax.set_title(f"{title}: {share}" if title else share)
+    elif title:
+        ax.set_title(title)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, genes, rotation=90, fontsize=7)
+    ax.set_ylabel("mean change (log-norm.)")
+    ax.legend(fontsize=7, frameon=False)
     return ax

@@ -20,25 +20,11 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, check_positive_int, get_matrix, obs_column, refuse_view
+from .data import InputError, check_positive_int, get_matrix, log_normalize, obs_column, refuse_view
 
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("up", "down", "abs")
-
-
-def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float = 1e4) -> np.ndarray | sp.csr_matrix:
-    """``log1p(x / total × target_sum)`` of every cell, as a new float32 matrix (CSR if the input is sparse).
-
-    Cells with zero total stay zero. ``adata`` is not modified."""
-    x = get_matrix(adata, layer)
-    totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-    scale = target_sum / np.where(totals > 0, totals, 1.0)
-    if sp.issparse(x):
-        out = sp.csr_matrix(sp.diags(scale) @ x, dtype=np.float32)
-        out.data = np.log1p(out.data)
-        return out
-    return np.log1p(np.asarray(x, dtype=np.float64) * scale[:, None]).astype(np.float32)
 
 
 def _expression(adata: AnnData, normalized: bool, layer: str | None) -> np.ndarray | sp.csr_matrix:
@@ -274,6 +260,12 @@ def evaluate_perturbation(
     - ``e_distance_control``, ``energy_distance_control``: the real control cells' distances to the real
       stimulated ones (the distance of predicting no change), to scale the two above;
 
+    when ``pred.var`` holds ``change_lower`` and ``change_upper`` (``predict_perturbation(..., interval=0.9)``):
+
+    - ``interval_coverage``, ``interval_coverage_top``, ``interval_coverage_top_change``: the share of all
+      genes / the Wilcoxon DEGs / the top-changed genes whose real change lies within its interval;
+    - ``interval_width_top_change``: the median width of the intervals of the top-changed genes;
+
     and ``n_genes``, ``top_genes``, ``top_change``, ``n_pcs``, and ``means``: a DataFrame of per-gene means
     (columns ``control``, ``real``, ``predicted``).
     """
@@ -314,6 +306,17 @@ def evaluate_perturbation(
         return m.toarray() if sp.issparse(m) else np.asarray(m)
 
     distances = _pca_distances(dense(x_pred), dense(x_stim), dense(x_ctrl), n_pcs, max_cells, seed)
+    intervals = {}
+    if {"change_lower", "change_upper"} <= set(pred.var.columns):
+        lower = pred.var["change_lower"].set_axis(names).astype(np.float64)
+        upper = pred.var["change_upper"].set_axis(names).astype(np.float64)
+        inside = (d_real >= lower) & (d_real <= upper)
+        intervals = {
+            "interval_coverage": float(inside.mean()),
+            "interval_coverage_top": float(inside[top].mean()),
+            "interval_coverage_top_change": float(inside[changed].mean()),
+            "interval_width_top_change": float((upper - lower)[changed].median()),
+        }
     return {
         "r2_all": _pearson(means["predicted"], means["real"]) ** 2,
         "r2_top": _pearson(means.loc[top, "predicted"], means.loc[top, "real"]) ** 2,
@@ -324,6 +327,7 @@ def evaluate_perturbation(
         "sign_top": _sign_agreement(d_pred[top], d_real[top]),
         "sign_top_change": _sign_agreement(d_pred[changed], d_real[changed]),
         **distances,
+        **intervals,
         "n_genes": len(genes),
         "top_genes": top,
         "top_change": changed,

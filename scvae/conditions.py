@@ -1,0 +1,283 @@
+"""Cells by condition and cell type, for perturbation prediction without a model: validation of the labels,
+the cell types a response is learnt from, balanced draws, mean expression of a group of cells, and the gene-space
+baseline :func:`linear_shift`. :mod:`scvae.perturbation` builds on these."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .data import InputError, check_positive_int, log_normalize, obs_column
+from .loaders import to_dense_float
+
+logger = logging.getLogger(__name__)
+
+UNS_KEY = "scvae_perturbation"
+
+
+# -- validation ------------------------------------------------------------------------------------------------
+def _labels(adata: AnnData, key: str, what: str) -> pd.Series:
+    """``adata.obs[key]`` as strings, with a clear error when it is missing or has NaN."""
+    if not isinstance(key, str):
+        raise InputError(f"{what} must be the name of an adata.obs column (a string), got {key!r}")
+    return obs_column(adata, key, what).astype(str)
+
+
+def check_inputs(
+    adata: AnnData,
+    *,
+    condition_key: str,
+    control: str,
+    stimulated: str,
+    cell_type_key: str,
+    target: str,
+    min_cells: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the labels (the target needs ``min_cells`` control cells); returns condition and cell type of
+    every cell as string arrays."""
+    if not isinstance(adata, AnnData):
+        raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
+    check_positive_int("min_cells", min_cells)
+    if condition_key == cell_type_key:
+        raise InputError(f"condition_key and cell_type_key must be different columns, both are {condition_key!r}")
+    cond = _labels(adata, condition_key, "condition_key").to_numpy()
+    types = _labels(adata, cell_type_key, "cell_type_key").to_numpy()
+    present = sorted(set(cond))
+    for name, value in (("control", control), ("stimulated", stimulated)):
+        if str(value) not in present:
+            raise InputError(
+                f"{name}={value!r} is not a category of adata.obs[{condition_key!r}] (present: {present[:10]})"
+            )
+    if str(control) == str(stimulated):
+        raise InputError(f"control and stimulated must be different categories, both are {control!r}")
+    if str(target) not in set(types):
+        raise InputError(
+            f"target={target!r} is not a cell type in adata.obs[{cell_type_key!r}] (present: {sorted(set(types))[:12]})"
+        )
+    n_source = int(((types == str(target)) & (cond == str(control))).sum())
+    if n_source == 0:
+        raise InputError(
+            f"the target cell type {target!r} has no {control!r} cells in adata; its control cells are what is "
+            "decoded into the prediction"
+        )
+    if n_source < min_cells:
+        raise InputError(
+            f"the target cell type {target!r} has only {n_source} {control!r} cells, fewer than min_cells="
+            f"{min_cells}; a prediction from so few cells mostly reflects which cells they are. Add control cells "
+            f"of {target!r}, or pass min_cells={n_source} to predict from these"
+        )
+    return cond, types
+
+
+# -- balanced sampling ------------------------------------------------------------------------------------------
+def type_groups(
+    cond: np.ndarray,
+    types: np.ndarray,
+    *,
+    control: str,
+    stimulated: str,
+    exclude: Sequence[str] = (),
+    min_cells: int = 10,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The control and stimulated indices of every cell type the response is learnt from: {type: (control,
+    stimulated)}, for the types not in ``exclude`` with at least ``min_cells`` cells in both conditions."""
+    check_positive_int("min_cells", min_cells)
+    excluded = {str(t) for t in exclude}
+    groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    skipped = []
+    for t in sorted(set(types) - excluded):
+        ctrl = np.flatnonzero((types == t) & (cond == control))
+        stim = np.flatnonzero((types == t) & (cond == stimulated))
+        if min(len(ctrl), len(stim)) >= min_cells:
+            groups[t] = (ctrl, stim)
+        else:
+            skipped.append(f"{t} ({len(ctrl)} {control}, {len(stim)} {stimulated})")
+    if skipped:
+        logger.info("cell types left out (fewer than %d cells in a condition): %s", min_cells, ", ".join(skipped))
+    if not groups:
+        raise InputError(
+            f"no cell type other than {sorted(excluded)} has at least {min_cells} cells in both {control!r} and "
+            f"{stimulated!r} (left out: {skipped}); the stimulus response is learnt from such cell types. "
+            "Lower min_cells or add data"
+        )
+    return groups
+
+
+def balanced_indices(
+    cond: np.ndarray,
+    types: np.ndarray,
+    *,
+    control: str,
+    stimulated: str,
+    exclude: Sequence[str] = (),
+    n_per_type: int | None = None,
+    min_cells: int = 10,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Indices of an equal number of cells per cell type and condition (seeded).
+
+    The cell types are those of :func:`type_groups`. ``n_per_type`` cells are drawn per type and condition: by default the smallest group's size (without
+    replacement); a larger ``n_per_type`` draws groups that are smaller with replacement.
+
+    Returns
+    -------
+    The control and the stimulated indices, each a dict {cell type: indices}, and the number per group.
+    """
+    if n_per_type is not None and (
+        isinstance(n_per_type, bool) or not isinstance(n_per_type, (int, np.integer)) or n_per_type < 1
+    ):
+        raise InputError(f"n_per_type must be a positive integer or None, got {n_per_type!r}")
+    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=exclude, min_cells=min_cells)
+    smallest = min(min(len(c), len(s)) for c, s in groups.values())
+    n = int(n_per_type) if n_per_type is not None else smallest
+    rng = np.random.default_rng(seed)
+    out_ctrl, out_stim = {}, {}
+    for t, (ctrl, stim) in groups.items():
+        out_ctrl[t] = np.sort(rng.choice(ctrl, n, replace=n > len(ctrl)))
+        out_stim[t] = np.sort(rng.choice(stim, n, replace=n > len(stim)))
+    return out_ctrl, out_stim, n
+
+
+def mean_expression(
+    x: Any, rows: np.ndarray, *, counts: bool, target_sum: float = 1e4, chunk: int = 4096
+) -> np.ndarray:
+    """Mean expression of each gene over ``rows`` of the matrix ``x``: of ``log1p(x / total × target_sum)`` for
+    counts (the totals over ``x``'s columns, as :func:`scvae.tl.evaluate_perturbation` normalises), of ``x``
+    itself otherwise. Read in chunks of ``chunk`` rows."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, len(rows), chunk):
+        block = to_dense_float(x, rows[start : start + chunk]).astype(np.float64)
+        if counts:
+            sums = block.sum(1, keepdims=True)
+            block = np.log1p(block * (target_sum / np.where(sums > 0, sums, 1.0)))
+        total += block.sum(0)
+    return total / max(len(rows), 1)
+
+
+def categories(adata: AnnData, key: str) -> list[str]:
+    col = adata.obs[key]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return [str(c) for c in col.cat.categories]
+    return sorted({str(v) for v in col})
+
+
+# -- optimal transport ---------------------------------------------------------------------------------------
+def transport_displacements(
+    z_ctrl: np.ndarray, z_stim: np.ndarray, *, max_cells: int = 500, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair control and stimulated latent codes of one cell type by optimal transport; returns the paired control
+    codes and their displacements (z_stim[paired] − z_ctrl).
+
+    Both sets are subsampled (seeded) to the same size, the smaller of the two and ``max_cells``, and matched one
+    to one by the exact assignment that minimises the total squared Euclidean distance (optimal transport
+    between two uniform empirical measures of equal size, whose optimal plan is a permutation)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(seed)
+    m = min(len(z_ctrl), len(z_stim), int(max_cells))
+    a = z_ctrl[np.sort(rng.choice(len(z_ctrl), m, replace=False))].astype(np.float64)
+    b = z_stim[np.sort(rng.choice(len(z_stim), m, replace=False))].astype(np.float64)
+    rows, cols = linear_sum_assignment(cdist(a, b, "sqeuclidean"))
+    return a[rows], b[cols] - a[rows]
+
+
+def neighbour_shift(anchors: np.ndarray, moves: np.ndarray, z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, int]:
+    """The mean displacement ``moves`` of the ``n_neighbors`` (at most all) nearest ``anchors`` of each row of
+    ``z`` (Euclidean), and the number of neighbours used."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(int(n_neighbors), len(anchors))
+    _, idx = NearestNeighbors(n_neighbors=k).fit(anchors).kneighbors(z.astype(np.float64))
+    return moves[idx].mean(1), k
+
+
+# -- gene-space baseline -----------------------------------------------------------------------------------------
+def linear_shift(
+    adata: AnnData,
+    *,
+    condition_key: str,
+    control: str,
+    stimulated: str,
+    cell_type_key: str,
+    target: str,
+    layer: str | None = None,
+    n_per_type: int | None = None,
+    min_cells: int = 10,
+    balanced: bool = True,
+    target_sum: float = 1e4,
+    seed: int = 0,
+) -> AnnData:
+    """Baseline: shift the target's control cells by the difference of means in log-normalised gene space.
+
+    δ = mean log-normalised expression of stimulated − of control cells of the other cell types, balanced as in
+    :func:`predict_perturbation` (same ``n_per_type``, ``min_cells``, ``seed``; with ``balanced=False``: over
+    all their cells as they are, so that large cell types weigh more), added to the target's
+    log-normalised control cells (``normalize_total(target_sum)`` + ``log1p``). Values are not clipped, so the
+    predicted mean of each gene is exactly the target's control mean + δ.
+
+    Returns
+    -------
+    A new AnnData whose ``X`` is *log-normalised* (evaluate it with ``pred_normalized=True``); obs as in
+    :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records δ (per gene) and what was used.
+    """
+    control, stimulated, target = str(control), str(stimulated), str(target)
+    cond, types = check_inputs(
+        adata,
+        condition_key=condition_key,
+        control=control,
+        stimulated=stimulated,
+        cell_type_key=cell_type_key,
+        target=target,
+        min_cells=min_cells,
+    )
+    if not isinstance(balanced, (bool, np.bool_)):
+        raise InputError(f"balanced must be True or False, got {balanced!r}")
+    if balanced:
+        ctrl_idx, stim_idx, n = balanced_indices(
+            cond,
+            types,
+            control=control,
+            stimulated=stimulated,
+            exclude=[target],
+            n_per_type=n_per_type,
+            min_cells=min_cells,
+            seed=seed,
+        )
+    else:  # every cell of the same cell types, as they are
+        if n_per_type is not None:
+            raise InputError(
+                "n_per_type sets the cells per type of the balanced difference; with balanced=False drop it"
+            )
+        groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
+        ctrl_idx = {t: c for t, (c, _) in groups.items()}
+        stim_idx = {t: st for t, (_, st) in groups.items()}
+    logx = log_normalize(adata, layer=layer, target_sum=target_sum)
+    delta = np.asarray(
+        logx[np.concatenate(list(stim_idx.values()))].mean(0) - logx[np.concatenate(list(ctrl_idx.values()))].mean(0)
+    ).ravel()
+    source = np.flatnonzero((types == target) & (cond == control))
+    block = logx[source]
+    pred = (block.toarray() if sp.issparse(block) else np.asarray(block)) + delta[None, :]
+    obs = adata.obs.iloc[source].copy()
+    obs["source_cell"] = obs.index.astype(str)
+    obs.index = pd.Index([f"{name}-shift" for name in obs.index.astype(str)])
+    obs[condition_key] = pd.Categorical([stimulated] * len(obs), categories=categories(adata, condition_key))
+    obs["predicted"] = True
+    record = {
+        "method": "linear_shift",
+        "balanced": bool(balanced),
+        "log_normalized": True,
+        "target_sum": float(target_sum),
+        "cell_types": list(ctrl_idx),
+        "n_per_type": int(n) if balanced else None,
+        "n_control_cells": int(len(source)),
+        "seed": int(seed),
+    }
+    return AnnData(X=pred.astype(np.float32), obs=obs, var=adata.var.copy(), uns={UNS_KEY: record})
