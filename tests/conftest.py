@@ -25,3 +25,15 @@ def pbmc_model(_pbmc):
     adata = _pbmc.copy()
     model = scvae.model.fit(adata, max_epochs=60, seed=0, progress_bar=False)
     return model, adata
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (``pytest.mark.usefixtures("one_thread")``): small models train faster
+    so, and much faster when the cores are shared (CI runners)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

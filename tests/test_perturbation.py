@@ -20,23 +20,12 @@ from scvae import tl
 from scvae.data import InputError
 from scvae.perturbation import balanced_indices, linear_shift, predict_perturbation, type_groups
 
-pytestmark = pytest.mark.slow  # models trained on Kang cells
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # models trained on Kang cells
 
 TYPES = ["CD4 T", "CD14 Mono", "B"]
 TARGET = "B"
 LABELS = dict(condition_key="condition", control="control", stimulated="stimulated", cell_type_key="cell_type")
 FIT = dict(n_latent=10, max_epochs=60, progress_bar=False, seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models train faster on one thread, and much faster when the cores are shared (CI runners)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import scvae
 from scvae import tl
 from scvae.perturbation import linear_shift
 
-pytestmark = pytest.mark.slow  # two models on the whole Kang data
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # two models on the whole Kang data
 
 LABELS = dict(condition_key="condition", control="control", stimulated="stimulated", cell_type_key="cell_type")
 FIT = dict(progress_bar=False, seed=0)  # fit's defaults, as in the benchmark
@@ -22,16 +22,6 @@ FIT = dict(progress_bar=False, seed=0)  # fit's defaults, as in the benchmark
 # those genes' real change by the 90 % intervals (CD14 Mono 0.90-0.94, CD4 T 0.87-0.88); here, on one thread:
 # CD14 Mono 0.130 and 0.97, CD4 T 0.042 and 0.90. The thresholds leave room for the seed spread.
 MEASURED = {"CD14 Mono": dict(margin=0.08, coverage=(0.85, 0.99)), "CD4 T": dict(margin=0.025, coverage=(0.83, 0.96))}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
