@@ -75,7 +75,7 @@ def _model_matrix(model: SCVAE, adata: AnnData) -> Any:
 @torch.no_grad()
 def _posterior_mean(model: SCVAE, x: Any, codes: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Posterior mean of z for ``rows`` of ``x`` (encoded with their own labels)."""
-    device = next(model.module.parameters()).device
+    device = model.device
     model.module.eval()
     out = []
     for start in range(0, len(rows), batch_size):
@@ -99,7 +99,7 @@ def _decode(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draws from p(x | z, c, l) and the decoder's expected frequencies (count likelihoods) or mean."""
-    device = next(model.module.parameters()).device
+    device = model.device
     gen = torch.Generator(device=device).manual_seed(seed)
     model.module.eval()
     draws, expected = [], []

@@ -272,6 +272,7 @@ def change_intervals(pred, real_stim=None, real_ctrl=None, *, n_genes: int = 30,
     """
     import matplotlib.pyplot as plt
     import numpy as np
+    import pandas as pd
 
     from .data import InputError
 
@@ -285,14 +286,20 @@ def change_intervals(pred, real_stim=None, real_ctrl=None, *, n_genes: int = 30,
     var = pred.var.copy()
     var.index = var.index.astype(str)
     real = None
-    if real_stim is not None:
-        from .tl import evaluate_perturbation
+    if real_stim is not None:  # the real change as evaluate_perturbation computes it (over pred's genes)
+        from .tl import gene_means, top_changed_genes
 
-        means = evaluate_perturbation(pred, real_stim, real_ctrl, n_top=1, top_genes=[var.index[0]])["means"]
-        real = (means["real"] - means["control"]).set_axis(var.index)
-    if genes is None:
-        key = (real if real is not None else var["change"]).abs()
-        genes = list(key.sort_values(ascending=False, kind="stable").index[:n_genes])
+        names = list(var.index)
+        for what, cells in (("real_stim", real_stim), ("real_ctrl", real_ctrl)):
+            absent = [g for g in names if g not in cells.var_names]
+            if absent:
+                raise InputError(f"{what} lacks {len(absent)} of the predicted genes (e.g. {absent[:5]})")
+        means = pd.DataFrame({"real": gene_means(real_stim[:, names]), "control": gene_means(real_ctrl[:, names])})
+        real = means["real"] - means["control"]
+    if genes is None and real is not None:
+        genes = top_changed_genes(means, n_genes)
+    elif genes is None:
+        genes = list(var["change"].abs().sort_values(ascending=False, kind="stable").index[:n_genes])
     else:
         genes = [str(g) for g in genes]
         absent = [g for g in genes if g not in var.index]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scvae"
@@ -113,7 +114,7 @@ def test_the_checker_sees_upward_and_function_level_imports(tmp_path, monkeypatc
     fake.mkdir()
     (fake / "data.py").write_text("def f():\n    from .model import _build\n")
     (fake / "model.py").write_text("from . import data\n")
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     graph = imports()
     assert graph == {"data": {"model"}, "model": {"data"}}
     import pytest

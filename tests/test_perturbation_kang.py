@@ -103,4 +103,6 @@ def test_interval_plot(held_out):
     del plain.var["change_lower"]
     with pytest.raises(InputError, match="interval=0.9"):
         scvae.pl.change_intervals(plain)
+    with pytest.raises(InputError, match="real_stim lacks 5 of the predicted genes"):
+        scvae.pl.change_intervals(pred, held_out["stim"][:, 5:], held_out["ctrl"])
     plt.close("all")
