@@ -146,7 +146,7 @@ def child(mode: str, path: str, limit_gb: float, epochs: int, seed: int, cgroup:
             model = scvae.model.fit(
                 adata, batch_key="batch", max_epochs=epochs, seed=seed, progress_bar=False, early_stopping=False
             )
-            train_cells = round(adata.n_obs * (1 - model.config["validation_size"]))
+            train_cells = round(adata.n_obs * (1 - model.settings.validation_size))
             loop = starts[-1] - starts[0]
             rows = np.random.default_rng(seed).choice(adata.n_obs, min(20_000, adata.n_obs), replace=False)
             result.update(

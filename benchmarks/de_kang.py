@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             f"# Differential expression, stimulated vs control {args.cell_type} (Kang et al. 2018)",
             "",
             f"{cells.n_obs} cells ({(cells.obs['condition'] == 'stimulated').sum()} stimulated), {cells.n_vars} genes; "
-            f"model: NB VAE on all {adata.n_obs} cells, {model.config['epochs_trained']} epochs ({fit_s:.0f} s), "
+            f"model: NB VAE on all {adata.n_obs} cells, {model.record.epochs_trained} epochs ({fit_s:.0f} s), "
             f"seed {args.seed}; DE with n_samples={args.n_samples}, delta=0.25: {n_de} genes called DE (posterior "
             f"expected FDR ≤ 5 %), {int((df['is_de'] & (df['lfc_mean'] > 0)).sum())} of them up. 'seconds': the DE "
             "call for all genes (scvae) / scanpy's Wilcoxon test.",

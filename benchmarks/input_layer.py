@@ -60,7 +60,7 @@ def ab(x: sp.csr_matrix, codes: np.ndarray, blocks: int, steps: int) -> dict[str
     """Median ms per step with the sparse kernel and with the dense product, alternating blocks of steps."""
     import scvae.nn as N
     from scvae.loaders import make_loader
-    from scvae.module import VAE
+    from scvae.module import VAE, ModuleConfig
 
     n_cat = int(codes.max()) + 1
     loader = make_loader(x, codes, np.arange(x.shape[0]), 128, shuffle=True, seed=0)
@@ -68,7 +68,9 @@ def ab(x: sp.csr_matrix, codes: np.ndarray, blocks: int, steps: int) -> dict[str
 
     def make():
         torch.manual_seed(0)
-        vae = VAE(x.shape[1], n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cat,) if n_cat > 1 else ())
+        vae = VAE(
+            ModuleConfig(x.shape[1], n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cat,) if n_cat > 1 else ())
+        )
         return vae, torch.optim.Adam(vae.parameters(), lr=1e-3, eps=0.01, weight_decay=1e-6, fused=True)
 
     models = {1.0: make(), 0.0: make()}  # max_density: 1 = the sparse kernel, 0 = the dense product

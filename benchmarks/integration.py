@@ -112,7 +112,7 @@ def run_scvae(adata: ad.AnnData, batch_key: str, seed: int, extra: dict | None =
     t0 = time.perf_counter()
     model = scvae.model.fit(a, batch_key=batch_key, seed=seed, progress_bar=False, **(extra or {}))
     seconds = time.perf_counter() - t0
-    return a.obsm["X_scvae"], seconds, int(model.config["epochs_trained"])
+    return a.obsm["X_scvae"], seconds, int(model.record.epochs_trained)
 
 
 def run_scvi(adata: ad.AnnData, batch_key: str, seed: int, **_: object) -> tuple[np.ndarray, float, int]:

@@ -57,7 +57,7 @@ for name in configs:
         t = time.time()
         m = scvae.model.fit(train, seed=seed, progress_bar=False, **configs[name])
         r = heldout_terms(m, held, 1000, seed=100 + seed)
-        rows.append({"config": name, "seed": seed, "epochs": m.config["epochs_trained"], "fit_s": time.time() - t, **r})
+        rows.append({"config": name, "seed": seed, "epochs": m.record.epochs_trained, "fit_s": time.time() - t, **r})
         print(rows[-1], flush=True)
 out = Path(__file__).resolve().parent / "results" / "objectives_kang.csv"
 df = pd.DataFrame(rows)

@@ -75,7 +75,7 @@ def run(seeds: list[int], n_samples: int, max_epochs: int | None, configs: list[
             t0 = time.time()
             model = scvae.model.fit(train, seed=seed, max_epochs=max_epochs, progress_bar=False, **CONFIGS[name])
             fit_s = time.time() - t0
-            row = {"config": name, "seed": seed, "epochs": model.config["epochs_trained"], "fit_s": round(fit_s, 1)}
+            row = {"config": name, "seed": seed, "epochs": model.record.epochs_trained, "fit_s": round(fit_s, 1)}
             row.update(heldout_terms(model, held, n_samples, seed=100 + seed))
             row["knn_acc"] = knn_accuracy(model.get_latent(adata), adata.obs["cell_type"], k=15)
             rows.append(row)

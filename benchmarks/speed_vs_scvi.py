@@ -324,7 +324,7 @@ def run_scvae(spec: dict, train, held, clock) -> dict:
     return {
         "call_s": call_s,
         "peak_rss_mb": peak,
-        "best_epoch": model.config["best_epoch"],
+        "best_epoch": model.record.best_epoch,
         "device": str(device),
         **scores,
         **_gpu_peak(torch),

@@ -86,7 +86,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
     from scvae import kernels as K
     from scvae.loaders import make_loader
-    from scvae.module import VAE
+    from scvae.module import VAE, ModuleConfig
     from scvae.train import TrainSettings, train
 
     n, g = x.shape
@@ -121,7 +121,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
     loader = make_loader(x, codes, np.arange(n), batch_size, shuffle=True, seed=0)
     batches = [b for _, b in zip(range(50), loader)]
-    probe = VAE(g, n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cov,))
+    probe = VAE(ModuleConfig(g, n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cov,)))
     layer = probe.encoder.body.linears[0]
     inputs = [(probe.encoder_input(xb, nz), probe.one_hot(cb)) for xb, cb, nz in batches]
 
@@ -147,7 +147,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
 
     def module() -> VAE:
         torch.manual_seed(0)
-        return VAE(g, n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cov,), dropout=0.1)
+        return VAE(ModuleConfig(g, n_latent=10, n_hidden=128, n_layers=1, n_categories=(n_cov,), dropout=0.1))
 
     def bare() -> float:
         vae = module()

@@ -147,21 +147,20 @@ def cmd_de(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     model = _load(args.model_dir)
-    c = model.config
+    spec, best = model.spec, model.record.best_epoch
     lines = [
         repr(model),
-        f"genes: {len(c['genes'])} (first: {', '.join(c['genes'][:5])})",
-        f"layer: {c.get('layer') or 'X'}",
+        f"genes: {len(spec.genes)} (first: {', '.join(spec.genes[:5])})",
+        f"layer: {spec.layer or 'X'}",
     ]
-    for key, cats in c["categories"].items():
+    for key, cats in spec.categories.items():
         lines.append(f"label {key}: {len(cats)} categories: {', '.join(cats[:10])}{' ...' if len(cats) > 10 else ''}")
-    shown = {k: v for k, v in c.items() if k not in ("genes", "categories")}
-    lines.append("settings: " + json.dumps(shown))
-    if not model.history.empty:
-        last = model.history.iloc[c.get("best_epoch", len(model.history)) - 1]
+    lines.append("settings: " + json.dumps(model.summary()))
+    if not model.history.empty and best > 0:
+        last = model.history.iloc[best - 1]
         elbo = last.get("elbo_validation", last.get("elbo_train"))
-        which = "best validation ELBO" if c.get("early_stopping") else "final"
-        lines.append(f"weights kept: epoch {c.get('best_epoch')}, {which} (ELBO per cell {elbo:.2f})")
+        which = "best validation ELBO" if model.settings and model.settings.early_stopping else "final"
+        lines.append(f"weights kept: epoch {best}, {which} (ELBO per cell {elbo:.2f})")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, check_positive_int, log_normalize, obs_column
+from .data import InputError, check_int, check_positive_int, log_normalize, obs_column
 from .loaders import to_dense_float
 
 logger = logging.getLogger(__name__)
@@ -129,10 +129,7 @@ def balanced_indices(
     -------
     The control and the stimulated indices, each a dict {cell type: indices}, and the number per group.
     """
-    if n_per_type is not None and (
-        isinstance(n_per_type, bool) or not isinstance(n_per_type, (int, np.integer)) or n_per_type < 1
-    ):
-        raise InputError(f"n_per_type must be a positive integer or None, got {n_per_type!r}")
+    check_int("n_per_type", n_per_type, optional=True)
     groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=exclude, min_cells=min_cells)
     smallest = min(min(len(c), len(s)) for c, s in groups.values())
     n = int(n_per_type) if n_per_type is not None else smallest

@@ -6,7 +6,9 @@ Nothing here writes to the AnnData it is given. A backed (on-disk) matrix is rea
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,42 @@ class InputError(ValueError):
     """Raised when the AnnData or an argument cannot be used as given; the message says what to do."""
 
 
+def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False) -> int | None:
+    """``value`` as an int, or an :class:`InputError` naming ``name`` unless it is an integer >= ``minimum``
+    (not a bool; None too when ``optional``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+        raise InputError(f"{name} must be {kind}{' or None' if optional else ''}, got {value!r}")
+    return int(value)
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """``value`` as an int, or an :class:`InputError` naming ``name`` unless it is an integer >= 1 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_int(name, value, 1)  # type: ignore[return-value]
+
+
+def check_number(
+    name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, strict: bool = False
+) -> float:
+    """``value`` as a float, or an :class:`InputError` naming ``name`` unless it is a real number (not a bool or
+    NaN) in [low, high) (``strict``: (low, high))."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not real or math.isnan(value) or not (value > low if strict else value >= low) or not value < high:
+        if math.isinf(high):
+            span = f"{'>' if strict else '>='} {low:g}"
+        else:
+            span = f"in {'(' if strict else '['}{low:g}, {high:g})"
+        raise InputError(f"{name} must be a number {span}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, options: Sequence[str]) -> str:
+    """``value``, or an :class:`InputError` naming ``name`` unless it is one of ``options``."""
+    if value not in options:
+        raise InputError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return str(value)
 
 
 # -- matrices ------------------------------------------------------------------------------------------------
@@ -237,6 +270,30 @@ def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "
             f"(e.g. {owner}.obs[{key!r}] = {owner}.obs[{key!r}].astype(str), which makes them a category 'nan')"
         )
     return col
+
+
+@dataclass
+class DataSpec:
+    """What a model reads from AnnData, saved with it (nothing is registered on ``adata``): its genes in order,
+    the layer that holds the data (None: ``adata.X``), and the labels it is conditioned on with their category
+    orders; ``batch_key`` and ``condition_key`` say which of the labels play those parts."""
+
+    genes: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    layer: str | None = None
+    batch_key: str | None = None
+    condition_key: str | None = None
+    covariate_keys: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """Where the data are, as the user would write it in an error message."""
+        return "adata.X" if self.layer is None else f"adata.layers[{self.layer!r}]"
+
+    def index(self, key: str | None) -> int | None:
+        """Position of label ``key`` among the labels, or None when the model has no such label."""
+        keys = list(self.categories)
+        return keys.index(key) if key in keys else None
 
 
 # -- splits --------------------------------------------------------------------------------------------------

@@ -230,11 +230,11 @@ def differential_expression(
 
     x, codes = model.read(adata)
     decode = [codes]
-    batch_key = model.config.get("batch_key")
+    batch_key = model.spec.batch_key
     if batch_correction:
         if batch_key is None:
             raise InputError("batch_correction=True needs a model fitted with batch_key")
-        j = model.encoder.keys.index(batch_key)
+        j = model.labels.keys.index(batch_key)
         present = np.unique(codes[in1 | in2, j])
         decode = []
         for b in present:

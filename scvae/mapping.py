@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
-from typing import Any
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -31,12 +30,10 @@ from .data import (
     get_matrix,
     obs_column,
     refuse_view,
-    split_indices,
 )
-from .loaders import make_loaders
-from .model import SCVAE, build_module, uns_record
 from .module import VAE
-from .train import TrainSettings, cuda_devices, default_max_epochs, home_device, train
+from .train import Runtime, TrainSettings, default_max_epochs, fit_module, home_device
+from .trained import SCVAE, TrainingRecord, write_latent
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +72,7 @@ def map_query(
         The trained reference, conditioned on at least one label (fit with ``batch_key``).
     query
         Cells × genes with the model's genes (any order; extra genes are ignored), raw counts for count
-        likelihoods, and every ``obs`` column the model is conditioned on (``model.encoder.keys``), without
+        likelihoods, and every ``obs`` column the model is conditioned on (``model.labels.keys``), without
         missing values.
     max_epochs
         Default: about 3 million cell passes of the query, between 20 and 400 epochs; early stopping usually ends
@@ -97,9 +94,9 @@ def map_query(
 
     Returns
     -------
-    A new :class:`~scvae.model.SCVAE` that embeds reference and query cells. Its config holds the extended
-    categories and ``mapped_from`` (the reference's categories and training record, the new categories per label,
-    the query training settings); its ``history`` is the query training.
+    A new :class:`~scvae.model.SCVAE` that embeds reference and query cells. Its ``spec`` holds the extended
+    categories, its ``settings`` and ``history`` the query training, and ``record.mapped_from`` the reference's
+    categories, training settings and record, and the new categories per label.
 
     Examples
     --------
@@ -112,7 +109,7 @@ def map_query(
     if not isinstance(query, AnnData):
         raise InputError(f"query must be an AnnData object, got {type(query).__name__}; e.g. sc.read_h5ad(path)")
     refuse_view(query, "query")
-    keys = model.encoder.keys
+    keys = model.labels.keys
     if not keys:
         raise InputError(
             "the reference model is conditioned on no labels, so there is no batch to map the query onto; fit the "
@@ -127,68 +124,52 @@ def map_query(
         )
     for key in keys:
         obs_column(query, key, owner="query")  # every query cell needs a label
-    get_matrix(query, model.config.get("layer"))  # a clear error for a missing layer before the genes
+    get_matrix(query, model.spec.layer)  # a clear error for a missing layer before the genes
     align_genes(query, model.genes)
     if max_epochs is not None:
-        max_epochs = check_positive_int("max_epochs", max_epochs)
-    batch_size = check_positive_int("batch_size", batch_size)
-    patience = check_positive_int("patience", patience)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise InputError(f"lr must be a positive number, got {lr!r}")
-    if not 0 <= validation_size < 1:
-        raise InputError(f"validation_size must be in [0, 1), got {validation_size!r}")
+        check_positive_int("max_epochs", max_epochs)
+    n = query.n_obs
+    settings = TrainSettings(
+        max_epochs=max_epochs or default_max_epochs(n),
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=0.0,  # Adam's decay would move frozen entries of partly trainable weights
+        beta=model.settings.beta if model.settings is not None else 1.0,
+        kl_warmup_epochs=0,  # the reference is trained: no warm-up
+        early_stopping=True,
+        patience=patience,
+        validation_size=validation_size,
+        seed=seed,
+    )
 
-    ref_categories = copy.deepcopy(model.config["categories"])
+    ref_categories = copy.deepcopy(model.spec.categories)
     seen = CategoryEncoder.fit(query, keys).categories
     new_categories = {k: [c for c in seen[k] if c not in set(ref_categories[k])] for k in keys}
     new_categories = {k: v for k, v in new_categories.items() if v}
 
-    config = copy.deepcopy(model.config)
-    for key, cats in new_categories.items():
-        config["categories"][key] = ref_categories[key] + cats
+    spec = replace(model.spec, categories={k: ref_categories[k] + new_categories.get(k, []) for k in keys})
     # The reference's label classifiers served its training only; the query's new entries are learnt without them.
-    config["adversarial_weight"] = 0.0
+    config = replace(
+        model.module.config,
+        n_categories=[len(v) for v in spec.categories.values()],
+        adversarial_weight=0.0,
+        adversarial_indices=[],
+    )
     ref_state = {
         k: v.detach().cpu().clone()
         for k, v in model.module.state_dict().items()
         if not k.startswith("label_classifiers.")
     }
     with torch.random.fork_rng(devices=[]):  # its random initial weights are all overwritten; spare the caller's RNG
-        module = build_module(config)
-    masks = _transplant(
-        ref_state, module, [len(v) for v in ref_categories.values()], [len(v) for v in config["categories"].values()]
-    )
+        module = VAE(config)
+    masks = _transplant(ref_state, module, [len(v) for v in ref_categories.values()], config.n_categories)
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    mapped = SCVAE(module, config)
-    x, codes = mapped.read(query)  # genes aligned and validated for the likelihood; codes in the new layout
+    x, codes = SCVAE(module, spec).read(query)  # genes aligned and validated for the likelihood; new code layout
 
-    n = query.n_obs
-    max_epochs = max_epochs or default_max_epochs(n)
-    val_size = validation_size if n * validation_size >= 3 else 0.0
-    train_idx, val_idx = split_indices(n, val_size, seed)
-    record: dict[str, Any] = {
-        "reference_categories": ref_categories,
-        "query_categories": new_categories,
-        "reference_epochs_trained": int(model.config.get("epochs_trained", 0)),
-        "reference_best_epoch": int(model.config.get("best_epoch", 0)),
-        "n_query_cells": int(n),
-        "max_epochs": int(max_epochs),
-        "lr": float(lr),
-        "batch_size": int(min(batch_size, max(len(train_idx), 1))),
-        "validation_size": float(val_size),
-        "patience": int(patience),
-        "seed": int(seed),
-    }
-    if "mapped_from" in model.config:  # a model mapped before: keep that record too
-        record["previous"] = copy.deepcopy(model.config["mapped_from"])
-
-    history: list[dict[str, float]] = []
-    best_epoch = 0
+    history, best_epoch = pd.DataFrame(), 0
     if not masks:
         logger.info("the query has no categories the reference has not seen: nothing to train; embedding it as is")
     else:
-        if len(train_idx) < 3:
-            raise InputError(f"query has {n} cells; at least a handful are needed to learn its new categories")
         logger.info(
             "mapping %d query cells; new categories: %s; training %d of %d weights",
             n,
@@ -196,22 +177,9 @@ def map_query(
             sum(int(m.sum()) for m in masks.values()),
             sum(p.numel() for p in module.parameters()),
         )
-        history, best_epoch = _train_new_entries(
-            module,
-            masks,
-            x,
-            codes,
-            train_idx,
-            val_idx,
-            record["batch_size"],
-            max_epochs,
-            lr,
-            patience,
-            float(config.get("beta", 1.0)),
-            seed,
-            progress_bar,
-            accelerator,
-            config,
+        runtime = Runtime(accelerator=accelerator, devices=1, progress_bar=progress_bar)
+        module, settings, history, best_epoch = fit_module(
+            lambda rows: module, x, codes, settings, runtime, trainable=masks, owner="query"
         )
         moved = _restore_reference(module, initial, masks)
         if moved:  # cannot happen with zero gradients and no weight decay; kept exact regardless
@@ -219,16 +187,22 @@ def map_query(
     module.eval()
     module.to(home_device(accelerator))
 
-    hist = pd.DataFrame(history)
-    config["epochs_trained"] = len(hist)
-    config["best_epoch"] = int(best_epoch)
-    config["mapped_from"] = record
-    mapped = SCVAE(module, config, hist)
-    latent = mapped.get_latent(query)  # raises before anything is written if the weights are not usable
-
-    query.obsm[key_added] = latent
-    query.uns["scvae"] = uns_record(config, hist, key_added)
-    logger.info("mapped the query (%d epochs, best %d); wrote query.obsm[%r]", len(hist), best_epoch, key_added)
+    record = TrainingRecord(
+        epochs_trained=len(history),
+        best_epoch=best_epoch,
+        mapped_from={
+            "reference_categories": ref_categories,
+            "query_categories": new_categories,
+            "reference_epochs_trained": model.record.epochs_trained,
+            "reference_best_epoch": model.record.best_epoch,
+            "reference_settings": None if model.settings is None else asdict(model.settings),
+            "n_query_cells": int(n),
+            **({"previous": copy.deepcopy(model.record.mapped_from)} if model.record.mapped_from else {}),
+        },
+    )
+    mapped = SCVAE(module, spec, settings, record, history)
+    write_latent(mapped, query, key_added)
+    logger.info("mapped the query (%d epochs, best %d); wrote query.obsm[%r]", len(history), best_epoch, key_added)
     return mapped
 
 
@@ -292,57 +266,3 @@ def _restore_reference(module: VAE, initial: dict[str, torch.Tensor], masks: dic
                 moved += n
                 value.copy_(torch.where(changed, start, value))
     return moved
-
-
-def _train_new_entries(
-    module: VAE,
-    masks: dict[str, torch.Tensor],
-    x: Any,
-    codes: np.ndarray,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    batch_size: int,
-    max_epochs: int,
-    lr: float,
-    patience: int,
-    beta: float,
-    seed: int,
-    progress_bar: bool,
-    accelerator: str,
-    config: dict[str, Any],
-) -> tuple[list[dict[str, float]], int]:
-    """Train only the entries of ``masks`` (gradient masks, everything else frozen), batch norm in eval mode."""
-    handles = []
-    for name, p in module.named_parameters():
-        if name in masks:
-            p.requires_grad_(True)
-            handles.append(p.register_hook(lambda g, m=masks[name]: g.masked_fill(~m.to(g.device), 0.0)))
-        else:
-            p.requires_grad_(False)
-    module.freeze_batchnorm = True
-    module.train()
-    try:
-        with torch.random.fork_rng(devices=cuda_devices(accelerator)), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*in eval mode.*")  # the frozen batch norm, on purpose
-            torch.manual_seed(seed)
-            train_loader, val_loader = make_loaders(x, codes, train_idx, val_idx, batch_size, seed=seed)
-            settings = TrainSettings(
-                max_epochs=max_epochs,
-                lr=lr,
-                weight_decay=0.0,  # Adam's decay would move frozen entries of partly trainable weights
-                beta=beta,
-                kl_warmup_steps=0,  # the reference is trained: no warm-up
-                early_stopping=True,
-                patience=patience,
-                progress_bar=progress_bar,
-            )
-            history, best = train(
-                module, train_loader, val_loader, settings, accelerator=accelerator, devices=1, config=config
-            )
-    finally:
-        for h in handles:
-            h.remove()
-        for p in module.parameters():
-            p.requires_grad_(True)
-        module.freeze_batchnorm = False
-    return history, int(best.best_epoch)

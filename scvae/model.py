@@ -1,15 +1,11 @@
-"""The AnnData-facing API: ``fit`` trains a model and writes its latent space into ``adata.obsm``; the returned
-:class:`SCVAE` embeds, decodes and samples new AnnData with the same genes, and saves to / loads from a folder.
-
-Nothing is registered on ``adata``: everything the model needs to read new data (gene names, label columns and
-their category orders, the layer) is kept in the model itself.
-"""
+"""Training: :func:`fit` trains a (conditional) VAE on an AnnData, writes its latent space into ``adata.obsm`` and
+returns the trained :class:`~scvae.trained.SCVAE`, which :func:`load` reads back from disk."""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,299 +15,17 @@ import torch
 from anndata import AnnData
 
 from . import distributions as D
-from .data import (
-    CategoryEncoder,
-    InputError,
-    align_genes,
-    check_positive_int,
-    get_matrix,
-    refuse_view,
-    split_indices,
-    validate_matrix,
-)
-from .loaders import make_loaders, to_dense_float
+from .data import CategoryEncoder, DataSpec, InputError, check_positive_int, get_matrix, refuse_view, validate_matrix
+from .loaders import to_dense_float
 from .module import VAE
-from .train import (
-    TrainSettings,
-    cuda_devices,
-    default_lr,
-    default_max_epochs,
-    home_device,
-    read_checkpoint,
-    train,
-)
-from .version import __version__
+from .train import Runtime, TrainSettings, default_lr, default_max_epochs, fit_module, read_checkpoint
+from .trained import SCVAE, TrainingRecord, load, module_config, write_latent
+
+__all__ = ["SCVAE", "fit", "load"]
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.pt"
-CONFIG_FILE = "scvae.json"
-FORMAT_VERSION = 1
-
-# Module settings, saved with the model and used to rebuild it.
 DEFAULT_ADVERSARIAL_WEIGHT = 3.0  # with batch_key or condition_key: benchmarks/results/integration_ablation.md
-
-_ARCH_KEYS = (
-    "n_latent",
-    "n_hidden",
-    "n_layers",
-    "likelihood",
-    "encode_covariates",
-    "dispersion",
-    "dropout",
-    "norm",
-    "prior",
-    "n_pseudo_inputs",
-    "objective",
-    "n_importance",
-    "adversarial_weight",
-)
-
-
-class SCVAE:
-    """A trained (conditional) VAE and what it needs to read AnnData: genes, labels and their categories.
-
-    Create one with :func:`scvae.model.fit` or :func:`scvae.model.load`."""
-
-    def __init__(self, module: VAE, config: dict[str, Any], history: pd.DataFrame | None = None) -> None:
-        self.module = module
-        self.config = config
-        self.history = history if history is not None else pd.DataFrame()
-        self.encoder = CategoryEncoder(config["categories"])
-
-    # -- description ---------------------------------------------------------------------------------------
-    @property
-    def genes(self) -> list[str]:
-        return self.config["genes"]
-
-    @property
-    def likelihood(self) -> str:
-        return self.config["likelihood"]
-
-    def __repr__(self) -> str:
-        c = self.config
-        labels = ", ".join(f"{k} ({len(v)})" for k, v in c["categories"].items()) or "none"
-        return (
-            f"SCVAE: {c['likelihood']} likelihood, {len(c['genes'])} genes, latent {c['n_latent']}, "
-            f"{c['n_layers']}×{c['n_hidden']} hidden; labels: {labels}; trained {c.get('epochs_trained', 0)} "
-            "epochs"
-        )
-
-    # -- reading AnnData -------------------------------------------------------------------------------------
-    def read(self, adata: AnnData, overrides: dict[str, str] | None = None) -> tuple[Any, np.ndarray]:
-        """The model's genes of ``adata``, in the model's order and validated for its likelihood, and the label
-        codes of every cell (``overrides``: {label: category} to encode every cell with)."""
-        layer = self.config.get("layer")
-        x = get_matrix(adata, layer)
-        idx = align_genes(adata, self.genes)
-        if idx is not None and adata.isbacked:
-            raise InputError(
-                "adata is backed (on disk) and its genes are not the model's, in the model's order; selecting genes "
-                "would read the whole matrix. Load the model's genes into memory first: "
-                "adata = adata[:, model.genes].to_memory()"
-            )
-        if idx is not None:
-            x = x[:, idx]
-        validate_matrix(
-            x,
-            self.likelihood,
-            counts=self.module.counts,
-            where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
-        )
-        codes = self.encoder.encode(adata, overrides)
-        return x, codes
-
-    @property
-    def device(self) -> torch.device:
-        """Where the network's weights are."""
-        return next(self.module.parameters()).device
-
-    def batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Consecutive minibatches of ``read``'s matrix and codes, as tensors on the model's device."""
-        device = self.device
-        for start in range(0, x.shape[0], batch_size):
-            rows = slice(start, start + batch_size)
-            xb = torch.from_numpy(to_dense_float(x, rows)).to(device)
-            yield xb, torch.from_numpy(codes[rows]).to(device)
-
-    def _transform_overrides(self, transform_batch: str | dict[str, str] | None) -> dict[str, str] | None:
-        if transform_batch is None or isinstance(transform_batch, dict):
-            return transform_batch
-        batch_key = self.config.get("batch_key")
-        if batch_key is None:
-            raise InputError(
-                "transform_batch given as a single category, but the model has no batch_key; pass a dict "
-                f"{{key: category}} with a key of {self.encoder.keys or 'its labels (it has none)'}"
-            )
-        return {batch_key: transform_batch}
-
-    # -- outputs ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def get_latent(
-        self, adata: AnnData, *, give_mean: bool = True, batch_size: int = 1024, seed: int = 0
-    ) -> np.ndarray:
-        """Latent representation of every cell of ``adata`` (cells × n_latent).
-
-        ``give_mean=True`` returns the posterior mean; otherwise one draw from q(z | x), seeded by ``seed``."""
-        x, codes = self.read(adata)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.module.eval()
-        # written into one array made up front: no pile of small per-batch arrays between the large temporaries
-        z = np.empty((x.shape[0], self.module.n_latent), dtype=np.float32)
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
-            mean, logvar = self.module.inference(xb, cb)
-            if not give_mean:
-                eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
-                mean = mean + torch.exp(0.5 * logvar) * eps
-            z[start : start + len(mean)] = mean.cpu().numpy()
-        _refuse_nonfinite(z, "latent representation")
-        return z
-
-    @torch.no_grad()
-    def get_normalized_expression(
-        self,
-        adata: AnnData,
-        *,
-        transform_batch: str | dict[str, str] | None = None,
-        library_size: float = 1.0,
-        n_samples: int = 1,
-        batch_size: int = 1024,
-        seed: int = 0,
-        return_numpy: bool = False,
-    ) -> pd.DataFrame | np.ndarray:
-        """Denoised expression of every cell: the decoder's mean, from the posterior mean of z (``n_samples=1``)
-        or averaged over ``n_samples`` draws of z.
-
-        For count likelihoods this is the expected frequency of each gene times ``library_size`` (1: rows sum
-        to 1; 1e4: comparable to ``sc.pp.normalize_total``). For ``gaussian`` it is the mean, for ``bernoulli``
-        the probability of detection.
-
-        ``transform_batch`` decodes every cell as if it came from another batch or condition (counterfactual):
-        a category of ``batch_key``, or a dict ``{obs key: category}`` for any label the model is conditioned on.
-        The encoder still sees each cell's own labels.
-        """
-        n_samples = check_positive_int("n_samples", n_samples)
-        x, codes = self.read(adata)
-        decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.module.eval()
-        expr = np.empty(x.shape, dtype=np.float32)  # filled batch by batch: no second copy from concatenating
-        device = self.device
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
-            db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
-            mean, logvar = self.module.inference(xb, cb)
-            acc = torch.zeros(xb.shape, device=device)
-            for _ in range(n_samples):
-                z = mean
-                if n_samples > 1:
-                    eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
-                    z = mean + torch.exp(0.5 * logvar) * eps
-                params = self.module.generative(z, db)
-                if self.module.counts:
-                    acc += params["rho"] * library_size
-                else:
-                    acc += D.mean(self.likelihood, params)
-            expr[start : start + len(acc)] = (acc / n_samples).cpu().numpy()
-        _refuse_nonfinite(expr, "normalized expression")
-        if return_numpy:
-            return expr
-        return pd.DataFrame(expr, index=adata.obs_names.copy(), columns=pd.Index(self.genes))
-
-    @torch.no_grad()
-    def sample(
-        self,
-        adata: AnnData,
-        *,
-        n_samples: int = 1,
-        transform_batch: str | dict[str, str] | None = None,
-        batch_size: int = 1024,
-        seed: int = 0,
-    ) -> np.ndarray:
-        """Posterior predictive samples: z ~ q(z | x), then x' ~ p(x | z) with each cell's own library size.
-
-        Returns cells × genes (``n_samples=1``) or n_samples × cells × genes."""
-        n_samples = check_positive_int("n_samples", n_samples)
-        x, codes = self.read(adata)
-        decode_codes = self.encoder.encode(adata, self._transform_overrides(transform_batch))
-        device = self.device
-        gen = torch.Generator(device=device).manual_seed(seed)
-        self.module.eval()
-        draws = np.zeros((n_samples, x.shape[0], x.shape[1]), dtype=np.float32)
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
-            db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
-            mean, logvar = self.module.inference(xb, cb)
-            for s in range(n_samples):
-                eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
-                params = self.module.generative(mean + torch.exp(0.5 * logvar) * eps, db, self.module.library(xb))
-                draws[s, start : start + xb.shape[0]] = D.sample(self.likelihood, params, gen).cpu().numpy()
-        return draws[0] if n_samples == 1 else draws
-
-    # -- persistence -----------------------------------------------------------------------------------------
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Write the model to folder ``path``: weights (``model.pt``, tensors only) and ``scvae.json`` (version,
-        settings, genes, category orders, training history)."""
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace the model there")
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, path / WEIGHTS_FILE)
-        doc = {
-            "format_version": FORMAT_VERSION,
-            "scvae_version": __version__,
-            "config": self.config,
-            "history": self.history.to_dict(orient="list"),
-        }
-        (path / CONFIG_FILE).write_text(json.dumps(doc, indent=1))
-
-
-def _refuse_nonfinite(values: np.ndarray, what: str) -> None:
-    if not np.isfinite(values).all():
-        raise FloatingPointError(
-            f"the model produced NaN/inf in the {what}; its weights are not usable (training diverged?). "
-            "Retrain with a lower lr, and check that the data are what the likelihood expects"
-        )
-
-
-def build_module(config: dict[str, Any]) -> VAE:
-    keys = list(config["categories"])
-    batch_key = config.get("batch_key")
-    removed = [config.get("batch_key"), config.get("condition_key")]  # what the adversaries take out of z
-    return VAE(
-        len(config["genes"]),
-        n_categories=[len(v) for v in config["categories"].values()],
-        batch_index=keys.index(batch_key) if batch_key in keys else None,
-        adversarial_indices=[keys.index(k) for k in removed if k in keys],
-        **{k: config[k] for k in _ARCH_KEYS if k in config},  # models saved before a key existed: its default
-    )
-
-
-def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
-    """Load a model saved with :meth:`SCVAE.save`. Only tensors are read (``weights_only``): no pickled
-    objects are ever executed."""
-    path = Path(path)
-    cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
-    if not cfg_file.is_file() or not w_file.is_file():
-        raise FileNotFoundError(f"{path} is not a saved scvae model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        doc = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{cfg_file} is not valid JSON (truncated or edited?): {err}") from err
-    if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{cfg_file} has format version {doc.get('format_version') if isinstance(doc, dict) else None}; "
-            f"this scvae ({__version__}) reads version {FORMAT_VERSION}. Load it with the scvae version that "
-            "saved it, or retrain"
-        )
-    config = doc["config"]
-    module = build_module(config)
-    try:
-        state = torch.load(w_file, map_location=map_location, weights_only=True)
-        module.load_state_dict(state)
-    except Exception as err:  # noqa: BLE001 - any failure here means the file is not ours or is damaged
-        raise InputError(f"{w_file} could not be read as this model's weights (truncated or tampered?): {err}") from err
-    module.eval()
-    return SCVAE(module, config, pd.DataFrame(doc.get("history", {})))
 
 
 def fit(
@@ -384,7 +98,7 @@ def fit(
     encode_covariates, dropout, norm
         Give the labels to the encoder; dropout rate; ``"batch"``, ``"layer"`` or ``"none"`` normalisation.
     adversarial_weight
-        Weight of adversarial label classifiers on the latent space (see :class:`scvae.module.VAE`): for
+        Weight of adversarial label classifiers on the latent space (see :class:`scvae.module.ModuleConfig`): for
         ``batch_key`` and ``condition_key`` each, a small network learns to tell the label from z while the
         encoder learns to defeat it, so z keeps less of the batch and of the condition (which still reach the
         decoder). Default (None): 3 when either key is given, else 0 (none); 0 turns it off. Covariates are
@@ -454,7 +168,9 @@ def fit(
 
     Returns
     -------
-    The trained :class:`SCVAE`; ``model.history`` holds per-epoch ELBO, reconstruction and KL (per cell).
+    The trained :class:`SCVAE`: ``model.history`` holds per-epoch ELBO, reconstruction and KL (per cell); the
+    settings are ``model.spec`` (data), ``model.module.config`` (architecture) and ``model.settings`` (training),
+    each checked once where it is declared and saved with the weights.
 
     Examples
     --------
@@ -464,171 +180,97 @@ def fit(
     """
     if not isinstance(adata, AnnData):
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}; e.g. adata = sc.read_h5ad(path)")
-    if likelihood not in D.LIKELIHOODS:
-        raise InputError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
-    for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("batch_size", batch_size)):
-        check_positive_int(name, value)
-    if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 0:
-        raise InputError(f"n_layers must be a non-negative integer, got {n_layers!r}")
-    if max_epochs is not None:
-        check_positive_int("max_epochs", max_epochs)
-    if objective not in ("elbo", "iwae"):
-        raise InputError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
-    if prior not in ("normal", "vamp"):
-        raise InputError(f"prior must be 'normal' or 'vamp', got {prior!r}")
-    check_positive_int("n_importance", n_importance)
-    check_positive_int("n_pseudo_inputs", n_pseudo_inputs)
-    if kl_warmup_steps is not None and (
-        isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, (int, np.integer)) or kl_warmup_steps < 0
-    ):
-        raise InputError(f"kl_warmup_steps must be a non-negative integer, got {kl_warmup_steps!r}")
-    if not 0 <= validation_size < 1:
-        raise InputError(f"validation_size must be in [0, 1), got {validation_size!r}")
-    if lr is None:
-        lr = default_lr(likelihood)
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
-        raise InputError(f"lr must be a positive number, got {lr!r}")
-    if data_on_device not in (None, True, False):
-        raise InputError(
-            f"data_on_device must be True, False or None (decide by free GPU memory), got {data_on_device!r}"
-        )
     refuse_view(adata)
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]
     keys = [k for k in (batch_key, condition_key, *(covariate_keys or [])) if k is not None]
     if len(set(keys)) != len(keys):
         raise InputError(f"batch_key, condition_key and covariate_keys must be different columns, got {keys}")
-    if dispersion == "gene-batch" and batch_key is None:
-        raise InputError("dispersion='gene-batch' needs batch_key")
-    removable = batch_key is not None or condition_key is not None
-    if adversarial_weight is None:
-        adversarial_weight = DEFAULT_ADVERSARIAL_WEIGHT if removable else 0.0
-    if isinstance(adversarial_weight, bool) or not (
-        isinstance(adversarial_weight, (int, float)) and adversarial_weight >= 0
-    ):
-        raise InputError(f"adversarial_weight must be a number >= 0, got {adversarial_weight!r}")
-    if adversarial_weight > 0 and not removable:
-        raise InputError(
-            "adversarial_weight > 0 needs batch_key or condition_key: its classifiers learn to tell those labels"
-        )
-
-    x = get_matrix(adata, layer)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    validate_matrix(x, likelihood, counts=likelihood in D.COUNT_LIKELIHOODS, where=where)
     if not pd.Index(adata.var_names).is_unique:
         raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
-    encoder = CategoryEncoder.fit(adata, keys)
-    codes = encoder.encode(adata)
-    if condition_key is not None and len(encoder.categories[condition_key]) < 2:
+    labels = CategoryEncoder.fit(adata, keys)
+    if condition_key is not None and len(labels.categories[condition_key]) < 2:
         raise InputError(
-            f"adata.obs[{condition_key!r}] has a single category ({encoder.categories[condition_key]}); a condition "
+            f"adata.obs[{condition_key!r}] has a single category ({labels.categories[condition_key]}); a condition "
             "needs at least two (e.g. control and stimulated). Pass it as a covariate or drop condition_key"
         )
+    spec = DataSpec(
+        genes=[str(g) for g in adata.var_names],
+        categories=labels.categories,
+        layer=layer,
+        batch_key=batch_key,
+        condition_key=condition_key,
+        covariate_keys=list(covariate_keys or []),
+    )
+    if adversarial_weight is None:
+        adversarial_weight = DEFAULT_ADVERSARIAL_WEIGHT if batch_key or condition_key else 0.0
+    arch = module_config(
+        spec,
+        n_latent=n_latent,
+        n_hidden=n_hidden,
+        n_layers=n_layers,
+        likelihood=likelihood,
+        dispersion=dispersion,
+        encode_covariates=encode_covariates,
+        dropout=dropout,
+        norm=norm,
+        prior=prior,
+        n_pseudo_inputs=n_pseudo_inputs,
+        objective=objective,
+        n_importance=n_importance,
+        adversarial_weight=adversarial_weight,
+    )
+    if max_epochs is not None:
+        check_positive_int("max_epochs", max_epochs)
+    max_epochs = max_epochs or default_max_epochs(adata.n_obs)
+    settings = TrainSettings(
+        max_epochs=max_epochs,
+        lr=default_lr(likelihood) if lr is None else lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        beta=beta,
+        kl_warmup_epochs=min(max_epochs // 4, 50) if kl_warmup_epochs is None else kl_warmup_epochs,
+        kl_warmup_steps=kl_warmup_steps,
+        early_stopping=early_stopping,
+        patience=patience,
+        validation_size=validation_size,
+        seed=seed,
+    )
     if resume and checkpoint_dir is None:
         raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
+    runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir)
     if batch_size > adata.n_obs:
         raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
 
-    n = adata.n_obs
-    max_epochs = max_epochs or default_max_epochs(n)
-    warmup_given = kl_warmup_epochs is not None
-    if kl_warmup_epochs is None:
-        kl_warmup_epochs = min(max_epochs // 4, 50)
-    val_size = validation_size if n * validation_size >= 3 else 0.0
-    train_idx, val_idx = split_indices(n, val_size, seed)
-    if len(train_idx) < 3:
-        raise InputError(f"adata has {n} cells; at least a handful are needed to train")
-    batch_size = min(batch_size, len(train_idx))
+    x = get_matrix(adata, layer)
+    validate_matrix(x, likelihood, counts=likelihood in D.COUNT_LIKELIHOODS, where=spec.where)
+    codes = labels.encode(adata)
 
-    config: dict[str, Any] = {
-        "genes": [str(g) for g in adata.var_names],
-        "categories": encoder.categories,
-        "layer": layer,
-        "batch_key": batch_key,
-        "condition_key": condition_key,
-        "covariate_keys": list(covariate_keys or []),
-        "n_latent": int(n_latent),
-        "n_hidden": int(n_hidden),
-        "n_layers": int(n_layers),
-        "likelihood": likelihood,
-        "encode_covariates": bool(encode_covariates),
-        "adversarial_weight": float(adversarial_weight),
-        "dispersion": dispersion,
-        "dropout": float(dropout),
-        "norm": norm,
-        "max_epochs": int(max_epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "beta": float(beta),
-        "kl_warmup_epochs": int(kl_warmup_epochs),
-        "kl_warmup_steps": None if kl_warmup_steps is None else int(kl_warmup_steps),
-        "objective": objective,
-        "n_importance": int(n_importance),
-        "prior": prior,
-        "n_pseudo_inputs": int(n_pseudo_inputs),
-        "validation_size": float(val_size),
-        "early_stopping": bool(early_stopping),
-        "patience": int(patience),
-        "seed": int(seed),
-    }
-
-    checkpoint = None
+    fingerprint = {"data": asdict(spec), "module": asdict(arch), "training": asdict(settings)}
     if resume:
-        checkpoint = read_checkpoint(checkpoint_dir)
-        if not warmup_given:  # the default depends on max_epochs, which may differ when resuming
-            config["kl_warmup_epochs"] = kl_warmup_epochs = checkpoint["config"]["kl_warmup_epochs"]
-        _check_checkpoint_matches(checkpoint, config, checkpoint_dir)
-    start_epoch = checkpoint["epoch"] if checkpoint else 0
+        runtime.resume = read_checkpoint(checkpoint_dir)
+        if kl_warmup_epochs is None:  # the default depends on max_epochs, which may differ when resuming
+            saved = runtime.resume.get("config", {}).get("training", {})
+            settings.kl_warmup_epochs = saved.get("kl_warmup_epochs", settings.kl_warmup_epochs)
+            fingerprint["training"] = asdict(settings)
+        _check_checkpoint_matches(runtime.resume, fingerprint, checkpoint_dir)
 
-    with torch.random.fork_rng(devices=cuda_devices(accelerator)):
-        torch.manual_seed(seed + start_epoch)
-        module = build_module(config)
-        if prior == "vamp":  # pseudo-inputs start as random training cells (seeded)
+    def make_module(train_rows: Any) -> VAE:
+        module = VAE(arch)
+        if arch.prior == "vamp":  # pseudo-inputs start as random training cells (seeded)
             rows = np.random.default_rng(seed).choice(
-                train_idx, n_pseudo_inputs, replace=len(train_idx) < n_pseudo_inputs
+                train_rows, arch.n_pseudo_inputs, replace=len(train_rows) < arch.n_pseudo_inputs
             )
             module.init_pseudo_inputs(torch.from_numpy(to_dense_float(x, rows)))
-        if checkpoint:
-            module.load_state_dict(checkpoint["module"])
-        train_loader, val_loader = make_loaders(x, codes, train_idx, val_idx, batch_size, seed=seed + start_epoch)
-        settings = TrainSettings(
-            max_epochs=max_epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            beta=beta,
-            kl_warmup_steps=kl_warmup_steps or 0,
-            kl_warmup_epochs=kl_warmup_epochs if kl_warmup_steps is None else None,
-            early_stopping=early_stopping,
-            patience=patience,
-            data_on_device=data_on_device,
-            progress_bar=progress_bar,
-            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-            resume=checkpoint,
-        )
-        history, best = train(
-            module,
-            train_loader,
-            val_loader,
-            settings,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            config=config,
-        )
-    module.eval()
-    module.to(home_device(accelerator))
+        return module
 
-    hist = pd.DataFrame(history)
-    config["epochs_trained"] = len(hist)
-    config["best_epoch"] = int(best.best_epoch)
-    model = SCVAE(module, config, hist)
-    latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
-
-    adata.obsm[key_added] = latent
-    adata.uns["scvae"] = uns_record(config, hist, key_added)
+    module, settings, history, best_epoch = fit_module(
+        make_module, x, codes, settings, runtime, fingerprint=fingerprint
+    )
+    model = SCVAE(module, spec, settings, TrainingRecord(len(history), best_epoch), history)
+    write_latent(model, adata, key_added)
     logger.info(
-        "trained %d epochs (weights of epoch %d kept); wrote adata.obsm[%r]", len(hist), best.best_epoch, key_added
+        "trained %d epochs (weights of epoch %d kept); wrote adata.obsm[%r]", len(history), best_epoch, key_added
     )
     return model
 
@@ -637,25 +279,17 @@ def fit(
 _RESUMABLE = ("max_epochs", "early_stopping", "patience")
 
 
-def _check_checkpoint_matches(checkpoint: dict[str, Any], config: dict[str, Any], checkpoint_dir: Any) -> None:
+def _check_checkpoint_matches(checkpoint: dict[str, Any], fingerprint: dict[str, Any], checkpoint_dir: Any) -> None:
     saved = checkpoint.get("config", {})
-    differ = sorted(k for k in set(saved) | set(config) if k not in _RESUMABLE and saved.get(k) != config.get(k))
+    differ = sorted(
+        f"{part}.{k}" if part != "training" else k
+        for part in set(saved) | set(fingerprint)
+        for k in set(saved.get(part, {})) | set(fingerprint.get(part, {}))
+        if not (part == "training" and k in _RESUMABLE)
+        and saved.get(part, {}).get(k) != fingerprint.get(part, {}).get(k)
+    )
     if differ:
         raise InputError(
             f"the checkpoint in {checkpoint_dir} was made with other data or settings ({', '.join(differ)} differ); "
             "resume with the same adata and arguments, or start a new run in an empty checkpoint_dir"
         )
-
-
-def uns_record(config: dict[str, Any], hist: pd.DataFrame, key_added: str) -> dict[str, Any]:
-    """The run's settings in a form AnnData can write to .h5ad (no None, no nested category lists)."""
-    record: dict[str, Any] = {"version": __version__, "key_added": key_added}
-    for k, v in config.items():
-        if k in ("genes", "categories") or v is None or v == []:
-            continue
-        record[k] = v
-    record["n_genes"] = len(config["genes"])
-    for col in ("elbo_train", "elbo_validation"):
-        if col in hist:
-            record[col] = float(hist[col].iloc[config["best_epoch"] - 1])
-    return record

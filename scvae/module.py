@@ -23,123 +23,133 @@ Other objectives and priors (see :mod:`scvae.objectives` and :mod:`scvae.priors`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import distributions as D
+from .data import InputError, check_choice, check_int, check_number
 from .kernels import Entries, log_nb_softmax_sum
-from .nn import MLP, GaussianEncoder
+from .nn import MLP, NORMS, GaussianEncoder
 from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal
 
 DISPERSIONS = ("gene", "gene-batch")
 OBJECTIVES = ("elbo", "iwae")
 
 
-class VAE(nn.Module):
-    """A (conditional) VAE with a likelihood chosen from :data:`scvae.distributions.LIKELIHOODS`.
+@dataclass
+class ModuleConfig:
+    """Everything that defines a :class:`VAE`'s architecture and default objective, checked once here and saved
+    with the weights (``dataclasses.asdict``). The names are those of :func:`scvae.model.fit`'s arguments.
 
-    Parameters
-    ----------
     n_genes
         Number of input features.
+    n_categories, batch_index
+        Number of categories of each conditioning label, in order (empty: an unconditional VAE), and the position
+        of the batch label among them (None without one).
     n_latent, n_hidden, n_layers
         Latent dimension, width and depth of encoder and decoder.
     likelihood
-        ``"nb"``, ``"zinb"``, ``"poisson"``, ``"gaussian"`` or ``"bernoulli"``.
-    n_categories
-        Number of categories of each conditioning label, in order; empty for an unconditional VAE.
-    encode_covariates
-        Feed the labels to the encoder too (they always go to every decoder layer).
+        One of :data:`scvae.distributions.LIKELIHOODS`.
     dispersion
-        ``"gene"``: one NB inverse dispersion per gene; ``"gene-batch"``: one per gene and category of the
-        batch label.
-    batch_index
-        Position of the batch label among the labels (``n_categories``), or None without one.
-    prior
-        ``"normal"`` (N(0, I), closed-form KL) or ``"vamp"`` (VampPrior with ``n_pseudo_inputs`` components,
+        ``"gene"``: one NB inverse dispersion per gene; ``"gene-batch"``: one per gene and batch category.
+    encode_covariates
+        Feed the labels to the encoder too (they always reach every decoder layer).
+    dropout, norm
+        Dropout rate and normalisation (``"batch"``, ``"layer"`` or ``"none"``) of the hidden layers.
+    prior, n_pseudo_inputs
+        ``"normal"`` (N(0, I), closed-form KL) or ``"vamp"`` (a VampPrior with ``n_pseudo_inputs`` components,
         Monte Carlo KL; see :mod:`scvae.priors`).
     objective, n_importance
-        Default training objective used by :meth:`loss`: ``"elbo"`` or ``"iwae"``, with ``n_importance``
-        samples of z per cell.
+        Training objective of :meth:`VAE.loss`: ``"elbo"`` or ``"iwae"``, with ``n_importance`` samples per cell.
     adversarial_weight, adversarial_indices
-        Weight of adversarial label classifiers on z (0: none), one for each label at ``adversarial_indices``
-        (positions in ``n_categories``, e.g. the batch and the condition). Each, a small MLP, learns to tell its
-        label from the sampled z while, through a gradient-reversal layer (Ganin & Lempitsky 2015), the encoder
-        learns to defeat it: the loss adds ``adversarial_weight`` × the sum of their cross-entropies, which the
-        classifiers minimise and the encoder maximises. The labels still reach the decoder, so what z sheds of
-        them the decoder puts back from the label itself.
+        Weight of the adversarial label classifiers on z (0: none), one for each label at ``adversarial_indices``
+        (positions in ``n_categories``: the batch and the condition). Each, a small MLP, learns to tell its label
+        from the sampled z while, through a gradient-reversal layer (Ganin & Lempitsky 2015), the encoder learns to
+        defeat it; the labels still reach the decoder, which puts back from them what z sheds.
     """
 
-    def __init__(
-        self,
-        n_genes: int,
-        *,
-        n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        likelihood: str = "nb",
-        n_categories: tuple[int, ...] | list[int] = (),
-        encode_covariates: bool = True,
-        dispersion: str = "gene",
-        batch_index: int | None = None,
-        dropout: float = 0.1,
-        norm: str = "batch",
-        prior: str = "normal",
-        n_pseudo_inputs: int = 100,
-        objective: str = "elbo",
-        n_importance: int = 1,
-        adversarial_weight: float = 0.0,
-        adversarial_indices: tuple[int, ...] | list[int] = (),
-    ) -> None:
+    n_genes: int
+    n_categories: list[int] = field(default_factory=list)
+    batch_index: int | None = None
+    n_latent: int = 10
+    n_hidden: int = 128
+    n_layers: int = 1
+    likelihood: str = "nb"
+    dispersion: str = "gene"
+    encode_covariates: bool = True
+    dropout: float = 0.1
+    norm: str = "batch"
+    prior: str = "normal"
+    n_pseudo_inputs: int = 100
+    objective: str = "elbo"
+    n_importance: int = 1
+    adversarial_weight: float = 0.0
+    adversarial_indices: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.n_genes = check_int("n_genes", self.n_genes, 1)
+        self.n_categories = [check_int("n_categories", k, 1) for k in self.n_categories]
+        self.n_latent = check_int("n_latent", self.n_latent, 1)
+        self.n_hidden = check_int("n_hidden", self.n_hidden, 1)
+        self.n_layers = check_int("n_layers", self.n_layers, 0)
+        self.likelihood = check_choice("likelihood", self.likelihood, D.LIKELIHOODS)
+        self.dispersion = check_choice("dispersion", self.dispersion, DISPERSIONS)
+        self.encode_covariates = bool(self.encode_covariates)
+        self.dropout = check_number("dropout", self.dropout, low=0.0, high=1.0)
+        self.norm = check_choice("norm", self.norm, NORMS)
+        self.prior = check_choice("prior", self.prior, PRIORS)
+        self.n_pseudo_inputs = check_int("n_pseudo_inputs", self.n_pseudo_inputs, 1)
+        self.objective = check_choice("objective", self.objective, OBJECTIVES)
+        self.n_importance = check_int("n_importance", self.n_importance, 1)
+        self.adversarial_weight = check_number("adversarial_weight", self.adversarial_weight, low=0.0)
+        if self.batch_index is not None and not 0 <= self.batch_index < len(self.n_categories):
+            raise InputError(f"batch_index {self.batch_index} must index the {len(self.n_categories)} labels")
+        if self.dispersion == "gene-batch" and self.batch_index is None:
+            raise InputError("dispersion='gene-batch' needs batch_key: a batch label to learn a dispersion for")
+        indices = [int(i) for i in self.adversarial_indices]
+        if any(not 0 <= i < len(self.n_categories) for i in indices):
+            raise InputError(f"adversarial_indices {indices} must index the {len(self.n_categories)} labels")
+        if self.adversarial_weight > 0 and not indices:
+            raise InputError(
+                "adversarial_weight > 0 needs batch_key or condition_key: its classifiers learn to tell those labels"
+            )
+        self.adversarial_indices = indices if self.adversarial_weight > 0 else []
+
+
+class VAE(nn.Module):
+    """A (conditional) VAE built from a :class:`ModuleConfig`."""
+
+    def __init__(self, config: ModuleConfig) -> None:
         super().__init__()
-        if prior not in PRIORS:
-            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if int(n_importance) < 1:
-            raise ValueError(f"n_importance must be a positive integer, got {n_importance!r}")
-        if likelihood not in D.LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {D.LIKELIHOODS}, got {likelihood!r}")
-        if dispersion not in DISPERSIONS:
-            raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {dispersion!r}")
-        if dispersion == "gene-batch" and batch_index is None:
-            raise ValueError("dispersion='gene-batch' needs a batch label (batch_key)")
-        if not adversarial_weight >= 0:
-            raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight!r}")
-        adversarial_indices = tuple(int(i) for i in adversarial_indices)
-        if adversarial_weight > 0 and not adversarial_indices:
-            raise ValueError("adversarial_weight > 0 needs labels to remove (adversarial_indices)")
-        if any(not 0 <= i < len(n_categories) for i in adversarial_indices):
-            raise ValueError(f"adversarial_indices {adversarial_indices} must index the {len(n_categories)} labels")
-        self.n_genes, self.n_latent, self.likelihood = n_genes, n_latent, likelihood
-        self.n_categories = tuple(int(k) for k in n_categories)
-        self.encode_covariates = encode_covariates
-        self.dispersion, self.batch_index = dispersion, batch_index
-        self.adversarial_weight = float(adversarial_weight)
-        self.adversarial_indices = adversarial_indices if self.adversarial_weight > 0 else ()
+        self.config = c = config
+        self.n_genes, self.n_latent, self.likelihood = c.n_genes, c.n_latent, c.likelihood
+        self.n_categories = tuple(c.n_categories)
+        self.encode_covariates, self.dispersion, self.batch_index = c.encode_covariates, c.dispersion, c.batch_index
+        self.prior, self.objective, self.n_importance = c.prior, c.objective, c.n_importance
+        self.adversarial_weight, self.adversarial_indices = c.adversarial_weight, tuple(c.adversarial_indices)
         n_cov = sum(self.n_categories)
-        mlp = dict(dropout=dropout, norm=norm)
+        mlp = dict(dropout=c.dropout, norm=c.norm)
 
         self.encoder = GaussianEncoder(
-            n_genes, n_latent, n_hidden, n_layers, n_cov=n_cov if encode_covariates else 0, **mlp
+            c.n_genes, c.n_latent, c.n_hidden, c.n_layers, n_cov=n_cov if c.encode_covariates else 0, **mlp
         )
-        self.decoder = MLP(n_latent, n_hidden, n_layers, n_cov=n_cov, inject_all=True, **mlp)
-        self.head = nn.Linear(self.decoder.n_out, n_genes)
-        if likelihood == "zinb":
-            self.zi_head = nn.Linear(self.decoder.n_out, n_genes)
-        if likelihood in ("nb", "zinb"):
-            rows = self.n_categories[batch_index] if dispersion == "gene-batch" else 1
-            self.log_theta = nn.Parameter(torch.zeros(rows, n_genes))
-        if likelihood == "gaussian":
-            self.log_var = nn.Parameter(torch.zeros(n_genes))
-        self.prior, self.objective, self.n_importance = prior, objective, int(n_importance)
-        if prior == "vamp":
-            self.vamp = VampPrior(int(n_pseudo_inputs), n_genes)
+        self.decoder = MLP(c.n_latent, c.n_hidden, c.n_layers, n_cov=n_cov, inject_all=True, **mlp)
+        self.head = nn.Linear(self.decoder.n_out, c.n_genes)
+        if c.likelihood == "zinb":
+            self.zi_head = nn.Linear(self.decoder.n_out, c.n_genes)
+        if c.likelihood in ("nb", "zinb"):
+            rows = self.n_categories[c.batch_index] if c.dispersion == "gene-batch" else 1
+            self.log_theta = nn.Parameter(torch.zeros(rows, c.n_genes))
+        if c.likelihood == "gaussian":
+            self.log_var = nn.Parameter(torch.zeros(c.n_genes))
+        if c.prior == "vamp":
+            self.vamp = VampPrior(c.n_pseudo_inputs, c.n_genes)
         if self.adversarial_indices:
             self.label_classifiers = nn.ModuleList(
-                nn.Sequential(nn.Linear(n_latent, 32), nn.ReLU(), nn.Linear(32, self.n_categories[i]))
+                nn.Sequential(nn.Linear(c.n_latent, 32), nn.ReLU(), nn.Linear(32, self.n_categories[i]))
                 for i in self.adversarial_indices
             )
         # When set, train() leaves every batch-norm layer in evaluation mode: its running statistics do not move

@@ -24,10 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
-from . import distributions as D
 from .conditions import (
     UNS_KEY,
     balanced_indices,
@@ -35,12 +33,11 @@ from .conditions import (
     check_inputs,
     linear_shift,
     mean_expression,
-    neighbour_shift,
     transport_displacements,
     type_groups,
 )
-from .data import InputError, align_genes, check_positive_int, get_matrix
-from .loaders import to_dense_float
+from .data import InputError, check_choice, check_int, check_number, check_positive_int
+from .latent import decode, model_matrix, posterior_means, transported_shift
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -59,59 +56,6 @@ __all__ = [
     "transport_displacements",
     "type_groups",
 ]
-
-
-# -- the model side ---------------------------------------------------------------------------------------------
-def _model_matrix(model: SCVAE, adata: AnnData) -> Any:
-    """The model's genes of ``adata``, in the model's order (the layer the model was trained on)."""
-    x = get_matrix(adata, model.config.get("layer"))
-    try:
-        idx = align_genes(adata, model.genes)
-    except InputError as err:
-        raise InputError(f"adata's genes do not match the model's: {err}") from err
-    return x if idx is None else x[:, idx]
-
-
-@torch.no_grad()
-def _posterior_mean(model: SCVAE, x: Any, codes: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """Posterior mean of z for ``rows`` of ``x`` (encoded with their own labels)."""
-    device = model.device
-    model.module.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        r = rows[start : start + batch_size]
-        xb = torch.from_numpy(to_dense_float(x, r)).to(device)
-        mean, _ = model.module.inference(xb, torch.from_numpy(codes[r]).to(device))
-        out.append(mean.cpu())
-    z = torch.cat(out).numpy() if out else np.zeros((0, model.module.n_latent), dtype=np.float32)
-    if not np.isfinite(z).all():
-        raise FloatingPointError("the model produced NaN/inf latent values; its weights are not usable")
-    return z
-
-
-@torch.no_grad()
-def _decode(
-    model: SCVAE,
-    z: np.ndarray,
-    codes: np.ndarray,
-    library: np.ndarray | None,
-    batch_size: int,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draws from p(x | z, c, l) and the decoder's expected frequencies (count likelihoods) or mean."""
-    device = model.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    model.module.eval()
-    draws, expected = [], []
-    for start in range(0, len(z), batch_size):
-        sl = slice(start, start + batch_size)
-        zb = torch.from_numpy(np.ascontiguousarray(z[sl], dtype=np.float32)).to(device)
-        cb = torch.from_numpy(codes[sl]).to(device)
-        lib = None if library is None else torch.from_numpy(library[sl, None].astype(np.float32)).to(device)
-        params = model.module.generative(zb, cb, lib)
-        draws.append(D.sample(model.likelihood, params, gen).cpu())
-        expected.append((params["rho"] if model.module.counts else D.mean(model.likelihood, params)).cpu())
-    return torch.cat(draws).numpy(), torch.cat(expected).numpy()
 
 
 def predict_perturbation(
@@ -207,16 +151,12 @@ def predict_perturbation(
     >>> pred = model.predict_perturbation(train, condition_key="condition", control="control",
     ...                                   stimulated="stimulated", cell_type_key="cell_type", target="CD4 T")
     """
-    if method not in METHODS:
-        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     check_positive_int("n_neighbors", n_neighbors)
     check_positive_int("interval_genes", interval_genes)
-    if interval is not None and (
-        isinstance(interval, bool) or not isinstance(interval, (float, int, np.floating)) or not 0 < interval < 1
-    ):
-        raise InputError(f"interval must be a level between 0 and 1 (e.g. 0.9) or None, got {interval!r}")
-    if n_cells is not None and (isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < 1):
-        raise InputError(f"n_cells must be a positive integer or None, got {n_cells!r}")
+    if interval is not None:
+        check_number("interval (a level, e.g. 0.9, or None)", interval, low=0.0, high=1.0, strict=True)
+    check_int("n_cells", n_cells, optional=True)
     control, stimulated, target = str(control), str(stimulated), str(target)
     cond, types = check_inputs(
         adata,
@@ -227,16 +167,16 @@ def predict_perturbation(
         target=target,
         min_cells=min_cells,
     )
-    model_cond_key = model.config.get("condition_key")
-    conditioned = condition_key in model.encoder.keys
+    model_cond_key = model.spec.condition_key
+    conditioned = condition_key in model.labels.keys
     if method == "counterfactual" and not conditioned:
         raise InputError(
             f"method='counterfactual' needs a model conditioned on {condition_key!r} (the model's labels: "
-            f"{model.encoder.keys or 'none'}); train one with scvae.model.fit(..., condition_key={condition_key!r}) "
+            f"{model.labels.keys or 'none'}); train one with scvae.model.fit(..., condition_key={condition_key!r}) "
             "or use method='delta'"
         )
     if conditioned:
-        known = model.encoder.categories[condition_key]
+        known = model.labels.categories[condition_key]
         for name, value in (("control", control), ("stimulated", stimulated)):
             if value not in known:
                 raise InputError(f"{name}={value!r} is not a category the model knows for {condition_key!r}: {known}")
@@ -244,11 +184,11 @@ def predict_perturbation(
         logger.info(
             "the model is conditioned on %r as a %s label",
             condition_key,
-            "batch" if model.config.get("batch_key") == condition_key else "covariate",
+            "batch" if model.spec.batch_key == condition_key else "covariate",
         )
 
-    x = _model_matrix(model, adata)
-    codes = model.encoder.encode(adata)
+    x = model_matrix(model, adata)
+    codes = model.labels.encode(adata)
     rng = np.random.default_rng(seed)
     source = np.flatnonzero((types == target) & (cond == control))
     if n_cells is not None:  # every control cell used equally often, the remainder drawn without replacement
@@ -267,7 +207,7 @@ def predict_perturbation(
         "likelihood": model.likelihood,
         "seed": int(seed),
     }
-    z = _posterior_mean(model, x, codes, source, batch_size)
+    z = posterior_means(model, x, codes, source, batch_size)
     if method == "delta":
         ctrl_idx, stim_idx, n = balanced_indices(
             cond,
@@ -279,8 +219,8 @@ def predict_perturbation(
             min_cells=min_cells,
             seed=seed,
         )
-        z_ctrl = _posterior_mean(model, x, codes, np.concatenate(list(ctrl_idx.values())), batch_size)
-        z_stim = _posterior_mean(model, x, codes, np.concatenate(list(stim_idx.values())), batch_size)
+        z_ctrl = posterior_means(model, x, codes, np.concatenate(list(ctrl_idx.values())), batch_size)
+        z_stim = posterior_means(model, x, codes, np.concatenate(list(stim_idx.values())), batch_size)
         delta = z_stim.mean(0) - z_ctrl.mean(0)
         z = z + delta[None, :]
         record.update(
@@ -293,7 +233,7 @@ def predict_perturbation(
             "δ from %d cell types × %d cells per condition (|δ| = %.3f)", len(ctrl_idx), n, record["delta_norm"]
         )
     elif method == "transport":
-        z = z + _transported(
+        z = z + transported_shift(
             model,
             x,
             codes,
@@ -314,12 +254,12 @@ def predict_perturbation(
 
     decode_codes = codes[source].copy()
     if conditioned:
-        j = model.encoder.keys.index(condition_key)
-        decode_codes[:, j] = model.encoder.categories[condition_key].index(stimulated)
+        j = model.labels.keys.index(condition_key)
+        decode_codes[:, j] = model.labels.categories[condition_key].index(stimulated)
     library = None
     if model.module.counts:
         library = np.asarray(x[source].sum(axis=1), dtype=np.float64).ravel()
-    counts, expected = _decode(model, z, decode_codes, library, batch_size, seed)
+    counts, expected = decode(model, z, decode_codes, library, batch_size, seed)
     record["decoded_with_stimulated_label"] = bool(conditioned)
 
     obs = adata.obs.iloc[source].copy()
@@ -425,7 +365,7 @@ def change_intervals(
             f"cell types besides {target!r} with {min_cells} or more cells in both {control!r} and {stimulated!r} "
             f"(found {len(groups)}: {list(groups)}); use interval=None or lower min_cells"
         )
-    x = _model_matrix(model, adata)
+    x = model_matrix(model, adata)
     counts = model.module.counts
     controls = {t: mean_expression(x, c, counts=counts) for t, (c, _) in groups.items()}
     real = np.stack([mean_expression(x, s, counts=counts) - controls[t] for t, (_, s) in groups.items()])
@@ -452,44 +392,3 @@ def change_intervals(
     logger.info("interval calibrated on %d cell types: scaled-error quantiles %s", len(groups), quantiles)
     record = {"level": level, "quantile": q, "type_quantiles": quantiles, "n_genes": int(n_genes)}
     return q * interval_scale(real), record
-
-
-def _transported(
-    model: SCVAE,
-    x: Any,
-    codes: np.ndarray,
-    cond: np.ndarray,
-    types: np.ndarray,
-    z_target: np.ndarray,
-    *,
-    control: str,
-    stimulated: str,
-    target: str,
-    min_cells: int,
-    n_neighbors: int,
-    seed: int,
-    batch_size: int,
-    record: dict[str, Any],
-) -> np.ndarray:
-    """Displacement of every target control cell for ``method="transport"`` (see :func:`predict_perturbation`)."""
-    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
-    anchors, moves = [], []
-    for i, (ctrl, stim) in enumerate(groups.values()):
-        a, d = transport_displacements(
-            _posterior_mean(model, x, codes, ctrl, batch_size),
-            _posterior_mean(model, x, codes, stim, batch_size),
-            seed=seed + i,
-        )
-        anchors.append(a)
-        moves.append(d)
-    shift, k = neighbour_shift(np.vstack(anchors), np.vstack(moves), z_target, n_neighbors)
-    record.update(
-        cell_types=list(groups),
-        n_pairs={t: int(len(a)) for t, a in zip(groups, anchors)},
-        n_neighbors=int(k),
-        mean_shift=[float(v) for v in shift.mean(0)],
-    )
-    logger.info(
-        "transport from %d cell types (%d paired cells), %d neighbours per cell", len(groups), sum(map(len, anchors)), k
-    )
-    return shift.astype(np.float32)

@@ -29,7 +29,7 @@ def history(model: SCVAE, ax=None):
         a.set_title(title)
         a.set_xlabel("epoch")
         a.legend()
-    best = model.config.get("best_epoch")
+    best = model.record.best_epoch
     if best:
         for a in ax:
             a.axvline(best, color="grey", lw=0.8, ls=":")

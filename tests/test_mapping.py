@@ -56,14 +56,14 @@ def _state(model):
 def _assert_reference_part_identical(ref_model, mapped):
     """Every weight and buffer of the mapped model holds the reference's values, bit for bit, in the reference's
     entries (new one-hot columns are the last ones of each label's block; new log_theta rows the last rows)."""
-    old_sizes = [len(v) for v in ref_model.config["categories"].values()]
-    new_sizes = [len(v) for v in mapped.config["categories"].values()]
+    old_sizes = [len(v) for v in ref_model.spec.categories.values()]
+    new_sizes = [len(v) for v in mapped.spec.categories.values()]
     new_off = np.cumsum([0, *new_sizes])
     kept = np.concatenate([new_off[i] + np.arange(k) for i, k in enumerate(old_sizes)])
     old_state, new_state = _state(ref_model), _state(mapped)
     # The reference's adversarial label classifiers (training only) are not carried over to the mapped model.
     old_state = {k: v for k, v in old_state.items() if not k.startswith("label_classifiers.")}
-    assert mapped.config["adversarial_weight"] == 0.0
+    assert mapped.module.config.adversarial_weight == 0.0
     assert set(old_state) == set(new_state)
     widened = []
     for name, old in old_state.items():
@@ -104,7 +104,7 @@ def mapping():
     ref, query = adata[~is_query].copy(), adata[is_query].copy()
     model = scvae.model.fit(ref, batch_key="batch", max_epochs=40, seed=0, progress_bar=False)
     state_before = _state(model)
-    config_before = copy.deepcopy(model.config)
+    config_before = copy.deepcopy(model.summary()) | {"categories": copy.deepcopy(model.spec.categories)}
     z_ref_before = model.get_latent(ref)
     query_unmapped = query.copy()
     query = query[:, ::-1].copy()  # genes in another order
@@ -136,7 +136,7 @@ def test_reference_is_untouched_and_its_latent_space_does_not_move(mapping):
     model, mapped, ref = mapping["model"], mapping["mapped"], mapping["ref"]
     after = _state(model)
     assert all(torch.equal(mapping["state_before"][k], v) for k, v in after.items())
-    assert model.config == mapping["config_before"]
+    assert model.summary() | {"categories": model.spec.categories} == mapping["config_before"]
     np.testing.assert_array_equal(model.get_latent(ref), mapping["z_ref_before"])
     # The mapped model: reference weights and batch-norm statistics bit-identical, only the new columns trained.
     widened = _assert_reference_part_identical(model, mapped)
@@ -153,14 +153,14 @@ def test_reference_is_untouched_and_its_latent_space_does_not_move(mapping):
 
 def test_mapped_model_records_the_mapping_and_trained_the_new_batch(mapping):
     mapped, query = mapping["mapped"], mapping["query"]
-    cats = mapped.config["categories"]["batch"]
+    cats = mapped.spec.categories["batch"]
     assert cats == mapping["config_before"]["categories"]["batch"] + [QUERY_BATCH]
-    rec = mapped.config["mapped_from"]
+    rec = mapped.record.mapped_from
     assert rec["reference_categories"] == mapping["config_before"]["categories"]
     assert rec["query_categories"] == {"batch": [QUERY_BATCH]}
     assert rec["reference_epochs_trained"] == 40 and rec["n_query_cells"] == query.n_obs
     hist = mapped.history
-    assert len(hist) == mapped.config["epochs_trained"] > 0
+    assert len(hist) == mapped.record.epochs_trained > 0
     assert hist["kl_weight"].eq(1.0).all()  # no warm-up
     assert hist["elbo_validation"].max() > hist["elbo_validation"].iloc[0] + 10  # the new columns learned
     assert query.uns["scvae"]["key_added"] == "X_scvae" and "mapped_from" in query.uns["scvae"]
@@ -216,7 +216,7 @@ def test_save_and_load_reproduce_the_query_latent(mapping, tmp_path):
     mapped, query = mapping["mapped"], mapping["query"]
     mapped.save(tmp_path / "mapped")
     loaded = scvae.model.load(tmp_path / "mapped")
-    assert loaded.config == mapped.config
+    assert loaded.summary() == mapped.summary() and loaded.spec == mapped.spec
     z = loaded.get_latent(query)
     if mapped.device.type == "cpu":
         np.testing.assert_array_equal(z, query.obsm["X_scvae"])
@@ -229,8 +229,8 @@ def test_query_without_new_categories_embeds_without_training(mapping):
     model, ref = mapping["model"], mapping["ref"]
     query = ref[ref.obs["batch"] == "CELseq2_3cl"].copy()
     mapped = model.map_query(query, max_epochs=5, progress_bar=False, key_added="X_ref")
-    assert mapped.config["mapped_from"]["query_categories"] == {} and len(mapped.history) == 0
-    assert mapped.config["categories"] == model.config["categories"]
+    assert mapped.record.mapped_from["query_categories"] == {} and len(mapped.history) == 0
+    assert mapped.spec.categories == model.spec.categories
     np.testing.assert_array_equal(query.obsm["X_ref"], model.get_latent(query))
 
 
@@ -273,7 +273,7 @@ def test_every_layer_that_reads_the_labels_is_widened_and_nothing_else_moves(sma
     assert not [r for r in caplog.records if r.name == "scvae.mapping"]  # no reference entry had to be restored
     assert set(_assert_reference_part_identical(model, mapped)) == widened
     expected = {"batch": [QUERY_BATCH]} | ({"tech": ["Drop-seq"]} if "covariate_keys" in settings else {})
-    assert mapped.config["mapped_from"]["query_categories"] == expected
+    assert mapped.record.mapped_from["query_categories"] == expected
     z_ref = mapped.get_latent(ref)
     np.testing.assert_allclose(z_ref, model.get_latent(ref), rtol=0, atol=1e-5)
     assert np.isfinite(query.obsm["X_scvae"]).all()
@@ -315,9 +315,9 @@ def test_bad_input_is_refused_with_a_useful_message(small):
 
 
 def test_frozen_batchnorm_flag_keeps_batch_norm_in_eval_mode_only_when_set():
-    from scvae.module import VAE
+    from scvae.module import VAE, ModuleConfig
 
-    vae = VAE(20, n_categories=[3])
+    vae = VAE(ModuleConfig(20, n_categories=[3]))
     bns = [m for m in vae.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     dropouts = [m for m in vae.modules() if isinstance(m, torch.nn.Dropout)]
     assert bns and dropouts and all(m.training for m in bns)  # default: unchanged behaviour

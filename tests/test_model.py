@@ -1,5 +1,8 @@
 """The AnnData API: fit, latent quality, outputs, persistence, reproducibility and bad input."""
 
+from pathlib import Path
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,7 +67,7 @@ def test_latent_separates_cell_types_at_least_as_well_as_pca(pbmc_model):
 def test_training_improves_the_validation_elbo_and_history_plots(pbmc_model):
     model, _ = pbmc_model
     h = model.history
-    assert h["elbo_validation"].iloc[model.config["best_epoch"] - 1] > h["elbo_validation"].iloc[0] + 50
+    assert h["elbo_validation"].iloc[model.record.best_epoch - 1] > h["elbo_validation"].iloc[0] + 50
     assert np.isclose(h["elbo_train"], h["reconstruction_train"] - h["kl_train"]).all()
     axes = model.plot_history()
     assert len(axes) == 3 and axes[0].get_title().startswith("ELBO")
@@ -104,11 +107,34 @@ def test_load_refuses_damaged_or_foreign_files(pbmc_model, tmp_path):
         scvae.model.load(tmp_path / "m")
     model.save(tmp_path / "v", overwrite=True)
     cfg = tmp_path / "v" / "scvae.json"
-    cfg.write_text(cfg.read_text().replace('"format_version": 1', '"format_version": 99'))
+    text = cfg.read_text()
+    assert '"format_version": 2' in text
+    cfg.write_text(text.replace('"format_version": 2', '"format_version": 99'))
     with pytest.raises(InputError, match="format version 99"):
+        scvae.model.load(tmp_path / "v")
+    cfg.write_text(text.replace('"n_latent"', '"n_latents"'))
+    with pytest.raises(InputError, match="misspells a setting.*n_latents"):
         scvae.model.load(tmp_path / "v")
     with pytest.raises(FileNotFoundError, match="not a saved scvae model"):
         scvae.model.load(tmp_path)
+
+
+def test_a_model_saved_in_format_1_loads_and_embeds_as_it_did(tmp_path):
+    """tests/data/model_format1: a cVAE (batch label, 120 genes) saved by scvae 0.1.0 before the typed settings,
+    with the cells it was trained on and their latent as it computed them."""
+    data = Path(__file__).parent / "data"
+    assert '"format_version": 1' in (data / "model_format1" / "scvae.json").read_text()
+    model = scvae.model.load(data / "model_format1")
+    cells = ad.read_h5ad(data / "model_format1_cells.h5ad")
+    np.testing.assert_allclose(model.get_latent(cells), np.load(data / "model_format1_latent.npy"), rtol=0, atol=1e-6)
+    assert model.spec.batch_key == "batch" and model.spec.categories == {"batch": ["b0", "b1"]}
+    assert model.module.config.adversarial_weight == 3.0 and model.module.config.adversarial_indices == [0]
+    assert model.settings.max_epochs == model.record.epochs_trained == 3 and model.settings.lr == 4e-3
+    assert model.get_normalized_expression(cells, transform_batch="b1").shape == (240, 120)
+    model.save(tmp_path / "resaved")  # and saved again, in today's format
+    again = scvae.model.load(tmp_path / "resaved")
+    assert again.spec == model.spec and again.module.config == model.module.config
+    np.testing.assert_array_equal(again.get_latent(cells), model.get_latent(cells))
 
 
 def test_same_seed_same_latent_and_callers_random_state_untouched(pbmc):
@@ -170,9 +196,9 @@ def test_conditional_model_decodes_counterfactually_and_checks_categories():
     adata = adata[:, :800].copy()
     adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
     model = scvae.model.fit(adata, batch_key="batch", dispersion="gene-batch", max_epochs=15, progress_bar=False)
-    assert model.config["categories"]["batch"] == sorted(adata.obs["batch"].unique())
+    assert model.spec.categories["batch"] == sorted(adata.obs["batch"].unique())
     # a batch key brings the adversarial batch classifier by default; it is recorded and saved with the weights
-    assert model.config["adversarial_weight"] == 3.0 and model.module.adversarial_indices == (0,)
+    assert model.module.config.adversarial_weight == 3.0 and model.module.adversarial_indices == (0,)
     assert adata.uns["scvae"]["adversarial_weight"] == 3.0
     as_drop = model.get_normalized_expression(adata, transform_batch="Dropseq_3cl", return_numpy=True)
     own = model.get_normalized_expression(adata, return_numpy=True)
@@ -278,7 +304,7 @@ def test_anndata_oddities_train_and_leave_adata_unchanged(pbmc, key):
     assert list(a.obs_names[:2]) == ["cell", "cell"]
     assert np.isfinite(a.obsm["X_scvae"]).all()
     names = ["1", "2", "3"] if key == "batch_int" else ["plate1", "plate2", "tiny"]
-    assert model.config["categories"][key] == names  # only the categories present, in their order
+    assert model.spec.categories[key] == names  # only the categories present, in their order
     expr = model.get_normalized_expression(a, transform_batch=names[2])  # the 3-cell batch decodes every cell
     assert expr.shape == (a.n_obs, a.n_vars) and np.isfinite(expr.to_numpy()).all()
     np.testing.assert_array_equal(model.get_latent(a), a.obsm["X_scvae"])
@@ -301,8 +327,8 @@ def test_unknown_batch_and_duplicate_gene_names_fail_with_the_fix(pbmc):
 
 def test_default_training_runs_every_epoch_and_keeps_the_final_weights(pbmc):
     model = scvae.model.fit(pbmc, max_epochs=12, seed=0, progress_bar=False)
-    assert model.config["early_stopping"] is False
-    assert model.config["epochs_trained"] == model.config["best_epoch"] == 12
+    assert model.settings.early_stopping is False
+    assert model.record.epochs_trained == model.record.best_epoch == 12
     # the final weights: the training state of the last epoch, as saved, reproduces the latent written to adata
     np.testing.assert_array_equal(model.get_latent(pbmc), pbmc.obsm["X_scvae"])
     assert pbmc.uns["scvae"]["elbo_validation"] == pytest.approx(model.history["elbo_validation"].iloc[-1])
@@ -315,7 +341,7 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_elbo(pbmc):
     h = model.history
     assert len(h) < 400  # it stopped
     best = int(h["elbo_validation"].to_numpy().argmax()) + 1
-    assert model.config["best_epoch"] == best and len(h) == best + 3
+    assert model.record.best_epoch == best and len(h) == best + 3
     assert pbmc.uns["scvae"]["elbo_validation"] == pytest.approx(h["elbo_validation"].max())
 
 
@@ -335,7 +361,7 @@ def test_adversarial_classifier_mixes_batches_further_on_real_data():
             scvae.metrics.batch_mixing(z, a.obs["batch"], labels=a.obs["cell_type"]),
             knn_accuracy(z, a.obs["cell_type"]),
         )
-        assert model.config["adversarial_weight"] == (0.0 if weight == 0.0 else 3.0)
+        assert model.module.config.adversarial_weight == (0.0 if weight == 0.0 else 3.0)
     # measured: mixing 0.906 without, 0.938 with; 15-NN accuracy 0.981 and 0.979
     assert scores[None][0] > scores[0.0][0] + 0.02, scores
     assert scores[None][1] > scores[0.0][1] - 0.02, scores

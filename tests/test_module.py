@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scvae import distributions as D
-from scvae.module import VAE, kl_normal_standard
+from scvae.module import VAE, ModuleConfig, kl_normal_standard
 
 
 def _counts(n=64, g=30, seed=0):
@@ -35,13 +35,15 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
     codes = torch.stack([torch.arange(64) % k for k in cats], 1) if cats else None
     dispersion = "gene-batch" if cats and likelihood in ("nb", "zinb") else "gene"
     vae = VAE(
-        30,
-        n_latent=3,
-        n_hidden=16,
-        likelihood=likelihood,
-        n_categories=cats,
-        dispersion=dispersion,
-        batch_index=0 if cats else None,
+        ModuleConfig(
+            30,
+            n_latent=3,
+            n_hidden=16,
+            likelihood=likelihood,
+            n_categories=cats,
+            dispersion=dispersion,
+            batch_index=0 if cats else None,
+        )
     )
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
     first = None
@@ -59,7 +61,7 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
 
 
 def test_count_decoder_gives_frequencies_scaled_by_library():
-    vae = VAE(30, n_latent=4, likelihood="nb").eval()
+    vae = VAE(ModuleConfig(30, n_latent=4, likelihood="nb")).eval()
     z, lib = torch.randn(5, 4), torch.tensor([[10.0], [100.0], [1.0], [5.0], [1e4]])
     p = vae.generative(z, None, lib)
     torch.testing.assert_close(p["rho"].sum(-1), torch.ones(5))
@@ -67,7 +69,7 @@ def test_count_decoder_gives_frequencies_scaled_by_library():
 
 
 def test_covariates_reach_the_decoder_and_optionally_not_the_encoder():
-    vae = VAE(30, n_latent=4, n_categories=(2,), encode_covariates=False).eval()
+    vae = VAE(ModuleConfig(30, n_latent=4, n_categories=(2,), encode_covariates=False)).eval()
     x = _counts(4)
     a = vae.inference(x, torch.zeros(4, 1, dtype=torch.long))
     b = vae.inference(x, torch.ones(4, 1, dtype=torch.long))
@@ -76,7 +78,7 @@ def test_covariates_reach_the_decoder_and_optionally_not_the_encoder():
     ra = vae.generative(z, torch.zeros(4, 1, dtype=torch.long))["rho"]
     rb = vae.generative(z, torch.ones(4, 1, dtype=torch.long))["rho"]
     assert not torch.allclose(ra, rb)  # the decoder does
-    with_enc = VAE(30, n_latent=4, n_categories=(2,)).eval()
+    with_enc = VAE(ModuleConfig(30, n_latent=4, n_categories=(2,))).eval()
     assert not torch.allclose(
         with_enc.inference(x, torch.zeros(4, 1, dtype=torch.long))[0],
         with_enc.inference(x, torch.ones(4, 1, dtype=torch.long))[0],
@@ -85,11 +87,11 @@ def test_covariates_reach_the_decoder_and_optionally_not_the_encoder():
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="likelihood"):
-        VAE(10, likelihood="gamma")
+        VAE(ModuleConfig(10, likelihood="gamma"))
     with pytest.raises(ValueError, match="dispersion"):
-        VAE(10, dispersion="cell")
+        VAE(ModuleConfig(10, dispersion="cell"))
     with pytest.raises(ValueError, match="batch"):
-        VAE(10, dispersion="gene-batch")
+        VAE(ModuleConfig(10, dispersion="gene-batch"))
 
 
 @pytest.mark.parametrize("likelihood, dispersion", [("nb", "gene"), ("nb", "gene-batch"), ("poisson", "gene")])
@@ -106,15 +108,17 @@ def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, disper
     nonzero = nonzero[:, torch.argsort(nonzero[0] * 25 + nonzero[1])]
     assert (x[nonzero[0], nonzero[1]] == 0).sum() >= 2
     vae = VAE(
-        25,
-        n_latent=3,
-        n_hidden=16,
-        likelihood=likelihood,
-        n_categories=(3,),
-        dispersion=dispersion,
-        batch_index=0,
-        objective=objective,
-        n_importance=k,
+        ModuleConfig(
+            25,
+            n_latent=3,
+            n_hidden=16,
+            likelihood=likelihood,
+            n_categories=(3,),
+            dispersion=dispersion,
+            batch_index=0,
+            objective=objective,
+            n_importance=k,
+        )
     )
     runs = []
     for nz in (None, nonzero):
@@ -133,7 +137,7 @@ def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, disper
 
 def test_adversarial_loss_reverses_the_gradient_reaching_z():
     torch.manual_seed(0)
-    vae = VAE(30, n_latent=4, n_categories=(3, 2), adversarial_weight=2.0, adversarial_indices=(0, 1))
+    vae = VAE(ModuleConfig(30, n_latent=4, n_categories=(3, 2), adversarial_weight=2.0, adversarial_indices=(0, 1)))
     z = torch.randn(16, 4, requires_grad=True)
     cats = torch.stack([torch.arange(16) % 3, torch.arange(16) % 2], 1)
     vae.adversarial_loss(z, cats).backward()
@@ -155,9 +159,9 @@ def test_adversarial_loss_reverses_the_gradient_reaching_z():
 
 
 def test_adversarial_weight_needs_labels_to_remove():
-    with pytest.raises(ValueError, match="labels to remove"):
-        VAE(30, n_categories=(2,), adversarial_weight=1.0)
+    with pytest.raises(ValueError, match="needs batch_key"):
+        VAE(ModuleConfig(30, n_categories=(2,), adversarial_weight=1.0))
     with pytest.raises(ValueError, match=">= 0"):
-        VAE(30, n_categories=(2,), adversarial_weight=-1.0, adversarial_indices=(0,))
+        VAE(ModuleConfig(30, n_categories=(2,), adversarial_weight=-1.0, adversarial_indices=(0,)))
     with pytest.raises(ValueError, match="must index"):
-        VAE(30, n_categories=(2,), adversarial_weight=1.0, adversarial_indices=(1,))
+        VAE(ModuleConfig(30, n_categories=(2,), adversarial_weight=1.0, adversarial_indices=(1,)))

@@ -85,19 +85,19 @@ def test_a_frozen_input_layer_computes_no_weight_gradient():
 def test_a_module_saved_with_the_old_input_layer_loads_and_encodes_the_same():
     """Weights saved before the input layer existed hold its weight as one nn.Linear matrix, width × (genes +
     covariates): they load into the new layout and give the same latent space."""
-    from scvae.module import VAE
+    from scvae.module import VAE, ModuleConfig
 
     entries, dense = _entries(torch.float32)
     counts = torch.expm1(dense).round()
     counts[:, 0] += 1  # no empty cells
     codes = (torch.arange(30) % 2)[:, None]
-    vae = VAE(50, n_latent=3, n_hidden=16, n_categories=(2,)).eval()
+    vae = VAE(ModuleConfig(50, n_latent=3, n_hidden=16, n_categories=(2,))).eval()
     state = vae.state_dict()
     prefix = "encoder.body.linears.0."
     old = {k: v for k, v in state.items() if not k.startswith(prefix)}
     old[prefix + "weight"] = torch.cat([state[prefix + "genes"].T, state[prefix + "covariates"]], dim=1)
     old[prefix + "bias"] = state[prefix + "bias"]
-    fresh = VAE(50, n_latent=3, n_hidden=16, n_categories=(2,)).eval()
+    fresh = VAE(ModuleConfig(50, n_latent=3, n_hidden=16, n_categories=(2,))).eval()
     fresh.load_state_dict(old)
     for a, b in zip(vae.inference(counts, codes), fresh.inference(counts, codes)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -9,7 +9,7 @@ import torch
 
 import scvae
 from scvae.data import InputError
-from scvae.module import VAE, kl_normal_standard
+from scvae.module import VAE, ModuleConfig, kl_normal_standard
 from scvae.objectives import estimate_log_likelihood, log_likelihood
 from scvae.priors import mixture_log_prob
 
@@ -45,16 +45,18 @@ def _tiny_trained(prior: str) -> tuple[VAE, torch.Tensor]:
     x[:, 0] += 1  # no empty cells
     torch.manual_seed(0)
     vae = VAE(
-        6,
-        n_latent=1,
-        n_hidden=12,
-        likelihood="nb",
-        prior=prior,
-        n_pseudo_inputs=5,
-        dropout=0.0,
-        norm="none",
-        objective="iwae",
-        n_importance=4,
+        ModuleConfig(
+            6,
+            n_latent=1,
+            n_hidden=12,
+            likelihood="nb",
+            prior=prior,
+            n_pseudo_inputs=5,
+            dropout=0.0,
+            norm="none",
+            objective="iwae",
+            n_importance=4,
+        )
     )
     if prior == "vamp":
         vae.init_pseudo_inputs(x[:5])
@@ -109,7 +111,7 @@ def test_mixture_log_prob_is_a_log_mean_exp():
 # -- the module: default path unchanged, objectives ---------------------------------------------------------------
 def test_default_loss_is_the_closed_form_elbo_unchanged():
     torch.manual_seed(0)
-    vae = VAE(20, n_latent=3, n_hidden=8)
+    vae = VAE(ModuleConfig(20, n_latent=3, n_hidden=8))
     x = torch.poisson(torch.rand(16, 20) * 4) + 1
     torch.manual_seed(1)
     out = vae.loss(x, kl_weight=0.5)
@@ -126,7 +128,7 @@ def test_default_loss_is_the_closed_form_elbo_unchanged():
 
 def test_iwae_loss_with_one_sample_is_the_elbo_and_tightens_with_k():
     torch.manual_seed(0)
-    vae = VAE(20, n_latent=3, n_hidden=8, prior="vamp", n_pseudo_inputs=4).eval()
+    vae = VAE(ModuleConfig(20, n_latent=3, n_hidden=8, prior="vamp", n_pseudo_inputs=4)).eval()
     x = torch.poisson(torch.rand(16, 20) * 4) + 1
     torch.manual_seed(2)
     one = vae.loss(x, objective="iwae", n_importance=1)
@@ -139,7 +141,7 @@ def test_iwae_loss_with_one_sample_is_the_elbo_and_tightens_with_k():
 def test_dreg_changes_only_the_encoder_gradient():
     """The doubly reparameterised IWAE gradient: same bound, same decoder gradient, another encoder gradient."""
     torch.manual_seed(0)
-    vae = VAE(20, n_latent=3, n_hidden=8, dropout=0.0, norm="none")
+    vae = VAE(ModuleConfig(20, n_latent=3, n_hidden=8, dropout=0.0, norm="none"))
     x = torch.poisson(torch.rand(16, 20) * 4) + 1
     grads, values = [], []
     for dreg in (False, True):
@@ -214,7 +216,7 @@ def test_vamp_model_save_load_reproduces_latent_and_log_likelihood(pbmc, tmp_pat
     assert model.module.vamp.pseudo_inputs.shape == (10, adata.n_vars)
     model.save(tmp_path / "m")
     loaded = scvae.model.load(tmp_path / "m")
-    assert loaded.config["prior"] == "vamp" and loaded.config["n_pseudo_inputs"] == 10
+    assert loaded.module.config.prior == "vamp" and loaded.module.config.n_pseudo_inputs == 10
     assert loaded.module.objective == "iwae" and loaded.module.n_importance == 2
     np.testing.assert_array_equal(loaded.get_latent(adata), model.get_latent(adata))
     np.testing.assert_array_equal(

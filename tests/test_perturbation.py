@@ -183,7 +183,7 @@ def test_output_structure_and_record(vae, data):
     assert (pred.obs["condition"] == "stimulated").all() and (pred.obs["cell_type"] == TARGET).all()
     assert pred.obs_names.is_unique
     rec = pred.uns["scvae_perturbation"]
-    assert rec["method"] == "delta" and len(rec["delta"]) == vae.config["n_latent"]
+    assert rec["method"] == "delta" and len(rec["delta"]) == vae.module.config.n_latent
     assert np.isfinite(rec["delta"]).all() and rec["delta_norm"] > 0.1
     assert rec["cell_types"] == ["CD14 Mono", "CD4 T"] and rec["target"] == TARGET
     assert rec["n_per_type"] == 354  # the smallest group: stimulated CD14 Mono
@@ -347,8 +347,8 @@ def _with(adata: AnnData, **changes) -> AnnData:
         (dict(method="transport", n_neighbors=0), "n_neighbors must be a positive integer"),
         (dict(method="transport", min_cells=0), "min_cells must be a positive integer"),
         (dict(method="counterfactual"), "needs a model conditioned on 'condition'"),
-        (dict(interval=1.5), "interval must be a level between 0 and 1"),
-        (dict(interval=True), "interval must be a level between 0 and 1"),
+        (dict(interval=1.5), r"interval \(a level.*must be a number in \(0, 1\)"),
+        (dict(interval=True), r"interval \(a level.*must be a number in \(0, 1\)"),
         (dict(interval=0.9, interval_genes=0), "interval_genes must be a positive integer"),
         (dict(interval=0.9), "needs at least 3 cell types besides 'B'"),  # only CD4 T and CD14 Mono here
     ],

@@ -29,13 +29,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(pbmc, tmp_path):
         model = scvae.model.fit(pbmc, max_epochs=2000, progress_bar=False, checkpoint_dir=tmp_path)
     finally:
         timer.cancel()
-    assert 1 <= model.config["epochs_trained"] < 2000
+    assert 1 <= model.record.epochs_trained < 2000
     assert np.isfinite(pbmc.obsm["X_scvae"]).all()
     assert signal.getsignal(signal.SIGINT) is previous  # the caller's handler is back
     # The weights returned are those of the last complete epoch (the final weights, as without an interrupt), as
     # the checkpoint recorded them, not those of the minibatches of the epoch cut short.
     saved = scvae.train.read_checkpoint(tmp_path)
-    assert model.config["best_epoch"] == saved["best_epoch"] >= 1
+    assert model.record.best_epoch == saved["best_epoch"] >= 1
     state = model.module.state_dict()
     assert set(state) == set(saved["best_state"])
     for name, value in saved["best_state"].items():

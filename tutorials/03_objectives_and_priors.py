@@ -60,7 +60,7 @@ for beta in betas:
     m = scvae.model.fit(train, beta=beta, seed=0, max_epochs=EPOCHS, progress_bar=False)
     models[f"β={beta:g}"] = m
     ll, elbo = log_likelihood(m, held, n_samples=K_LL, return_elbo=True)
-    best = m.history.iloc[m.config["best_epoch"] - 1]  # the epoch whose weights were kept
+    best = m.history.iloc[m.record.best_epoch - 1]  # the epoch whose weights were kept
     rows.append(
         {
             "beta": beta,

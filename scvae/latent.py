@@ -1,0 +1,115 @@
+"""The model side of perturbation prediction: the model's genes of an AnnData, posterior means of z for groups of
+cells, decoding latent codes into cells, and the latent shift of ``method="transport"``
+(:func:`scvae.perturbation.predict_perturbation`). Only the model's public core is used."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from . import distributions as D
+from .conditions import neighbour_shift, transport_displacements, type_groups
+from .data import InputError, align_genes, get_matrix
+from .loaders import to_dense_float
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trained import SCVAE
+
+logger = logging.getLogger(__name__)
+
+
+def model_matrix(model: SCVAE, adata: AnnData) -> Any:
+    """The model's genes of ``adata``, in the model's order (the layer the model was trained on)."""
+    x = get_matrix(adata, model.spec.layer)
+    try:
+        idx = align_genes(adata, model.genes)
+    except InputError as err:
+        raise InputError(f"adata's genes do not match the model's: {err}") from err
+    return x if idx is None else x[:, idx]
+
+
+@torch.no_grad()
+def posterior_means(model: SCVAE, x: Any, codes: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """Posterior mean of z for ``rows`` of ``x`` (encoded with their own labels)."""
+    device = model.device
+    model.module.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        r = rows[start : start + batch_size]
+        xb = torch.from_numpy(to_dense_float(x, r)).to(device)
+        mean, _ = model.module.inference(xb, torch.from_numpy(codes[r]).to(device))
+        out.append(mean.cpu())
+    z = torch.cat(out).numpy() if out else np.zeros((0, model.module.n_latent), dtype=np.float32)
+    if not np.isfinite(z).all():
+        raise FloatingPointError("the model produced NaN/inf latent values; its weights are not usable")
+    return z
+
+
+@torch.no_grad()
+def decode(
+    model: SCVAE,
+    z: np.ndarray,
+    codes: np.ndarray,
+    library: np.ndarray | None,
+    batch_size: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws from p(x | z, c, l) and the decoder's expected frequencies (count likelihoods) or mean."""
+    device = model.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.module.eval()
+    draws, expected = [], []
+    for start in range(0, len(z), batch_size):
+        sl = slice(start, start + batch_size)
+        zb = torch.from_numpy(np.ascontiguousarray(z[sl], dtype=np.float32)).to(device)
+        cb = torch.from_numpy(codes[sl]).to(device)
+        lib = None if library is None else torch.from_numpy(library[sl, None].astype(np.float32)).to(device)
+        params = model.module.generative(zb, cb, lib)
+        draws.append(D.sample(model.likelihood, params, gen).cpu())
+        expected.append((params["rho"] if model.module.counts else D.mean(model.likelihood, params)).cpu())
+    return torch.cat(draws).numpy(), torch.cat(expected).numpy()
+
+
+def transported_shift(
+    model: SCVAE,
+    x: Any,
+    codes: np.ndarray,
+    cond: np.ndarray,
+    types: np.ndarray,
+    z_target: np.ndarray,
+    *,
+    control: str,
+    stimulated: str,
+    target: str,
+    min_cells: int,
+    n_neighbors: int,
+    seed: int,
+    batch_size: int,
+    record: dict[str, Any],
+) -> np.ndarray:
+    """Displacement of every target control cell for ``method="transport"`` (see :func:`predict_perturbation`)."""
+    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
+    anchors, moves = [], []
+    for i, (ctrl, stim) in enumerate(groups.values()):
+        a, d = transport_displacements(
+            posterior_means(model, x, codes, ctrl, batch_size),
+            posterior_means(model, x, codes, stim, batch_size),
+            seed=seed + i,
+        )
+        anchors.append(a)
+        moves.append(d)
+    shift, k = neighbour_shift(np.vstack(anchors), np.vstack(moves), z_target, n_neighbors)
+    record.update(
+        cell_types=list(groups),
+        n_pairs={t: int(len(a)) for t, a in zip(groups, anchors)},
+        n_neighbors=int(k),
+        mean_shift=[float(v) for v in shift.mean(0)],
+    )
+    logger.info(
+        "transport from %d cell types (%d paired cells), %d neighbours per cell", len(groups), sum(map(len, anchors)), k
+    )
+    return shift.astype(np.float32)
