@@ -87,7 +87,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
     from scvae import kernels as K
     from scvae.loaders import make_loader
     from scvae.module import VAE, ModuleConfig
-    from scvae.train import TrainSettings, train
+    from scvae.train import Runtime, TrainSettings, train
 
     n, g = x.shape
     n_cov = int(codes.max()) + 1
@@ -162,12 +162,11 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
             def __init__(self, *args, callbacks=None, **kwargs) -> None:
                 super().__init__(*args, callbacks=[*(callbacks or []), clock], **kwargs)
 
-        settings = TrainSettings(
-            max_epochs=1, lr=1e-3, kl_warmup_steps=len(loader) * 2, early_stopping=False, progress_bar=False
-        )
+        settings = TrainSettings(max_epochs=1, lr=1e-3, kl_warmup_steps=len(loader) * 2, early_stopping=False)
+        runtime = Runtime(accelerator="cpu", devices=1, progress_bar=False)
         original, pl.Trainer = pl.Trainer, ClockedTrainer
         try:
-            train(module(), loader, None, settings, accelerator="cpu", devices=1)
+            train(module(), loader, None, settings, runtime)
         finally:
             pl.Trainer = original
         return clock.ms / clock.steps
