@@ -59,7 +59,7 @@ def datasets() -> dict[str, tuple[sp.csr_matrix, np.ndarray]]:
 def ab(x: sp.csr_matrix, codes: np.ndarray, blocks: int, steps: int) -> dict[str, float]:
     """Median ms per step with the sparse kernel and with the dense product, alternating blocks of steps."""
     import scvae.nn as N
-    from scvae.loaders import make_loader
+    from scvae.loaders import Minibatch, make_loader
     from scvae.module import VAE, ModuleConfig
 
     n_cat = int(codes.max()) + 1
@@ -85,7 +85,7 @@ def ab(x: sp.csr_matrix, codes: np.ndarray, blocks: int, steps: int) -> dict[str
                 t0 = time.perf_counter()
                 for j in range(steps):
                     xb, cb, nz = batches[(step + j) % len(batches)]
-                    loss = vae.loss(xb, cb, kl_weight=0.5, nonzero=nz)["loss"]
+                    loss = vae.loss(Minibatch(xb, cb, nz), kl_weight=0.5).loss
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

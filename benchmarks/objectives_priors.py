@@ -56,11 +56,11 @@ def heldout_terms(model: scvae.model.SCVAE, adata, n_samples: int, seed: int) ->
     gen = torch.Generator().manual_seed(seed)
     comps = model.module.prior_components()
     rec, kl, n = 0.0, 0.0, 0
-    for xb, cb in batches:
-        t = model.module.log_importance_weights(xb, cb, 100, generator=gen, components=comps)
-        rec += t["log_px_z"].mean(0).sum().item()
-        kl += (t["log_qz"] - t["log_pz"]).mean(0).sum().item()
-        n += xb.shape[0]
+    for batch in batches:
+        t = model.module.log_importance_weights(batch, 100, generator=gen, components=comps)
+        rec += t.log_px_z.mean(0).sum().item()
+        kl += (t.log_qz - t.log_pz).mean(0).sum().item()
+        n += batch.x.shape[0]
     return {"heldout_ll": float(ll.mean()), "heldout_elbo": float(elbo.mean()), "reconstruction": rec / n, "kl": kl / n}
 
 

@@ -279,6 +279,7 @@ def run_scvae(spec: dict, train, held, clock) -> dict:
     import torch
 
     import scvae
+    from scvae.loaders import Minibatch
 
     class ClockedTrainer(pl.Trainer):  # gives scvae's trainer the same clock callback scvi gets
         def __init__(self, *args, callbacks=None, **kwargs) -> None:
@@ -312,12 +313,12 @@ def run_scvae(spec: dict, train, held, clock) -> dict:
     x, codes = model.read(held)
 
     def encode(xb, cb):
-        mean, logvar = module.inference(xb, cb)
+        mean, logvar = module.inference(Minibatch(xb, cb))
         return mean, logvar.exp()
 
     def decode(z, cb, lib):
-        params = module.generative(z, cb, lib)
-        return params["mu"], params["theta"]
+        px = module.generative(z, cb, lib)
+        return px.mu, px.theta
 
     scores = heldout_scores(encode, decode, x, codes, spec["eval_samples"], spec["seed"] + 1000, device)
     assert len(model.history) == spec["epochs"], "scvae stopped early"

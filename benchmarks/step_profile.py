@@ -85,7 +85,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
     import lightning.pytorch as pl
 
     from scvae import kernels as K
-    from scvae.loaders import make_loader
+    from scvae.loaders import Minibatch, make_loader
     from scvae.module import VAE, ModuleConfig
     from scvae.train import Runtime, TrainSettings, train
 
@@ -152,7 +152,7 @@ def scvae_parts(x, codes, batch_size: int) -> dict:
     def bare() -> float:
         vae = module()
         return bare_loop_ms(
-            vae, loader, lambda xb, cb, nz: vae.loss(xb, cb, kl_weight=0.5, nonzero=nz)["loss"], fused=True
+            vae, loader, lambda xb, cb, nz: vae.loss(Minibatch(xb, cb, nz), kl_weight=0.5).loss, fused=True
         )
 
     def lightning() -> float:

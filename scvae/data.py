@@ -138,7 +138,7 @@ def _blocks(x: Matrix) -> Iterator[Matrix]:
 
 def validate_matrix(x: Matrix, likelihood: str, *, counts: bool, where: str = "adata.X") -> None:
     """Refuse NaN/inf everywhere, and negative or non-integer values or empty cells when ``counts`` (the
-    ``likelihood``, named in the messages, models counts: ``distributions.COUNT_LIKELIHOODS``).
+    ``likelihood``, named in the messages, models counts: ``likelihoods.COUNT_LIKELIHOODS``).
 
     A backed (on-disk) matrix is checked block by block."""
     empty = 0

@@ -35,7 +35,7 @@ import torch
 from anndata import AnnData
 
 from .data import InputError, check_positive_int
-from .loaders import to_dense_float
+from .loaders import Minibatch, to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -80,11 +80,11 @@ def _draw_rho(
     for start in range(0, len(rows), batch_size):
         r = rows[start : start + batch_size]
         xb = torch.from_numpy(to_dense_float(x, r)).to(device)
-        mean, logvar = module.inference(xb, torch.from_numpy(codes[r]).to(device))
+        mean, logvar = module.inference(Minibatch(xb, torch.from_numpy(codes[r]).to(device)))
         z = mean + torch.exp(0.5 * logvar) * noise[start : start + batch_size]
         rho = torch.zeros(xb.shape, device=device)
         for dc in decode_codes:
-            rho += module.generative(z, torch.from_numpy(dc[r]).to(device))["rho"]
+            rho += module.generative(z, torch.from_numpy(dc[r]).to(device)).rho
         out.append((rho / len(decode_codes)).cpu())
     return torch.cat(out)
 

@@ -1,7 +1,8 @@
 """Observation likelihoods, written once in numerically stable form.
 
-Every function returns the element-wise log-probability (same shape as ``x``); the caller sums over genes.
-Parameters are given the way the decoder produces them:
+Every ``log_*`` function returns the element-wise log-probability (same shape as ``x``); the caller sums over
+genes. The likelihood objects of :mod:`scvae.likelihoods` are built on these. Parameters are given the way the
+decoder produces them:
 
 - ``nb``: mean ``mu`` > 0 and inverse dispersion ``theta`` > 0 (variance = mu + mu**2 / theta).
 - ``zinb``: as ``nb`` plus ``zi_logits``, the logit of the probability of an extra (dropout) zero.
@@ -17,9 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-LIKELIHOODS = ("nb", "zinb", "poisson", "gaussian", "bernoulli")
-COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 
 
 def safe_log(v: torch.Tensor) -> torch.Tensor:
@@ -67,47 +65,6 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return x * logits - F.softplus(logits)
 
 
-def log_prob(likelihood: str, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Element-wise log p(x | params) for the named likelihood."""
-    if likelihood == "nb":
-        return log_nb(x, params["mu"], params["theta"])
-    if likelihood == "zinb":
-        return log_zinb(x, params["mu"], params["theta"], params["zi_logits"])
-    if likelihood == "poisson":
-        return log_poisson(x, params["mu"])
-    if likelihood == "gaussian":
-        return log_gaussian(x, params["mu"], params["var"])
-    if likelihood == "bernoulli":
-        return log_bernoulli(x, params["logits"])
-    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-
-
-def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Sum over the last axis of :func:`log_nb`, computed with the count-dependent terms at the non-zero entries
-    only: equal to ``log_nb(x, mu, theta).sum(-1)`` up to rounding, at a fraction of the cost for sparse counts.
-
-    For x = 0 the NB log-pmf is -theta * log1p(mu / theta); the terms x * log(mu / (theta + mu)) and
-    lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) vanish there, so the costly lgamma (and its digamma
-    gradient) run only where x > 0. ``x`` is cells × genes; ``theta`` broadcasts against ``mu``; with one
-    theta per gene, lgamma(theta) is computed once per gene rather than once per non-zero entry."""
-    if x.dim() != 2:
-        return log_nb(x, mu, theta).sum(-1)
-    theta = theta.clamp_min(torch.finfo(theta.dtype).tiny)
-    zero_part = -(theta * torch.log1p(mu / theta)).sum(-1)
-    rows, cols = torch.nonzero(x, as_tuple=True)
-    xv, muv = x[rows, cols], mu[rows, cols]
-    if theta.dim() == 1 or theta.shape[0] == 1:  # one theta per gene: lgamma(theta) once per gene, not per entry
-        theta_g = theta.reshape(-1)
-        thv, lgamma_thv = theta_g[cols], torch.lgamma(theta_g)[cols]
-    else:
-        thv = theta.expand_as(mu)[rows, cols]
-        lgamma_thv = torch.lgamma(thv)
-    per_entry = (
-        xv * (safe_log(muv) - torch.log(thv + muv)) + torch.lgamma(xv + thv) - lgamma_thv - torch.lgamma(xv + 1.0)
-    )
-    return zero_part.index_add(-1, rows, per_entry)
-
-
 def nonzero_indices(x: torch.Tensor) -> torch.Tensor:
     """Row and column indices (2 × entries, int64, row-major order) of the non-zero entries of a 2-D ``x``: what
     the loaders give with every minibatch (from the CSR matrix, at almost no cost); computed here, with a scan of
@@ -118,7 +75,7 @@ def nonzero_indices(x: torch.Tensor) -> torch.Tensor:
 
 def log_poisson_sum(x: torch.Tensor, mu: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over the last axis of :func:`log_poisson`, with the count-dependent terms at the non-zero entries
-    only (see :func:`log_nb_sum`; ``nonzero`` as for :func:`log_nb_softmax_sum`)."""
+    only (as :func:`scvae.kernels.log_nb_softmax_sum` does for the NB; ``nonzero``: see :func:`nonzero_indices`)."""
     if x.dim() != 2:
         return log_poisson(x, mu).sum(-1)
     if nonzero is None:
@@ -127,50 +84,3 @@ def log_poisson_sum(x: torch.Tensor, mu: torch.Tensor, nonzero: torch.Tensor | N
     xv = x.reshape(-1).index_select(0, flat)
     per_entry = xv * safe_log(mu.reshape(-1).index_select(0, flat)) - torch.lgamma(xv + 1.0)
     return (-mu.sum(-1)).index_add(-1, nonzero[0], per_entry)
-
-
-def log_prob_sum(
-    likelihood: str, x: torch.Tensor, params: dict[str, torch.Tensor], nonzero: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``log_prob(likelihood, x, params).sum(-1)``: the log-likelihood of each cell (a sum over genes), with
-    the sparse-aware forms for ``nb`` and ``poisson`` (``nonzero``: see :func:`log_nb_softmax_sum`)."""
-    if likelihood == "nb":
-        return log_nb_sum(x, params["mu"], params["theta"])
-    if likelihood == "poisson":
-        return log_poisson_sum(x, params["mu"], nonzero)
-    return log_prob(likelihood, x, params).sum(-1)
-
-
-def sample(likelihood: str, params: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one observation per element from the likelihood (counts for count likelihoods)."""
-    if likelihood in ("nb", "zinb"):
-        mu, theta = params["mu"], params["theta"].expand_as(params["mu"])
-        # NB as a Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu).
-        rate = torch._standard_gamma(theta.double(), generator=generator) * (mu.double() / theta.double())
-        x = torch.poisson(rate, generator=generator).to(mu.dtype)
-        if likelihood == "zinb":
-            pi = torch.sigmoid(params["zi_logits"])
-            zero = torch.rand(x.shape, generator=generator, dtype=pi.dtype, device=pi.device) < pi
-            x = torch.where(zero, torch.zeros_like(x), x)
-        return x
-    if likelihood == "poisson":
-        return torch.poisson(params["mu"], generator=generator)
-    if likelihood == "gaussian":
-        mu = params["mu"]
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
-        return mu + params["var"].clamp_min(1e-6).sqrt() * eps
-    if likelihood == "bernoulli":
-        p = torch.sigmoid(params["logits"])
-        return (torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device) < p).to(p.dtype)
-    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-
-
-def mean(likelihood: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Expected value of the likelihood."""
-    if likelihood == "zinb":
-        return params["mu"] * torch.sigmoid(-params["zi_logits"])
-    if likelihood in ("nb", "poisson", "gaussian"):
-        return params["mu"]
-    if likelihood == "bernoulli":
-        return torch.sigmoid(params["logits"])
-    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")

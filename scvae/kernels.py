@@ -185,7 +185,7 @@ def log_nb_softmax_sum(
 ) -> torch.Tensor:
     """``log_nb(x, library * softmax(logits), theta).sum(-1)``, fused: the NB decoder's log-likelihood per cell.
 
-    Equal to that expression (and to :func:`log_nb_sum`) up to rounding, values and gradients, at a fraction of
+    Equal to that expression up to rounding, values and gradients, at a fraction of
     the cost: the count-dependent terms only at the non-zero entries, and a hand-written backward pass (see
     :class:`_NBFromLogits`). ``x``, ``logits``: cells × genes; ``library``: cells × 1 (the observed total counts);
     ``theta``: genes (one per gene) or cells × genes; ``nonzero``: row and column indices of ``x``'s non-zero

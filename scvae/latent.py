@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from . import distributions as D
 from .conditions import neighbour_shift, transport_displacements, type_groups
 from .data import InputError, align_genes, get_matrix
-from .loaders import to_dense_float
+from .loaders import Minibatch, to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trained import SCVAE
@@ -41,7 +40,7 @@ def posterior_means(model: SCVAE, x: Any, codes: np.ndarray, rows: np.ndarray, b
     for start in range(0, len(rows), batch_size):
         r = rows[start : start + batch_size]
         xb = torch.from_numpy(to_dense_float(x, r)).to(device)
-        mean, _ = model.module.inference(xb, torch.from_numpy(codes[r]).to(device))
+        mean, _ = model.module.inference(Minibatch(xb, torch.from_numpy(codes[r]).to(device)))
         out.append(mean.cpu())
     z = torch.cat(out).numpy() if out else np.zeros((0, model.module.n_latent), dtype=np.float32)
     if not np.isfinite(z).all():
@@ -68,9 +67,9 @@ def decode(
         zb = torch.from_numpy(np.ascontiguousarray(z[sl], dtype=np.float32)).to(device)
         cb = torch.from_numpy(codes[sl]).to(device)
         lib = None if library is None else torch.from_numpy(library[sl, None].astype(np.float32)).to(device)
-        params = model.module.generative(zb, cb, lib)
-        draws.append(D.sample(model.likelihood, params, gen).cpu())
-        expected.append((params["rho"] if model.module.counts else D.mean(model.likelihood, params)).cpu())
+        px = model.module.generative(zb, cb, lib)
+        draws.append(px.sample(gen).cpu())
+        expected.append(px.expression().cpu())
     return torch.cat(draws).numpy(), torch.cat(expected).numpy()
 
 

@@ -8,7 +8,7 @@
 - :class:`Minibatches` is the iterable Lightning trains on: a seeded new order every epoch, and under DDP each
   rank takes its own contiguous share of the epoch's minibatches (all ranks the same number of steps).
 
-Every minibatch is ``(x, codes, nonzero)``: the dense float32 counts, the label codes, and the row and column
+Every minibatch is a :class:`Minibatch`: the dense float32 counts, the label codes, and the row and column
 indices of ``x``'s non-zero entries (2 × entries), taken from the sparse matrix at almost no cost (the likelihood
 evaluates its count terms there only; a dense scan for them would cost as much as a layer of the network).
 ``nonzero`` is None for a dense matrix.
@@ -20,13 +20,24 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+class Minibatch(NamedTuple):
+    """What the VAE reads of a group of cells: the data ``x`` (cells × genes, dense float32), the label codes
+    ``cats`` (cells × labels, int64; None without labels) and, when known, ``nonzero``: the row and column indices
+    of ``x``'s non-zero entries (2 × entries; explicit zeros may be among them, duplicates may not)."""
+
+    x: torch.Tensor
+    cats: torch.Tensor | None = None
+    nonzero: torch.Tensor | None = None
+
 
 # dtypes torch can hold without conversion; others (e.g. uint16 counts) are converted to float32
 _TORCH_DTYPES = {np.dtype(t) for t in ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8")}
@@ -252,7 +263,7 @@ class Minibatches:
         first, last = _shard(len(batch_bounds(len(self.indices), self.batch_size)) - 1)
         return last - first
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[Minibatch]:
         if isinstance(self.source, BackedRows):
             yield from self._iter_backed()
             return
@@ -262,7 +273,7 @@ class Minibatches:
         for idx in self._my_batches(order):
             idx = torch.sort(idx).values  # sorted rows: faster to cut, and the same minibatch
             x, nonzero = self.source.cut(idx)
-            yield x, self.codes.index_select(0, idx), nonzero
+            yield Minibatch(x, self.codes.index_select(0, idx), nonzero)
 
     def _my_batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
         bounds = batch_bounds(len(order), self.batch_size)
@@ -272,7 +283,7 @@ class Minibatches:
             b %= n
             yield order[bounds[b] : bounds[b + 1]]
 
-    def _iter_backed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def _iter_backed(self) -> Iterator[Minibatch]:
         cells = self.indices.cpu()  # sorted cell indices, cut into blocks of consecutive cells
         size = self.source.block_size
         n_blocks = math.ceil(len(cells) / size)
@@ -307,7 +318,7 @@ class Minibatches:
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
             idx = part_cells[0] if len(part_cells) == 1 else torch.cat(part_cells)
             nonzero = None if part_nonzero[0] is None else torch.cat(part_nonzero, dim=1)
-            yield x, self.codes.index_select(0, idx.to(self.codes.device)), nonzero
+            yield Minibatch(x, self.codes.index_select(0, idx.to(self.codes.device)), nonzero)
 
 
 def _source(x: Any) -> TensorRows | BackedRows:

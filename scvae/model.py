@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import distributions as D
 from .data import CategoryEncoder, DataSpec, InputError, check_positive_int, get_matrix, refuse_view, validate_matrix
+from .likelihoods import COUNT_LIKELIHOODS
 from .loaders import to_dense_float
 from .module import VAE
 from .train import Runtime, TrainSettings, default_lr, default_max_epochs, fit_module, read_checkpoint
@@ -243,7 +243,7 @@ def fit(
         raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
 
     x = get_matrix(adata, layer)
-    validate_matrix(x, likelihood, counts=likelihood in D.COUNT_LIKELIHOODS, where=spec.where)
+    validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where)
     codes = labels.encode(adata)
 
     fingerprint = {"data": asdict(spec), "module": asdict(arch), "training": asdict(settings)}

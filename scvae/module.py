@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributions as D
 from .data import InputError, check_choice, check_int, check_number
-from .kernels import Entries, log_nb_softmax_sum
+from .kernels import Entries
+from .likelihoods import LIKELIHOODS, Likelihood
+from .loaders import Minibatch
 from .nn import MLP, NORMS, GaussianEncoder
 from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal
 
@@ -52,7 +53,7 @@ class ModuleConfig:
     n_latent, n_hidden, n_layers
         Latent dimension, width and depth of encoder and decoder.
     likelihood
-        One of :data:`scvae.distributions.LIKELIHOODS`.
+        A name of :data:`scvae.likelihoods.LIKELIHOODS`.
     dispersion
         ``"gene"``: one NB inverse dispersion per gene; ``"gene-batch"``: one per gene and batch category.
     encode_covariates
@@ -95,7 +96,7 @@ class ModuleConfig:
         self.n_latent = check_int("n_latent", self.n_latent, 1)
         self.n_hidden = check_int("n_hidden", self.n_hidden, 1)
         self.n_layers = check_int("n_layers", self.n_layers, 0)
-        self.likelihood = check_choice("likelihood", self.likelihood, D.LIKELIHOODS)
+        self.likelihood = check_choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
         self.dispersion = check_choice("dispersion", self.dispersion, DISPERSIONS)
         self.encode_covariates = bool(self.encode_covariates)
         self.dropout = check_number("dropout", self.dropout, low=0.0, high=1.0)
@@ -119,6 +120,35 @@ class ModuleConfig:
         self.adversarial_indices = indices if self.adversarial_weight > 0 else []
 
 
+@dataclass(frozen=True)
+class Loss:
+    """What :meth:`VAE.loss` returns for a minibatch: ``loss``, the scalar to minimise (the negative weighted ELBO,
+    or the negative IWAE bound, plus :meth:`VAE.adversarial_loss` while training); ``reconstruction`` and ``kl``
+    per cell (averaged over the K samples; the KL in closed form for the normal prior and Monte Carlo for the
+    VampPrior, so reconstruction - kl is an ELBO estimate); for ``objective="iwae"``, ``iwae``, the per-cell bound
+    with the given ``kl_weight``."""
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    iwae: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What :meth:`VAE.log_importance_weights` returns: (S, cells) tensors ``log_weight`` = ``log_px_z +
+    kl_weight * (log_pz - log_qz)`` and its terms, the samples ``z`` (S, cells, n_latent), and ``mean`` and
+    ``logvar`` of q (cells × n_latent)."""
+
+    log_weight: torch.Tensor
+    log_px_z: torch.Tensor
+    log_pz: torch.Tensor
+    log_qz: torch.Tensor
+    z: torch.Tensor
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+
 class VAE(nn.Module):
     """A (conditional) VAE built from a :class:`ModuleConfig`."""
 
@@ -138,13 +168,10 @@ class VAE(nn.Module):
         )
         self.decoder = MLP(c.n_latent, c.n_hidden, c.n_layers, n_cov=n_cov, inject_all=True, **mlp)
         self.head = nn.Linear(self.decoder.n_out, c.n_genes)
-        if c.likelihood == "zinb":
-            self.zi_head = nn.Linear(self.decoder.n_out, c.n_genes)
-        if c.likelihood in ("nb", "zinb"):
-            rows = self.n_categories[c.batch_index] if c.dispersion == "gene-batch" else 1
-            self.log_theta = nn.Parameter(torch.zeros(rows, c.n_genes))
-        if c.likelihood == "gaussian":
-            self.log_var = nn.Parameter(torch.zeros(c.n_genes))
+        self.kind = LIKELIHOODS[c.likelihood]  # the likelihood's own parameters (dispersion, ...) next
+        rows = self.n_categories[c.batch_index] if c.dispersion == "gene-batch" else 1
+        for name, param in self.kind.parameters(c.n_genes, self.decoder.n_out, rows).items():
+            setattr(self, name, param)
         if c.prior == "vamp":
             self.vamp = VampPrior(c.n_pseudo_inputs, c.n_genes)
         if self.adversarial_indices:
@@ -169,7 +196,7 @@ class VAE(nn.Module):
     # -- helpers -------------------------------------------------------------------------------------------
     @property
     def counts(self) -> bool:
-        return self.likelihood in D.COUNT_LIKELIHOODS
+        return self.kind.counts
 
     def one_hot(self, cats: torch.Tensor | None) -> torch.Tensor | None:
         """(cells, n_keys) integer codes → (cells, sum of categories) one-hot, or None without labels."""
@@ -182,69 +209,36 @@ class VAE(nn.Module):
 
         For counts with the ``nonzero`` indices given, the log1p values at those entries only, as
         :class:`~scvae.kernels.Entries`, which the encoder's first layer multiplies without reading the zeros."""
-        if self.counts:
-            if nonzero is None or x.dim() != 2:
-                return torch.log1p(x)
+        if self.counts and nonzero is not None and x.dim() == 2:
             rows, cols = nonzero[0], nonzero[1]
             values = torch.log1p(x.reshape(-1).index_select(0, rows * x.shape[1] + cols))
             return Entries(values, rows, cols, (x.shape[0], x.shape[1]))
-        if self.likelihood == "bernoulli":
-            return (x > 0).to(x.dtype)
-        return x
+        return self.kind.encoder_input(x)
+
+    def library(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Total counts of each cell (cells × 1) for count likelihoods, else None."""
+        return x.sum(dim=-1, keepdim=True) if self.counts else None
 
     # -- the model -----------------------------------------------------------------------------------------
-    def inference(
-        self, x: torch.Tensor, cats: torch.Tensor | None = None, nonzero: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of q(z | x, c) (``nonzero``: see :meth:`log_px`)."""
-        cov = self.one_hot(cats) if self.encode_covariates else None
-        return self.encoder(self.encoder_input(x, nonzero), cov)
+    def inference(self, batch: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of q(z | x, c)."""
+        cov = self.one_hot(batch.cats) if self.encode_covariates else None
+        return self.encoder(self.encoder_input(batch.x, batch.nonzero), cov)
 
     def generative(
         self, z: torch.Tensor, cats: torch.Tensor | None = None, library: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Likelihood parameters of p(x | z, c); ``library`` (cells, 1) scales the mean of count likelihoods.
-
-        For count likelihoods the result also holds ``rho``, the expected frequencies (rows sum to 1)."""
+    ) -> Likelihood:
+        """p(x | z, c) as a :class:`~scvae.likelihoods.Likelihood`; ``library`` (cells × 1) scales the mean of
+        count likelihoods (None: 1, so that their mean is the expected frequency ``rho``)."""
         h = self.decoder(z, self.one_hot(cats))
-        out = self.head(h)
-        if self.counts:
-            rho = torch.softmax(out, dim=-1)
-            lib = library if library is not None else torch.ones_like(out[..., :1])
-            params = {"rho": rho, "mu": lib * rho}
-            if self.likelihood != "poisson":
-                params["theta"] = self.theta_for(cats)
-            if self.likelihood == "zinb":
-                params["zi_logits"] = self.zi_head(h)
-            return params
-        if self.likelihood == "gaussian":
-            return {"mu": out, "var": torch.exp(self.log_var.clamp(-12.0, 12.0))}
-        return {"logits": out}
+        rows = cats[:, self.batch_index] if self.dispersion == "gene-batch" else None
+        return self.kind.from_decoder(self, self.head(h), h, rows, library)
 
-    def theta_for(self, cats: torch.Tensor | None) -> torch.Tensor:
-        """NB inverse dispersion: (genes,), or (cells, genes) for ``dispersion="gene-batch"``."""
-        if self.dispersion == "gene-batch":
-            log_theta = self.log_theta[cats[:, self.batch_index]]
-        else:
-            log_theta = self.log_theta[0]
-        return torch.exp(log_theta.clamp(-12.0, 12.0))
-
-    def log_px(
-        self, x: torch.Tensor, z: torch.Tensor, cats: torch.Tensor | None = None, nonzero: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """log p(x | z, c) of every cell (summed over genes); ``nonzero``: row and column indices of the non-zero
-        entries of ``x`` (as the loaders give them), found here when None. The NB likelihood goes through the fused
-        :func:`scvae.distributions.log_nb_softmax_sum`."""
-        library = self.library(x)
-        if self.likelihood == "bernoulli":  # detection: the likelihood of x > 0, as the encoder reads it
-            x = (x > 0).to(z.dtype)
-        if self.likelihood == "nb":
-            logits = self.head(self.decoder(z, self.one_hot(cats)))
-            return log_nb_softmax_sum(x, logits, library, self.theta_for(cats), nonzero)
-        return D.log_prob_sum(self.likelihood, x, self.generative(z, cats, library), nonzero)
-
-    def library(self, x: torch.Tensor) -> torch.Tensor | None:
-        return x.sum(dim=-1, keepdim=True) if self.counts else None
+    def log_px(self, batch: Minibatch, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z, c) of every cell of ``batch`` (summed over genes) at latent codes ``z`` (cells ×
+        n_latent)."""
+        x = batch.x
+        return self.generative(z, batch.cats, self.library(x)).log_prob_sum(x, batch.nonzero)
 
     def adversarial_loss(self, z: torch.Tensor, cats: torch.Tensor | None) -> torch.Tensor:
         """``adversarial_weight`` × the summed mean cross-entropies of the label classifiers on ``z`` (cells ×
@@ -292,8 +286,7 @@ class VAE(nn.Module):
     # -- objectives ------------------------------------------------------------------------------------------
     def log_importance_weights(
         self,
-        x: torch.Tensor,
-        cats: torch.Tensor | None = None,
+        batch: Minibatch,
         n_samples: int = 1,
         *,
         kl_weight: float = 1.0,
@@ -301,14 +294,13 @@ class VAE(nn.Module):
         components: tuple[torch.Tensor, torch.Tensor] | None = None,
         posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
         dreg: bool = False,
-        nonzero: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> Weights:
         """Draw ``n_samples`` z ~ q(z | x) per cell and return the terms of the log importance weights.
 
         Parameters
         ----------
-        x, cats
-            Data (cells × genes) and label codes (cells × n_keys) as for :meth:`loss`.
+        batch
+            The cells, as for :meth:`loss`.
         n_samples
             Samples S of z per cell.
         kl_weight
@@ -323,16 +315,9 @@ class VAE(nn.Module):
             q's parameters detached (z keeps its path), and the gradient reaching z from
             ``logsumexp(log_weight)`` is multiplied once more by the normalised weight. The values returned are
             unchanged; only gradients differ. Meant for the IWAE loss only.
-        nonzero
-            Row and column indices of the non-zero entries of ``x`` (see :meth:`log_px`).
-
-        Returns
-        -------
-        dict of (S, cells) tensors: ``log_weight`` = ``log_px_z + kl_weight * (log_pz - log_qz)``, and its
-        terms ``log_px_z``, ``log_pz``, ``log_qz``; plus the samples ``z`` (S, cells, n_latent) and ``mean`` and
-        ``logvar`` of q (cells × n_latent).
         """
-        mean, logvar = posterior if posterior is not None else self.inference(x, cats, nonzero)
+        x, cats, nonzero = batch
+        mean, logvar = posterior if posterior is not None else self.inference(batch)
         eps = torch.randn((n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * eps  # (S, B, d)
         s, b = n_samples, x.shape[0]
@@ -340,41 +325,30 @@ class VAE(nn.Module):
         if nonzero is not None and s > 1:  # the same entries in each of the S copies of x, stacked
             shift = torch.arange(s, device=nonzero.device).repeat_interleave(nonzero.shape[1]) * b
             nonzero = nonzero.repeat(1, s) + torch.stack([shift, torch.zeros_like(shift)])
-        log_px_z = self.log_px(x.repeat(s, 1), z.reshape(s * b, -1), flat_cats, nonzero).reshape(s, b)
+        log_px_z = self.log_px(Minibatch(x.repeat(s, 1), flat_cats, nonzero), z.reshape(s * b, -1)).reshape(s, b)
         log_qz = log_normal_diag(z, mean.detach(), logvar.detach()) if dreg else log_normal_diag(z, mean, logvar)
         log_pz = self.log_prior(z, components)
         log_weight = log_px_z + kl_weight * (log_pz - log_qz)
         if dreg and z.requires_grad:
             w = torch.softmax(log_weight.detach(), dim=0).unsqueeze(-1)  # normalised weights (S, B, 1)
             z.register_hook(lambda grad: grad * w)
-        return {
-            "z": z,
-            "log_weight": log_weight,
-            "log_px_z": log_px_z,
-            "log_pz": log_pz,
-            "log_qz": log_qz,
-            "mean": mean,
-            "logvar": logvar,
-        }
+        return Weights(log_weight, log_px_z, log_pz, log_qz, z, mean, logvar)
 
     def loss(
         self,
-        x: torch.Tensor,
-        cats: torch.Tensor | None = None,
+        batch: Minibatch,
+        *,
         kl_weight: float = 1.0,
         objective: str | None = None,
         n_importance: int | None = None,
-        nonzero: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> Loss:
         """Per-cell reconstruction log-likelihood and KL, and the mean loss.
 
         Parameters
         ----------
-        x, cats
-            Data (cells × genes) and label codes (cells × n_keys, or None).
-        nonzero
-            Row and column indices of the non-zero entries of ``x``, as the loaders give them (found here when
-            None).
+        batch
+            The cells: data (cells × genes), label codes (cells × n_keys, or None) and, when known, the indices of
+            the data's non-zero entries (as the loaders give them).
         kl_weight
             beta times the KL warm-up factor.
         objective, n_importance
@@ -382,42 +356,34 @@ class VAE(nn.Module):
 
         Returns
         -------
-        dict with ``loss`` (scalar to minimise: the negative weighted ELBO, or the negative IWAE bound, plus
-        :meth:`adversarial_loss` while training),
-        ``reconstruction`` and ``kl`` (per cell; averaged over the K samples, the KL in closed form for the
-        normal prior and Monte Carlo for the VampPrior, so reconstruction - kl is an ELBO estimate), and for
-        ``objective="iwae"`` also ``iwae``, the per-cell bound (with the given ``kl_weight``).
+        A :class:`Loss`.
         """
         objective = self.objective if objective is None else objective
         k = self.n_importance if n_importance is None else int(n_importance)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective == "elbo" and k == 1 and self.prior == "normal":
-            # The default path, unchanged: one sample, closed-form KL.
-            mean, logvar = self.inference(x, cats, nonzero)
+            # The default: one sample, closed-form KL.
+            mean, logvar = self.inference(batch)
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-            reconstruction = self.log_px(x, z, cats, nonzero)
+            reconstruction = self.log_px(batch, z)
             kl = kl_normal_standard(mean, logvar)
-            return {
-                "loss": (kl_weight * kl - reconstruction).mean() + self.adversarial_loss(z, cats),
-                "reconstruction": reconstruction,
-                "kl": kl,
-            }
+            loss = (kl_weight * kl - reconstruction).mean() + self.adversarial_loss(z, batch.cats)
+            return Loss(loss, reconstruction, kl)
         dreg = objective == "iwae" and torch.is_grad_enabled()
-        terms = self.log_importance_weights(x, cats, k, kl_weight=kl_weight, dreg=dreg, nonzero=nonzero)
-        reconstruction = terms["log_px_z"].mean(0)
+        terms = self.log_importance_weights(batch, k, kl_weight=kl_weight, dreg=dreg)
+        reconstruction = terms.log_px_z.mean(0)
         if self.prior == "normal":
-            kl = kl_normal_standard(terms["mean"], terms["logvar"])
+            kl = kl_normal_standard(terms.mean, terms.logvar)
         else:
-            kl = (terms["log_qz"] - terms["log_pz"]).mean(0)
+            kl = (terms.log_qz - terms.log_pz).mean(0)
         # (With DReG, the hook on z also scales the adversary's gradient of each sample by its normalised weight.)
-        flat_cats = None if cats is None else cats.repeat(k, 1)
-        adversarial = self.adversarial_loss(terms["z"].reshape(-1, self.n_latent), flat_cats)
+        flat_cats = None if batch.cats is None else batch.cats.repeat(k, 1)
+        adversarial = self.adversarial_loss(terms.z.reshape(-1, self.n_latent), flat_cats)
         if objective == "elbo":
-            loss = (kl_weight * kl - reconstruction).mean() + adversarial
-            return {"loss": loss, "reconstruction": reconstruction, "kl": kl}
-        iwae = torch.logsumexp(terms["log_weight"], dim=0) - math.log(k)
-        return {"loss": -iwae.mean() + adversarial, "reconstruction": reconstruction, "kl": kl, "iwae": iwae}
+            return Loss((kl_weight * kl - reconstruction).mean() + adversarial, reconstruction, kl)
+        iwae = torch.logsumexp(terms.log_weight, dim=0) - math.log(k)
+        return Loss(-iwae.mean() + adversarial, reconstruction, kl, iwae)
 
 
 def kl_normal_standard(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

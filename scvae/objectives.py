@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .data import check_positive_int
+from .loaders import Minibatch
 from .module import VAE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @torch.no_grad()
 def estimate_log_likelihood(
     module: VAE,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    batches: Iterable[Minibatch],
     n_samples: int = 1000,
     *,
     seed: int = 0,
@@ -45,7 +46,7 @@ def estimate_log_likelihood(
     module
         A trained VAE; put in evaluation mode here (as it stays).
     batches
-        (x, label codes) minibatches, in the order of the cells.
+        Minibatches (:class:`~scvae.loaders.Minibatch`), in the order of the cells.
     n_samples
         Importance samples K per cell.
     seed
@@ -63,15 +64,14 @@ def estimate_log_likelihood(
     gen = torch.Generator(device=device).manual_seed(int(seed))
     components = module.prior_components()
     lls, elbos = [], []
-    for xb, cb in batches:
-        posterior = module.inference(xb, cb)
-        parts, total = [], torch.zeros(xb.shape[0], dtype=torch.float64, device=device)
+    for batch in batches:
+        posterior = module.inference(batch)
+        parts, total = [], torch.zeros(batch.x.shape[0], dtype=torch.float64, device=device)
         done = 0
         while done < n_samples:
             s = min(chunk_size, n_samples - done)
-            lw = module.log_importance_weights(xb, cb, s, generator=gen, components=components, posterior=posterior)[
-                "log_weight"
-            ].double()
+            weights = module.log_importance_weights(batch, s, generator=gen, components=components, posterior=posterior)
+            lw = weights.log_weight.double()
             parts.append(torch.logsumexp(lw, dim=0))
             total += lw.sum(0)
             done += s

@@ -13,7 +13,8 @@ import lightning.pytorch as pl
 import torch
 
 from .data import InputError, check_int, check_number
-from .module import VAE
+from .loaders import Minibatch
+from .module import VAE, Loss
 
 logger = logging.getLogger(__name__)
 
@@ -112,24 +113,22 @@ class TrainingPlan(pl.LightningModule):
         warm = 1.0 if steps <= 0 else min(1.0, self.step / steps)
         return self.settings.beta * warm
 
-    def _accumulate(self, split: str, out: dict[str, torch.Tensor]) -> None:
-        rec, kl = out["reconstruction"].detach(), out["kl"].detach()
+    def _accumulate(self, split: str, out: Loss) -> None:
+        rec, kl = out.reconstruction.detach(), out.kl.detach()
         sums = self._sums.setdefault(split, {"reconstruction": 0.0, "kl": 0.0, "n": 0})
         sums["reconstruction"] = sums["reconstruction"] + rec.sum()
         sums["kl"] = sums["kl"] + kl.sum()
         sums["n"] += rec.shape[0]
-        if "iwae" in out:  # objective="iwae": also the per-cell importance-weighted bound
-            sums["iwae"] = sums.get("iwae", 0.0) + out["iwae"].detach().sum()
+        if out.iwae is not None:  # objective="iwae": also the per-cell importance-weighted bound
+            sums["iwae"] = sums.get("iwae", 0.0) + out.iwae.detach().sum()
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        x, cats, nonzero = batch
-        out = self.module.loss(x, cats, kl_weight=self.kl_weight(), nonzero=nonzero)
+    def training_step(self, batch: Minibatch, batch_idx: int) -> torch.Tensor:
+        out = self.module.loss(batch, kl_weight=self.kl_weight())
         self._accumulate("train", out)
-        return out["loss"]
+        return out.loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        x, cats, nonzero = batch
-        self._accumulate("validation", self.module.loss(x, cats, kl_weight=1.0, nonzero=nonzero))
+    def validation_step(self, batch: Minibatch, batch_idx: int) -> None:
+        self._accumulate("validation", self.module.loss(batch, kl_weight=1.0))
 
     def close_epoch(self) -> dict[str, float]:
         """This epoch's history row, computed once (callbacks call it from their ``on_train_epoch_end``,

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import distributions as D
 from .callbacks import BestWeights, Checkpoint, DataOnDevice, EpochBar, StopOnInterrupt, read_checkpoint
 from .data import InputError, split_indices
+from .likelihoods import COUNT_LIKELIHOODS
 from .loaders import make_loaders
 from .module import VAE
 from .plan import Runtime, TrainingDiverged, TrainingPlan, TrainSettings
@@ -193,7 +193,7 @@ def default_max_epochs(n_cells: int) -> int:
 
 def default_lr(likelihood: str) -> float:
     """Adam's learning rate when none is given: 4e-3 for count likelihoods (measured for them), else 1e-3."""
-    return 4e-3 if likelihood in D.COUNT_LIKELIHOODS else 1e-3
+    return 4e-3 if likelihood in COUNT_LIKELIHOODS else 1e-3
 
 
 def home_device(accelerator: str) -> str:

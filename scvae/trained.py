@@ -21,9 +21,8 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import distributions as D
 from .data import CategoryEncoder, DataSpec, InputError, align_genes, check_positive_int, get_matrix, validate_matrix
-from .loaders import to_dense_float
+from .loaders import Minibatch, to_dense_float
 from .module import VAE, ModuleConfig
 from .train import TrainSettings
 from .version import __version__
@@ -104,12 +103,13 @@ class SCVAE:
         validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where)
         return x, self.labels.encode(adata, overrides)
 
-    def batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[Minibatch]:
         """Consecutive minibatches of ``read``'s matrix and codes, as tensors on the model's device."""
         device = self.device
         for start in range(0, x.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            yield torch.from_numpy(to_dense_float(x, rows)).to(device), torch.from_numpy(codes[rows]).to(device)
+            xb = torch.from_numpy(to_dense_float(x, rows)).to(device)
+            yield Minibatch(xb, torch.from_numpy(codes[rows]).to(device))
 
     def _decode_codes(self, adata: AnnData, transform_batch: str | dict[str, str] | None) -> np.ndarray:
         if transform_batch is not None and not isinstance(transform_batch, dict):
@@ -134,8 +134,8 @@ class SCVAE:
         self.module.eval()
         # written into one array made up front: no pile of small per-batch arrays between the large temporaries
         z = np.empty((x.shape[0], self.module.n_latent), dtype=np.float32)
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
-            mean, logvar = self.module.inference(xb, cb)
+        for start, batch in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
+            mean, logvar = self.module.inference(batch)
             if not give_mean:
                 eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
                 mean = mean + torch.exp(0.5 * logvar) * eps
@@ -173,20 +173,16 @@ class SCVAE:
         self.module.eval()
         expr = np.empty(x.shape, dtype=np.float32)  # filled batch by batch: no second copy from concatenating
         device = self.device
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
+        for start, batch in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
-            mean, logvar = self.module.inference(xb, cb)
-            acc = torch.zeros(xb.shape, device=device)
+            mean, logvar = self.module.inference(batch)
+            acc = torch.zeros(batch.x.shape, device=device)
             for _ in range(n_samples):
                 z = mean
                 if n_samples > 1:
                     eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
                     z = mean + torch.exp(0.5 * logvar) * eps
-                params = self.module.generative(z, db)
-                if self.module.counts:
-                    acc += params["rho"] * library_size
-                else:
-                    acc += D.mean(self.likelihood, params)
+                acc += self.module.generative(z, db).expression(library_size)
             expr[start : start + len(acc)] = (acc / n_samples).cpu().numpy()
         refuse_nonfinite(expr, "normalized expression")
         if return_numpy:
@@ -213,13 +209,13 @@ class SCVAE:
         gen = torch.Generator(device=device).manual_seed(seed)
         self.module.eval()
         draws = np.zeros((n_samples, x.shape[0], x.shape[1]), dtype=np.float32)
-        for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
+        for start, batch in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
-            mean, logvar = self.module.inference(xb, cb)
+            mean, logvar = self.module.inference(batch)
             for s in range(n_samples):
                 eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
-                params = self.module.generative(mean + torch.exp(0.5 * logvar) * eps, db, self.module.library(xb))
-                draws[s, start : start + xb.shape[0]] = D.sample(self.likelihood, params, gen).cpu().numpy()
+                px = self.module.generative(mean + torch.exp(0.5 * logvar) * eps, db, self.module.library(batch.x))
+                draws[s, start : start + len(batch.x)] = px.sample(gen).cpu().numpy()
         return draws[0] if n_samples == 1 else draws
 
     # -- persistence -----------------------------------------------------------------------------------------

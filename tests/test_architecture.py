@@ -17,6 +17,7 @@ LAYERS = {
     "loaders": 1,
     "distributions": 2,
     "kernels": 2,
+    "likelihoods": 2,
     "nn": 2,
     "priors": 2,
     "module": 3,
@@ -128,3 +129,19 @@ def test_the_checker_sees_upward_and_function_level_imports(tmp_path, monkeypatc
         test_no_import_points_upwards()
     with pytest.raises(AssertionError, match="import cycle"):
         test_no_import_cycle()
+
+
+def test_only_the_registry_branches_on_a_likelihood_name():
+    """What a likelihood does is its object's business (scvae/likelihoods.py): no other module compares the name
+    with a literal."""
+    names = "|".join(["nb", "zinb", "poisson", "gaussian", "bernoulli"])
+    pattern = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    found = [
+        f"{path.name}:{i}: {line.strip()}"
+        for path in sorted(PACKAGE.glob("*.py"))
+        if path.name != "likelihoods.py"
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, found
+    assert pattern.search('if likelihood == "zinb":') and pattern.search('kind in ("nb", "zinb")')

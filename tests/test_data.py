@@ -14,7 +14,7 @@ from scvae.data import (
     split_indices,
     validate_matrix,
 )
-from scvae.distributions import COUNT_LIKELIHOODS
+from scvae.likelihoods import COUNT_LIKELIHOODS
 
 
 def _adata(x, **obs):

@@ -8,6 +8,7 @@ import torch
 
 from scvae import distributions as D
 from scvae import kernels as K
+from scvae import likelihoods as L
 
 RNG = np.random.default_rng(0)
 
@@ -111,19 +112,28 @@ def test_bernoulli_matches_scipy_for_extreme_logits():
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("likelihood", D.LIKELIHOODS)
+def _objects(n: int, mu: float, theta: float, zi_logit: float, var: float = 2.5, logit: float = 0.7) -> dict:
+    """Each likelihood object with the given parameters, n entries (one gene; the count likelihoods' mean is
+    library × softmax of one logit, i.e. the library)."""
+    full = lambda v: torch.full((n, 1), float(v), dtype=torch.float64)  # noqa: E731
+    logits, lib = full(0.0), full(mu)
+    return {
+        "nb": L.NegativeBinomial(logits, lib, full(theta)),
+        "zinb": L.ZeroInflatedNB(logits, lib, full(theta), full(zi_logit)),
+        "poisson": L.Poisson(logits, lib),
+        "gaussian": L.Gaussian(full(mu), full(var)),
+        "bernoulli": L.Bernoulli(full(logit)),
+    }
+
+
+@pytest.mark.parametrize("likelihood", L.LIKELIHOODS)
 def test_samples_have_the_likelihoods_mean_and_variance(likelihood):
     n = 200_000
     gen = torch.Generator().manual_seed(0)
-    params = {
-        "mu": torch.full((n,), 4.0, dtype=torch.float64),
-        "theta": torch.full((n,), 2.0, dtype=torch.float64),
-        "zi_logits": torch.full((n,), -1.0, dtype=torch.float64),
-        "var": torch.full((n,), 2.5, dtype=torch.float64),
-        "logits": torch.full((n,), 0.7, dtype=torch.float64),
-    }
-    x = D.sample(likelihood, params, gen).numpy()
-    expected_mean = D.mean(likelihood, params)[0].item()
+    px = _objects(n, 4.0, 2.0, -1.0)[likelihood]
+    assert isinstance(px, L.LIKELIHOODS[likelihood])
+    x = px.sample(gen).numpy()
+    expected_mean = px.mean[0].item()
     pi = sps.expit(-1.0)
     expected_var = {
         "nb": 4 + 16 / 2,
@@ -134,7 +144,7 @@ def test_samples_have_the_likelihoods_mean_and_variance(likelihood):
     }[likelihood]
     assert abs(x.mean() - expected_mean) < 4 * np.sqrt(expected_var / n)
     assert abs(x.var() / expected_var - 1) < 0.03
-    if likelihood in D.COUNT_LIKELIHOODS:
+    if likelihood in L.COUNT_LIKELIHOODS:
         assert np.all(x == np.round(x)) and x.min() >= 0
 
 
@@ -142,24 +152,16 @@ def test_log_prob_sums_to_one_over_support():
     # The pmfs normalise: sum over x of p(x) = 1 for a few parameter settings.
     xs = torch.arange(0, 3000, dtype=torch.float64)
     for mu, theta, logit in [(0.5, 0.3, -2.0), (20.0, 5.0, 0.5), (100.0, 50.0, 1.0)]:
-        p = {
-            "mu": torch.tensor(mu, dtype=torch.float64),
-            "theta": torch.tensor(theta, dtype=torch.float64),
-            "zi_logits": torch.tensor(logit, dtype=torch.float64),
-        }
-        for lik in D.COUNT_LIKELIHOODS:
-            total = torch.logsumexp(D.log_prob(lik, xs, p), 0).exp().item()
+        objects = _objects(len(xs), mu, theta, logit)
+        for lik in L.COUNT_LIKELIHOODS:
+            total = torch.logsumexp(objects[lik].log_prob(xs[:, None]), 0).exp().item()
             assert abs(total - 1) < 1e-8, (lik, mu, theta)
-
-
-def test_unknown_likelihood_is_refused():
-    with pytest.raises(ValueError, match="likelihood must be one of"):
-        D.log_prob("gamma", torch.zeros(1), {})
 
 
 @pytest.mark.parametrize("theta_shape", ["gene", "cell-gene"])
 def test_sparse_aware_sums_equal_elementwise_sums_with_gradients(theta_shape):
-    """log_nb_sum / log_poisson_sum skip the count terms at zeros; values and gradients must not change."""
+    """log_poisson_sum skips the count terms at zeros, and the NB likelihood object sums through the fused kernel;
+    values and gradients must not change."""
     gen = torch.Generator().manual_seed(0)
     x = torch.poisson(torch.rand(50, 300, generator=gen, dtype=torch.float64) ** 4 * 5, generator=gen)
     x[3] = 0  # a cell with no counts
@@ -176,7 +178,7 @@ def test_sparse_aware_sums_equal_elementwise_sums_with_gradients(theta_shape):
         return val, g
 
     dense, g_dense = run(lambda mu, th: D.log_nb(x, mu, th).sum(-1))
-    sparse, g_sparse = run(lambda mu, th: D.log_nb_sum(x, mu, th))
+    sparse, g_sparse = run(lambda mu, th: L.NegativeBinomial(logits, lib, th).log_prob_sum(x))
     torch.testing.assert_close(sparse, dense, rtol=1e-10, atol=1e-9)
     for a, b in zip(g_sparse, g_dense):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from scvae import distributions as D
+from scvae.likelihoods import LIKELIHOODS
+from scvae.loaders import Minibatch
 from scvae.module import VAE, ModuleConfig, kl_normal_standard
 
 
@@ -23,7 +25,7 @@ def test_kl_matches_monte_carlo():
     np.testing.assert_allclose(kl_normal_standard(mean, logvar).numpy(), mc.numpy(), atol=0.02)
 
 
-@pytest.mark.parametrize("likelihood", D.LIKELIHOODS)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
 @pytest.mark.parametrize("cats", [(), (3,), (2, 4)])
 def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
     torch.manual_seed(0)
@@ -48,40 +50,41 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
     first = None
     for _ in range(60):
-        out = vae.loss(x, codes)
+        out = vae.loss(Minibatch(x, codes))
         opt.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         opt.step()
-        first = first if first is not None else out["loss"].item()
-        assert out["reconstruction"].shape == (64,) and out["kl"].shape == (64,)
+        first = first if first is not None else out.loss.item()
+        assert out.reconstruction.shape == (64,) and out.kl.shape == (64,)
     # measured: the last loss is 0.43-0.92 of the first, depending on the likelihood (bernoulli 0.89-0.92)
-    assert torch.isfinite(out["loss"]) and out["loss"].item() < 0.95 * first
+    assert torch.isfinite(out.loss) and out.loss.item() < 0.95 * first
     if likelihood in ("nb", "zinb", "poisson", "bernoulli"):  # -log of a pmf: never below zero
-        assert out["loss"].item() > 0
+        assert out.loss.item() > 0
 
 
 def test_count_decoder_gives_frequencies_scaled_by_library():
     vae = VAE(ModuleConfig(30, n_latent=4, likelihood="nb")).eval()
     z, lib = torch.randn(5, 4), torch.tensor([[10.0], [100.0], [1.0], [5.0], [1e4]])
     p = vae.generative(z, None, lib)
-    torch.testing.assert_close(p["rho"].sum(-1), torch.ones(5))
-    torch.testing.assert_close(p["mu"], p["rho"] * lib)
+    torch.testing.assert_close(p.rho.sum(-1), torch.ones(5))
+    torch.testing.assert_close(p.mean, p.rho * lib)
+    torch.testing.assert_close(p.expression(1e4), p.rho * 1e4)
 
 
 def test_covariates_reach_the_decoder_and_optionally_not_the_encoder():
     vae = VAE(ModuleConfig(30, n_latent=4, n_categories=(2,), encode_covariates=False)).eval()
     x = _counts(4)
-    a = vae.inference(x, torch.zeros(4, 1, dtype=torch.long))
-    b = vae.inference(x, torch.ones(4, 1, dtype=torch.long))
+    a = vae.inference(Minibatch(x, torch.zeros(4, 1, dtype=torch.long)))
+    b = vae.inference(Minibatch(x, torch.ones(4, 1, dtype=torch.long)))
     torch.testing.assert_close(a, b)  # the encoder does not see the label
     z = torch.randn(4, 4)
-    ra = vae.generative(z, torch.zeros(4, 1, dtype=torch.long))["rho"]
-    rb = vae.generative(z, torch.ones(4, 1, dtype=torch.long))["rho"]
+    ra = vae.generative(z, torch.zeros(4, 1, dtype=torch.long)).rho
+    rb = vae.generative(z, torch.ones(4, 1, dtype=torch.long)).rho
     assert not torch.allclose(ra, rb)  # the decoder does
     with_enc = VAE(ModuleConfig(30, n_latent=4, n_categories=(2,))).eval()
     assert not torch.allclose(
-        with_enc.inference(x, torch.zeros(4, 1, dtype=torch.long))[0],
-        with_enc.inference(x, torch.ones(4, 1, dtype=torch.long))[0],
+        with_enc.inference(Minibatch(x, torch.zeros(4, 1, dtype=torch.long)))[0],
+        with_enc.inference(Minibatch(x, torch.ones(4, 1, dtype=torch.long)))[0],
     )
 
 
@@ -123,13 +126,13 @@ def test_the_loaders_nonzero_indices_change_nothing_but_speed(likelihood, disper
     runs = []
     for nz in (None, nonzero):
         torch.manual_seed(0)
-        out = vae.loss(x, codes, kl_weight=0.7, nonzero=nz)
-        grads = torch.autograd.grad(out["loss"], list(vae.parameters()), allow_unused=True)
+        out = vae.loss(Minibatch(x, codes, nz), kl_weight=0.7)
+        grads = torch.autograd.grad(out.loss, list(vae.parameters()), allow_unused=True)
         runs.append((out, grads))
     (a, ga), (b, gb) = runs
     torch.testing.assert_close(vae.encoder_input(x, nonzero).to_dense(), torch.log1p(x))
     for key in ("loss", "reconstruction", "kl"):
-        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-5, atol=1e-4)
     for u, v in zip(ga, gb):
         if u is not None:
             torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-5)

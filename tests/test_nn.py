@@ -85,6 +85,7 @@ def test_a_frozen_input_layer_computes_no_weight_gradient():
 def test_a_module_saved_with_the_old_input_layer_loads_and_encodes_the_same():
     """Weights saved before the input layer existed hold its weight as one nn.Linear matrix, width × (genes +
     covariates): they load into the new layout and give the same latent space."""
+    from scvae.loaders import Minibatch
     from scvae.module import VAE, ModuleConfig
 
     entries, dense = _entries(torch.float32)
@@ -99,5 +100,5 @@ def test_a_module_saved_with_the_old_input_layer_loads_and_encodes_the_same():
     old[prefix + "bias"] = state[prefix + "bias"]
     fresh = VAE(ModuleConfig(50, n_latent=3, n_hidden=16, n_categories=(2,))).eval()
     fresh.load_state_dict(old)
-    for a, b in zip(vae.inference(counts, codes), fresh.inference(counts, codes)):
+    for a, b in zip(vae.inference(Minibatch(counts, codes)), fresh.inference(Minibatch(counts, codes))):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
