@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, check_int, check_positive_int, log_normalize, obs_column
+from .data import InputError, category_order, check_int, check_positive_int, log_normalize, obs_column
 from .loaders import to_dense_float
 
 logger = logging.getLogger(__name__)
@@ -158,10 +158,8 @@ def mean_expression(
 
 
 def categories(adata: AnnData, key: str) -> list[str]:
-    col = adata.obs[key]
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return [str(c) for c in col.cat.categories]
-    return sorted({str(v) for v in col})
+    """Every category of ``adata.obs[key]`` (see :func:`scvae.data.category_order`)."""
+    return category_order(adata.obs[key])
 
 
 # -- optimal transport ---------------------------------------------------------------------------------------

@@ -212,12 +212,7 @@ class CategoryEncoder:
     def fit(cls, adata: AnnData, keys: Sequence[str]) -> CategoryEncoder:
         cats: dict[str, list[str]] = {}
         for key in keys:
-            col = obs_column(adata, key)
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                order = [str(c) for c in col.cat.categories if (col == c).any()]
-            else:
-                order = sorted({str(v) for v in col})
-            cats[key] = order
+            cats[key] = category_order(obs_column(adata, key), present_only=True)
         return cls(cats)
 
     def encode(self, adata: AnnData, overrides: dict[str, str] | None = None) -> np.ndarray:
@@ -253,6 +248,17 @@ class CategoryEncoder:
                 )
             codes[:, j] = mapped
         return codes
+
+
+def category_order(col: pd.Series, *, present_only: bool = False) -> list[str]:
+    """The categories of an obs column as strings, in the column's own order if it is categorical (only those
+    some cell has, with ``present_only``), else sorted."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = col.cat.categories
+        if present_only:
+            cats = cats[np.bincount(col.cat.codes[col.cat.codes >= 0], minlength=len(cats)) > 0]
+        return [str(c) for c in cats]
+    return sorted({str(v) for v in col})
 
 
 def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "adata") -> pd.Series:

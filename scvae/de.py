@@ -36,6 +36,8 @@ from anndata import AnnData
 
 from .data import InputError, check_positive_int
 from .loaders import Minibatch, to_dense_float
+from .module import reparameterize
+from .trained import refuse_nonfinite
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -81,7 +83,7 @@ def _draw_rho(
         r = rows[start : start + batch_size]
         xb = torch.from_numpy(to_dense_float(x, r)).to(device)
         mean, logvar = module.inference(Minibatch(xb, torch.from_numpy(codes[r]).to(device)))
-        z = mean + torch.exp(0.5 * logvar) * noise[start : start + batch_size]
+        z = reparameterize(mean, logvar, noise[start : start + batch_size])
         rho = torch.zeros(xb.shape, device=device)
         for dc in decode_codes:
             rho += module.generative(z, torch.from_numpy(dc[r]).to(device)).rho
@@ -249,8 +251,8 @@ def differential_expression(
     model.module.eval()
     rho1 = _draw_rho(model, x, codes, rows1, decode, batch_size, gen)
     rho2 = _draw_rho(model, x, codes, rows2, decode, batch_size, gen)
-    if not (torch.isfinite(rho1).all() and torch.isfinite(rho2).all()):
-        raise FloatingPointError("the model produced NaN/inf expression; its weights are not usable (diverged?)")
+    refuse_nonfinite(rho1, "expression of group1")
+    refuse_nonfinite(rho2, "expression of group2")
 
     s = _summaries(rho1, rho2, mode=mode, delta=delta, pseudocount=pseudocount, ci=ci, chunk=gene_chunk)
     if mode == "change":

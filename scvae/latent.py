@@ -14,6 +14,7 @@ from anndata import AnnData
 from .conditions import neighbour_shift, transport_displacements, type_groups
 from .data import InputError, align_genes, get_matrix
 from .loaders import Minibatch, to_dense_float
+from .trained import refuse_nonfinite
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trained import SCVAE
@@ -43,8 +44,7 @@ def posterior_means(model: SCVAE, x: Any, codes: np.ndarray, rows: np.ndarray, b
         mean, _ = model.module.inference(Minibatch(xb, torch.from_numpy(codes[r]).to(device)))
         out.append(mean.cpu())
     z = torch.cat(out).numpy() if out else np.zeros((0, model.module.n_latent), dtype=np.float32)
-    if not np.isfinite(z).all():
-        raise FloatingPointError("the model produced NaN/inf latent values; its weights are not usable")
+    refuse_nonfinite(z, "latent representation")
     return z
 
 

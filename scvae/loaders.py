@@ -31,11 +31,11 @@ logger = logging.getLogger(__name__)
 
 class Minibatch(NamedTuple):
     """What the VAE reads of a group of cells: the data ``x`` (cells × genes, dense float32), the label codes
-    ``cats`` (cells × labels, int64; None without labels) and, when known, ``nonzero``: the row and column indices
+    ``codes`` (cells × labels, int64; None without labels) and, when known, ``nonzero``: the row and column indices
     of ``x``'s non-zero entries (2 × entries; explicit zeros may be among them, duplicates may not)."""
 
     x: torch.Tensor
-    cats: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
     nonzero: torch.Tensor | None = None
 
 

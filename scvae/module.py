@@ -198,11 +198,11 @@ class VAE(nn.Module):
     def counts(self) -> bool:
         return self.kind.counts
 
-    def one_hot(self, cats: torch.Tensor | None) -> torch.Tensor | None:
+    def one_hot(self, codes: torch.Tensor | None) -> torch.Tensor | None:
         """(cells, n_keys) integer codes → (cells, sum of categories) one-hot, or None without labels."""
         if not self.n_categories:
             return None
-        return torch.cat([F.one_hot(cats[:, i], k).to(torch.float32) for i, k in enumerate(self.n_categories)], dim=-1)
+        return torch.cat([F.one_hot(codes[:, i], k).to(torch.float32) for i, k in enumerate(self.n_categories)], dim=-1)
 
     def encoder_input(self, x: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor | Entries:
         """What the encoder reads: log1p of counts, the presence of binary data, continuous data as they are.
@@ -222,32 +222,31 @@ class VAE(nn.Module):
     # -- the model -----------------------------------------------------------------------------------------
     def inference(self, batch: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z | x, c)."""
-        cov = self.one_hot(batch.cats) if self.encode_covariates else None
+        cov = self.one_hot(batch.codes) if self.encode_covariates else None
         return self.encoder(self.encoder_input(batch.x, batch.nonzero), cov)
 
     def generative(
-        self, z: torch.Tensor, cats: torch.Tensor | None = None, library: torch.Tensor | None = None
+        self, z: torch.Tensor, codes: torch.Tensor | None = None, library: torch.Tensor | None = None
     ) -> Likelihood:
         """p(x | z, c) as a :class:`~scvae.likelihoods.Likelihood`; ``library`` (cells × 1) scales the mean of
         count likelihoods (None: 1, so that their mean is the expected frequency ``rho``)."""
-        h = self.decoder(z, self.one_hot(cats))
-        rows = cats[:, self.batch_index] if self.dispersion == "gene-batch" else None
+        h = self.decoder(z, self.one_hot(codes))
+        rows = codes[:, self.batch_index] if self.dispersion == "gene-batch" else None
         return self.kind.from_decoder(self, self.head(h), h, rows, library)
 
     def log_px(self, batch: Minibatch, z: torch.Tensor) -> torch.Tensor:
-        """log p(x | z, c) of every cell of ``batch`` (summed over genes) at latent codes ``z`` (cells ×
-        n_latent)."""
+        """log p(x | z, c) of every cell of ``batch``, summed over genes, at ``z`` (cells × n_latent)."""
         x = batch.x
-        return self.generative(z, batch.cats, self.library(x)).log_prob_sum(x, batch.nonzero)
+        return self.generative(z, batch.codes, self.library(x)).log_prob_sum(x, batch.nonzero)
 
-    def adversarial_loss(self, z: torch.Tensor, cats: torch.Tensor | None) -> torch.Tensor:
+    def adversarial_loss(self, z: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         """``adversarial_weight`` × the summed mean cross-entropies of the label classifiers on ``z`` (cells ×
         n_latent), with the gradient reaching ``z`` reversed; 0 without classifiers or when gradients are off."""
         if not self.adversarial_indices or not torch.is_grad_enabled():
             return z.new_zeros(())
         reversed_z = _ReverseGradient.apply(z)
         ce = sum(
-            F.cross_entropy(clf(reversed_z), cats[:, i])
+            F.cross_entropy(clf(reversed_z), codes[:, i])
             for clf, i in zip(self.label_classifiers, self.adversarial_indices)
         )
         return self.adversarial_weight * ce
@@ -316,16 +315,16 @@ class VAE(nn.Module):
             ``logsumexp(log_weight)`` is multiplied once more by the normalised weight. The values returned are
             unchanged; only gradients differ. Meant for the IWAE loss only.
         """
-        x, cats, nonzero = batch
+        x, codes, nonzero = batch
         mean, logvar = posterior if posterior is not None else self.inference(batch)
         eps = torch.randn((n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
-        z = mean + torch.exp(0.5 * logvar) * eps  # (S, B, d)
+        z = reparameterize(mean, logvar, eps)  # (S, B, d)
         s, b = n_samples, x.shape[0]
-        flat_cats = cats.repeat(s, 1) if cats is not None and self.n_categories else cats
+        flat_codes = codes.repeat(s, 1) if codes is not None and self.n_categories else codes
         if nonzero is not None and s > 1:  # the same entries in each of the S copies of x, stacked
             shift = torch.arange(s, device=nonzero.device).repeat_interleave(nonzero.shape[1]) * b
             nonzero = nonzero.repeat(1, s) + torch.stack([shift, torch.zeros_like(shift)])
-        log_px_z = self.log_px(Minibatch(x.repeat(s, 1), flat_cats, nonzero), z.reshape(s * b, -1)).reshape(s, b)
+        log_px_z = self.log_px(Minibatch(x.repeat(s, 1), flat_codes, nonzero), z.reshape(s * b, -1)).reshape(s, b)
         log_qz = log_normal_diag(z, mean.detach(), logvar.detach()) if dreg else log_normal_diag(z, mean, logvar)
         log_pz = self.log_prior(z, components)
         log_weight = log_px_z + kl_weight * (log_pz - log_qz)
@@ -365,10 +364,10 @@ class VAE(nn.Module):
         if objective == "elbo" and k == 1 and self.prior == "normal":
             # The default: one sample, closed-form KL.
             mean, logvar = self.inference(batch)
-            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            z = reparameterize(mean, logvar, torch.randn_like(mean))
             reconstruction = self.log_px(batch, z)
             kl = kl_normal_standard(mean, logvar)
-            loss = (kl_weight * kl - reconstruction).mean() + self.adversarial_loss(z, batch.cats)
+            loss = (kl_weight * kl - reconstruction).mean() + self.adversarial_loss(z, batch.codes)
             return Loss(loss, reconstruction, kl)
         dreg = objective == "iwae" and torch.is_grad_enabled()
         terms = self.log_importance_weights(batch, k, kl_weight=kl_weight, dreg=dreg)
@@ -378,12 +377,18 @@ class VAE(nn.Module):
         else:
             kl = (terms.log_qz - terms.log_pz).mean(0)
         # (With DReG, the hook on z also scales the adversary's gradient of each sample by its normalised weight.)
-        flat_cats = None if batch.cats is None else batch.cats.repeat(k, 1)
-        adversarial = self.adversarial_loss(terms.z.reshape(-1, self.n_latent), flat_cats)
+        flat_codes = None if batch.codes is None else batch.codes.repeat(k, 1)
+        adversarial = self.adversarial_loss(terms.z.reshape(-1, self.n_latent), flat_codes)
         if objective == "elbo":
             return Loss((kl_weight * kl - reconstruction).mean() + adversarial, reconstruction, kl)
         iwae = torch.logsumexp(terms.log_weight, dim=0) - math.log(k)
         return Loss(-iwae.mean() + adversarial, reconstruction, kl, iwae)
+
+
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mean + sigma * eps: a draw from N(mean, diag exp(logvar)) given standard normal noise ``eps`` (which may
+    carry leading sample axes), differentiable in ``mean`` and ``logvar``."""
+    return mean + torch.exp(0.5 * logvar) * eps
 
 
 def kl_normal_standard(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from .data import check_positive_int
 from .loaders import Minibatch
 from .module import VAE
+from .trained import refuse_nonfinite
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -105,6 +106,5 @@ def log_likelihood(
     x, codes = model.read(adata)
     batches: Any = model.batches(x, codes, batch_size)
     ll, elbo = estimate_log_likelihood(model.module, batches, n_samples, seed=seed, chunk_size=chunk_size)
-    if not np.isfinite(ll).all():
-        raise FloatingPointError("the log-likelihood estimate is NaN/inf; the model's weights are not usable")
+    refuse_nonfinite(ll, "log-likelihood estimate")
     return (ll, elbo) if return_elbo else ll

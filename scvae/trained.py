@@ -23,7 +23,7 @@ from anndata import AnnData
 
 from .data import CategoryEncoder, DataSpec, InputError, align_genes, check_positive_int, get_matrix, validate_matrix
 from .loaders import Minibatch, to_dense_float
-from .module import VAE, ModuleConfig
+from .module import VAE, ModuleConfig, reparameterize
 from .train import TrainSettings
 from .version import __version__
 
@@ -138,7 +138,7 @@ class SCVAE:
             mean, logvar = self.module.inference(batch)
             if not give_mean:
                 eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
-                mean = mean + torch.exp(0.5 * logvar) * eps
+                mean = reparameterize(mean, logvar, eps)
             z[start : start + len(mean)] = mean.cpu().numpy()
         refuse_nonfinite(z, "latent representation")
         return z
@@ -181,7 +181,7 @@ class SCVAE:
                 z = mean
                 if n_samples > 1:
                     eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
-                    z = mean + torch.exp(0.5 * logvar) * eps
+                    z = reparameterize(mean, logvar, eps)
                 acc += self.module.generative(z, db).expression(library_size)
             expr[start : start + len(acc)] = (acc / n_samples).cpu().numpy()
         refuse_nonfinite(expr, "normalized expression")
@@ -214,7 +214,7 @@ class SCVAE:
             mean, logvar = self.module.inference(batch)
             for s in range(n_samples):
                 eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
-                px = self.module.generative(mean + torch.exp(0.5 * logvar) * eps, db, self.module.library(batch.x))
+                px = self.module.generative(reparameterize(mean, logvar, eps), db, self.module.library(batch.x))
                 draws[s, start : start + len(batch.x)] = px.sample(gen).cpu().numpy()
         return draws[0] if n_samples == 1 else draws
 
@@ -249,9 +249,10 @@ class SCVAE:
         return out
 
 
-def refuse_nonfinite(values: np.ndarray, what: str) -> None:
+def refuse_nonfinite(values: np.ndarray | torch.Tensor, what: str) -> None:
     """Raise instead of handing out NaN/inf computed by a model whose weights are not usable."""
-    if not np.isfinite(values).all():
+    finite = bool(torch.isfinite(values).all()) if isinstance(values, torch.Tensor) else np.isfinite(values).all()
+    if not finite:
         raise FloatingPointError(
             f"the model produced NaN/inf in the {what}; its weights are not usable (training diverged?). "
             "Retrain with a lower lr, and check that the data are what the likelihood expects"
