@@ -64,12 +64,51 @@ def _model_dir_free(model_dir: str | None, force: bool) -> None:
         raise CommandError(f"model folder {model_dir} exists and is not empty; pass --force to replace it")
 
 
+def _read_cells(inputs: list[str], output: str, force: bool):
+    """One .h5ad read into memory (written back with the results), or several files / a zarr store opened from disk
+    as a collection; the output path checked against every input."""
+    out = None
+    for inp in inputs:
+        out = _check_output(inp, output, force)
+    if len(inputs) == 1 and not (Path(inputs[0]).suffix == ".zarr" or Path(inputs[0]).is_dir()):
+        return _read(inputs[0]), out
+    from .stores import open_files
+
+    missing = [p for p in inputs if not Path(p).exists()]
+    if missing:
+        raise CommandError(f"input {missing[0]} does not exist")
+    return open_files(inputs), out
+
+
+def _write_cells(cells, out: Path, latent, key_added: str, record: dict | None = None) -> None:
+    """Write ``cells`` with their latent space: the AnnData itself, or for a collection its obs and genes (the
+    counts stay in the input files)."""
+    import anndata as ad
+    import pandas as pd
+
+    from .stores import is_collection
+
+    if not is_collection(cells):
+        cells.obsm[key_added] = latent
+        cells.write_h5ad(out)
+        return
+    obs = cells.obs.copy()
+    obs.index = pd.Index(cells.obs_names).astype(str)
+    result = ad.AnnData(
+        obs=obs, var=pd.DataFrame(index=pd.Index(cells.var_names).astype(str)), obsm={key_added: latent}
+    )
+    if record is not None:
+        result.uns["scvae"] = record
+    result.write_h5ad(out)
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from . import model as m
+    from .stores import is_collection
+    from .trained import uns_record
 
-    out = _check_output(args.input, args.output, args.force)
     _model_dir_free(args.model_dir, args.force)
-    adata = _read(args.input)
+    adata, out = _read_cells(args.input, args.output, args.force)
     model = m.fit(
         adata,
         layer=args.layer,
@@ -83,7 +122,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
         progress_bar=args.progress,
         key_added=args.key_added,
     )
-    adata.write_h5ad(out)
+    latent = model.get_latent(adata) if is_collection(adata) else adata.obsm[args.key_added]
+    _write_cells(adata, out, latent, args.key_added, uns_record(model, args.key_added))
     if args.model_dir:
         model.save(args.model_dir, overwrite=args.force)
     logging.getLogger("scvae").info("wrote %s%s", out, f" and model {args.model_dir}" if args.model_dir else "")
@@ -91,11 +131,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> None:
 
-    out = _check_output(args.input, args.output, args.force)
     model = _load(args.model_dir)
-    adata = _read(args.input)
-    adata.obsm[args.key_added] = model.get_latent(adata)
-    adata.write_h5ad(out)
+    adata, out = _read_cells(args.input, args.output, args.force)
+    _write_cells(adata, out, model.get_latent(adata), args.key_added)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -190,7 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)
-        if name != "info":
+        if name in ("fit", "embed"):
+            p.add_argument(
+                "input",
+                nargs="+",
+                help="input .h5ad (raw counts in X, or in --layer); or several .h5ad files or zarr stores, read as one "
+                "collection from disk (the genes all share; obs['file'] names each cell's file, e.g. --batch-key "
+                "file); OUTPUT then holds obs and the latent space, not the counts",
+            )
+        elif name != "info":
             p.add_argument("input", help="input .h5ad (raw counts in X, or in --layer)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings and errors only")
         return p

@@ -198,14 +198,25 @@ def csr_rows(
     return out, torch.stack([flat // n_cols, flat % n_cols])
 
 
-class BackedRows:
-    """The matrix of a backed AnnData, read ``block_size`` contiguous rows at a time (one read per block)."""
+BLOCK_ROWS = 8192  # contiguous rows read at a time from disk
 
-    def __init__(self, x: Any, block_size: int = 8192) -> None:
-        self.x, self.shape, self.block_size = x, tuple(x.shape), int(block_size)
+
+class BackedRows:
+    """The matrix of a backed AnnData (or a collection of files, :class:`~scvae.stacked.Stacked`), read
+    ``block_size`` contiguous rows at a time (one read per block; default :data:`BLOCK_ROWS`)."""
+
+    def __init__(self, x: Any, block_size: int | None = None) -> None:
+        self.x, self.shape, self.block_size = x, tuple(x.shape), int(block_size or BLOCK_ROWS)
 
     def read(self, start: int, stop: int) -> TensorRows:
+        """Rows ``start`` to ``stop``, in one contiguous read."""
         block = self.x[start:stop]
+        return TensorRows(block if sp.issparse(block) else np.asarray(block))
+
+    def read_rows(self, rows: np.ndarray) -> TensorRows:
+        """The rows ``rows`` (increasing) only: for cells spread thinly over the matrix, such as the validation
+        cells, where a contiguous read would take in every row between them."""
+        block = self.x[rows]
         return TensorRows(block if sp.issparse(block) else np.asarray(block))
 
 
@@ -304,8 +315,11 @@ class Minibatches:
             for b in needed:
                 if b not in loaded:
                     members = cells[b * size : (b + 1) * size]
-                    lo = int(members[0])
-                    loaded[b] = (self.source.read(lo, int(members[-1]) + 1), members - lo)
+                    lo, hi = int(members[0]), int(members[-1]) + 1
+                    if hi - lo > 4 * len(members):  # thinly spread (the validation cells): read only those rows
+                        loaded[b] = (self.source.read_rows(members.numpy()), torch.arange(len(members)))
+                    else:
+                        loaded[b] = (self.source.read(lo, hi), members - lo)
             parts, part_cells, part_nonzero, offset = [], [], [], 0
             for b in needed:
                 rows, local = loaded[b]

@@ -27,11 +27,11 @@ from .data import (
     InputError,
     align_genes,
     check_positive_int,
-    get_matrix,
     obs_column,
     refuse_view,
 )
 from .module import VAE
+from .stores import check_labels, is_collection, matrix
 from .train import Runtime, TrainSettings, default_max_epochs, fit_module, home_device
 from .trained import SCVAE, TrainingRecord, write_latent
 
@@ -106,9 +106,10 @@ def map_query(
     """
     if not isinstance(model, SCVAE):
         raise InputError(f"model must be a trained scvae.model.SCVAE, got {type(model).__name__}")
-    if not isinstance(query, AnnData):
+    if not isinstance(query, AnnData) and not is_collection(query):
         raise InputError(f"query must be an AnnData object, got {type(query).__name__}; e.g. sc.read_h5ad(path)")
-    refuse_view(query, "query")
+    if isinstance(query, AnnData):
+        refuse_view(query, "query")
     keys = model.labels.keys
     if not keys:
         raise InputError(
@@ -116,6 +117,7 @@ def map_query(
             "reference with batch_key= (e.g. scvae.model.fit(reference, batch_key='batch')), or embed the query "
             "directly with model.get_latent(query)"
         )
+    check_labels(query, keys)
     missing = [k for k in keys if k not in query.obs.columns]
     if missing:
         raise InputError(
@@ -124,7 +126,7 @@ def map_query(
         )
     for key in keys:
         obs_column(query, key, owner="query")  # every query cell needs a label
-    get_matrix(query, model.spec.layer)  # a clear error for a missing layer before the genes
+    matrix(query, model.spec.layer)  # a clear error for a missing layer before the genes
     align_genes(query, model.genes)
     if max_epochs is not None:
         check_positive_int("max_epochs", max_epochs)

@@ -14,10 +14,11 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import CategoryEncoder, DataSpec, InputError, check_positive_int, get_matrix, refuse_view, validate_matrix
+from .data import CategoryEncoder, DataSpec, InputError, check_positive_int, refuse_view, validate_matrix
 from .likelihoods import COUNT_LIKELIHOODS
 from .loaders import to_dense_float
 from .module import VAE
+from .stores import check_labels, is_collection, matrix
 from .train import Runtime, TrainSettings, default_lr, default_max_epochs, fit_module, read_checkpoint
 from .trained import SCVAE, TrainingRecord, load, module_config, write_latent
 
@@ -178,9 +179,13 @@ def fit(
     >>> model = scvae.model.fit(adata, batch_key="batch")
     >>> sc.pp.neighbors(adata, use_rep="X_scvae")
     """
-    if not isinstance(adata, AnnData):
-        raise InputError(f"expected an AnnData object, got {type(adata).__name__}; e.g. adata = sc.read_h5ad(path)")
-    refuse_view(adata)
+    if not isinstance(adata, AnnData) and not is_collection(adata):
+        raise InputError(
+            f"expected an AnnData object or an AnnCollection, got {type(adata).__name__}; e.g. adata = "
+            "sc.read_h5ad(path), or scvae.stores.open_files(paths) for several files"
+        )
+    if isinstance(adata, AnnData):
+        refuse_view(adata)
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]
     keys = [k for k in (batch_key, condition_key, *(covariate_keys or [])) if k is not None]
@@ -188,6 +193,7 @@ def fit(
         raise InputError(f"batch_key, condition_key and covariate_keys must be different columns, got {keys}")
     if not pd.Index(adata.var_names).is_unique:
         raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
+    check_labels(adata, keys)
     labels = CategoryEncoder.fit(adata, keys)
     if condition_key is not None and len(labels.categories[condition_key]) < 2:
         raise InputError(
@@ -242,7 +248,7 @@ def fit(
     if batch_size > adata.n_obs:
         raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
 
-    x = get_matrix(adata, layer)
+    x = matrix(adata, layer)
     validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where)
     codes = labels.encode(adata)
 

@@ -22,8 +22,9 @@ import torch
 from anndata import AnnData
 
 from .data import CategoryEncoder, DataSpec, InputError, align_genes, check_positive_int, get_matrix, validate_matrix
-from .loaders import Minibatch, to_dense_float
+from .loaders import Minibatch, is_backed_matrix, to_dense_float
 from .module import VAE, ModuleConfig, reparameterize
+from .stores import check_labels, collection_matrix, is_collection
 from .train import TrainSettings
 from .version import __version__
 
@@ -90,9 +91,14 @@ class SCVAE:
     def read(self, adata: AnnData, overrides: dict[str, str] | None = None) -> tuple[Any, np.ndarray]:
         """The model's genes of ``adata``, in the model's order and validated for its likelihood, and the label
         codes of every cell (``overrides``: {label: category} to encode every cell with)."""
+        if is_collection(adata):
+            check_labels(adata, self.labels.keys)
+            x = collection_matrix(adata, self.spec.layer, self.genes)  # each file's genes, in the model's order
+            validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where)
+            return x, self.labels.encode(adata, overrides)
         x = get_matrix(adata, self.spec.layer)
         idx = align_genes(adata, self.genes)
-        if idx is not None and adata.isbacked:
+        if idx is not None and is_backed_matrix(x):
             raise InputError(
                 "adata is backed (on disk) and its genes are not the model's, in the model's order; selecting genes "
                 "would read the whole matrix. Load the model's genes into memory first: "
@@ -332,5 +338,8 @@ def write_latent(model: SCVAE, adata: AnnData, key_added: str) -> None:
     """The last step of training: ``adata.obsm[key_added]`` (posterior means) and ``adata.uns["scvae"]``, written
     only once the latent space is known to be finite."""
     latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
+    if is_collection(adata):
+        logger.info("a collection of files holds no results; get the latent space with model.get_latent(collection)")
+        return
     adata.obsm[key_added] = latent
     adata.uns["scvae"] = uns_record(model, key_added)

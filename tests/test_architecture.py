@@ -15,6 +15,8 @@ LAYERS = {
     "data": 1,
     "conditions": 6,
     "loaders": 1,
+    "stacked": 1,
+    "stores": 1,
     "distributions": 2,
     "kernels": 2,
     "likelihoods": 2,

@@ -11,18 +11,21 @@ import pytest
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 
 
-def _run(tmp_path: Path, devices: int, lr: float) -> dict:
-    out = tmp_path / f"ddp_{devices}.json"
+def _run(tmp_path: Path, devices: int, lr: float, files: list[Path] = ()) -> dict:
+    out = tmp_path / f"ddp_{devices}_{len(files)}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(devices), str(lr)],
+        [sys.executable, str(SCRIPT), str(out), str(devices), str(lr), *map(str, files)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    if files:
+        result["rows_read"] = [json.loads(Path(f"{out}.rank{r}").read_text())["rows_read"] for r in range(devices)]
+    return result
 
 
 @pytest.mark.slow
@@ -37,3 +40,27 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
     assert two["kl_weight_first_epochs"] == pytest.approx(one["kl_weight_first_epochs"])
     assert two["knn"] > 0.75 and two["knn"] > one["knn"] - 0.04, (one, two)
     assert abs(two["elbo_validation"] - one["elbo_validation"]) < 4, (one, two)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
+def test_ddp_on_a_collection_of_files_reads_each_rank_its_own_share(tmp_path):
+    """Two processes on three backed files (read in blocks of 50 rows): each reads its own share of the blocks, not
+    the whole matrix, and the model is as good as the single-process one. Measured (700 cells, 40 epochs): one
+    process 30,760 rows; two 21,347 and 17,861: each a half, plus the one validation minibatch that both ranks
+    evaluate and the blocks at the edges of its share."""
+    import scvae
+
+    adata = scvae.datasets.pbmc68k()
+    files = [tmp_path / f"part{i}.h5ad" for i in range(3)]
+    for path, rows in zip(files, (slice(0, 250), slice(250, 500), slice(500, None))):
+        adata[rows].copy().write_h5ad(path)
+    one = _run(tmp_path, 1, 1e-3, files)
+    two = _run(tmp_path, 2, 2e-3, files)
+    assert two["world_size"] == 2
+    single = one["rows_read"][0]
+    assert single >= 40 * 600  # every training and validation cell, every epoch
+    assert all(r < 0.75 * single for r in two["rows_read"]), (one["rows_read"], two["rows_read"])
+    assert sum(two["rows_read"]) < 1.35 * single  # together about one pass, not one pass each
+    assert two["knn"] > 0.7 and two["knn"] > one["knn"] - 0.05, (one, two)
+    assert abs(two["elbo_validation"] - one["elbo_validation"]) < 5, (one, two)
