@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -199,6 +201,7 @@ def csr_rows(
 
 
 BLOCK_ROWS = 8192  # contiguous rows read at a time from disk
+PREFETCH_BLOCKS = 2  # blocks read ahead by the loader's worker thread
 
 
 class BackedRows:
@@ -305,34 +308,62 @@ class Minibatches:
             for a in range(0, len(order), 2 * size):
                 window = order[a : a + 2 * size]
                 order[a : a + 2 * size] = window[torch.randperm(len(window), generator=self.generator)]
-        loaded: dict[int, tuple[TensorRows, torch.Tensor]] = {}  # block -> (its rows, positions of its cells)
-        for pos in self._my_batches(order):
-            block_of = pos // size
-            needed = sorted(set(block_of.tolist()))
-            for b in list(loaded):
-                if b not in needed:
-                    del loaded[b]
-            for b in needed:
-                if b not in loaded:
-                    members = cells[b * size : (b + 1) * size]
-                    lo, hi = int(members[0]), int(members[-1]) + 1
-                    if hi - lo > 4 * len(members):  # thinly spread (the validation cells): read only those rows
-                        loaded[b] = (self.source.read_rows(members.numpy()), torch.arange(len(members)))
-                    else:
-                        loaded[b] = (self.source.read(lo, hi), members - lo)
-            parts, part_cells, part_nonzero, offset = [], [], [], 0
-            for b in needed:
-                rows, local = loaded[b]
-                mine = pos[block_of == b] - b * size
-                x, nonzero = rows.cut(local[mine])
-                parts.append(x)
-                part_cells.append(cells[b * size + mine])
-                part_nonzero.append(None if nonzero is None else nonzero + torch.tensor([[offset], [0]]))
-                offset += x.shape[0]
-            x = parts[0] if len(parts) == 1 else torch.cat(parts)
-            idx = part_cells[0] if len(part_cells) == 1 else torch.cat(part_cells)
-            nonzero = None if part_nonzero[0] is None else torch.cat(part_nonzero, dim=1)
-            yield Minibatch(x, self.codes.index_select(0, idx.to(self.codes.device)), nonzero)
+        batches = list(self._my_batches(order))
+        # The blocks in the order they are read: a block is kept while consecutive minibatches need it.
+        reads, held = [], set()
+        for pos in batches:
+            needed = set((pos // size).tolist())
+            held &= needed
+            reads += sorted(needed - held)
+            held |= needed
+
+        def read(b: int) -> tuple[TensorRows, torch.Tensor]:  # a block's rows, and its cells' positions in them
+            members = cells[b * size : (b + 1) * size]
+            lo, hi = int(members[0]), int(members[-1]) + 1
+            if hi - lo > 4 * len(members):  # thinly spread (the validation cells): read only those rows
+                return self.source.read_rows(members.numpy()), torch.arange(len(members))
+            return self.source.read(lo, hi), members - lo
+
+        # One worker reads the next blocks while the model trains on this one (torch releases the GIL in its kernels).
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            ahead = deque(worker.submit(read, b) for b in reads[:PREFETCH_BLOCKS])
+            upcoming = iter(reads[PREFETCH_BLOCKS:])
+            loaded: dict[int, tuple[TensorRows, torch.Tensor]] = {}
+            for pos in batches:
+                block_of = pos // size
+                needed = sorted(set(block_of.tolist()))
+                loaded = {b: v for b, v in loaded.items() if b in needed}
+                for b in needed:
+                    if b not in loaded:
+                        loaded[b] = ahead.popleft().result()
+                        nxt = next(upcoming, None)
+                        if nxt is not None:
+                            ahead.append(worker.submit(read, nxt))
+                yield self._minibatch(pos, block_of, needed, loaded, cells, size)
+
+    def _minibatch(
+        self,
+        pos: torch.Tensor,
+        block_of: torch.Tensor,
+        needed: list[int],
+        loaded: dict[int, tuple[TensorRows, torch.Tensor]],
+        cells: torch.Tensor,
+        size: int,
+    ) -> Minibatch:
+        """The cells at positions ``pos`` of the epoch's order, cut from their blocks."""
+        parts, part_cells, part_nonzero, offset = [], [], [], 0
+        for b in needed:
+            rows, local = loaded[b]
+            mine = pos[block_of == b] - b * size
+            x, nonzero = rows.cut(local[mine])
+            parts.append(x)
+            part_cells.append(cells[b * size + mine])
+            part_nonzero.append(None if nonzero is None else nonzero + torch.tensor([[offset], [0]]))
+            offset += x.shape[0]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        idx = part_cells[0] if len(part_cells) == 1 else torch.cat(part_cells)
+        nonzero = None if part_nonzero[0] is None else torch.cat(part_nonzero, dim=1)
+        return Minibatch(x, self.codes.index_select(0, idx.to(self.codes.device)), nonzero)
 
 
 def _source(x: Any) -> TensorRows | BackedRows:

@@ -64,6 +64,7 @@ def fit(
     accelerator: str = "auto",
     devices: int | str = "auto",
     strategy: str = "auto",
+    num_nodes: int = 1,
     progress_bar: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
@@ -80,8 +81,11 @@ def fit(
         Cells × genes. Raw counts (integers, any dtype, dense or sparse) for count likelihoods. Cells with no
         counts are refused (filter them with ``sc.pp.filter_cells(adata, min_counts=1)``); genes with no counts
         are kept and learned as (nearly) never expressed. A backed AnnData (``sc.read_h5ad(path, backed="r")``)
-        is trained on from disk: ``X`` is read in blocks of contiguous cells (shuffled block by block), never
-        whole, so data larger than memory can be used.
+        is trained on from disk: ``X`` is read in blocks of contiguous cells (shuffled block by block, the next
+        blocks read by a worker thread while the model trains), never whole, so data larger than memory can be
+        used. So are a zarr store (:func:`scvae.stores.open_zarr`) and several files as one collection
+        (:func:`scvae.stores.open_files`, or any ``AnnCollection`` of backed files); a collection holds no
+        results, so nothing is written for it: ``model.get_latent(collection)`` gives the latent space.
     layer
         Read the data from ``adata.layers[layer]`` instead of ``adata.X``.
     batch_key, condition_key, covariate_keys
@@ -147,15 +151,18 @@ def fit(
         (torch, numpy, random) is left untouched.
     key_added
         ``obsm`` key of the latent representation.
-    accelerator, devices, strategy
+    accelerator, devices, strategy, num_nodes
         Passed to Lightning's ``Trainer``: ``"auto"`` uses a GPU if there is one; ``strategy="ddp"`` with
         ``devices=N`` trains on N devices (GPUs, or CPU processes with ``accelerator="cpu"``), each process on its
         own share of every epoch's minibatches. Each process takes ``batch_size`` cells per step, so a step sees
         N × ``batch_size`` cells and an epoch has 1/N of the steps: raise ``lr`` with N to train as far in as
         many epochs (the DDP test doubles lr 1e-3 for two processes; scaling up the default 4e-3 has not been
         measured). ``"ddp"`` runs the calling script again in each new process (run it as a
-        script, not in a notebook); every process returns a model, and only rank 0 (``LOCAL_RANK`` 0) should
-        write files.
+        script, not in a notebook); every process returns a model, and only rank 0 (``RANK`` 0) should
+        write files. Under ``torchrun`` or SLURM, Lightning takes the processes it is given (it starts none);
+        ``devices`` is then the processes per node and ``num_nodes`` the nodes (see the README's recipe). From
+        files on disk (a backed AnnData, a collection, a zarr store) each process reads only the blocks of its
+        own minibatches.
     data_on_device
         Keep the count matrix on the GPU (sparse, copied there once) and cut minibatches there, with no copy
         from the host per step. ``None`` (default): when it takes less than half of the free GPU memory; else
@@ -244,7 +251,7 @@ def fit(
     )
     if resume and checkpoint_dir is None:
         raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
-    runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir)
+    runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir, num_nodes=num_nodes)
     if batch_size > adata.n_obs:
         raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
 

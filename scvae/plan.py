@@ -58,7 +58,8 @@ class TrainSettings:
 
 @dataclass
 class Runtime:
-    """How one run executes, not saved: Lightning's ``accelerator``, ``devices`` and ``strategy``, whether the data
+    """How one run executes, not saved: Lightning's ``accelerator``, ``devices``, ``strategy`` and ``num_nodes``,
+    whether the data
     live on the GPU (None: when they fit), the progress bar, and the checkpoint folder with the checkpoint read from
     it to continue (``resume``, see :func:`read_checkpoint`)."""
 
@@ -69,8 +70,10 @@ class Runtime:
     progress_bar: bool = True
     checkpoint_dir: Path | None = None
     resume: dict[str, Any] | None = None
+    num_nodes: int = 1
 
     def __post_init__(self) -> None:
+        self.num_nodes = check_int("num_nodes", self.num_nodes)
         if self.data_on_device not in (None, True, False):
             raise InputError(
                 f"data_on_device must be True, False or None (decide by free GPU memory), got {self.data_on_device!r}"

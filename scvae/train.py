@@ -84,6 +84,7 @@ def train(
             accelerator=runtime.accelerator,
             devices=runtime.devices,
             strategy=runtime.strategy,
+            num_nodes=runtime.num_nodes,
             max_epochs=remaining,
             callbacks=callbacks,
             logger=False,
