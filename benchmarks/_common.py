@@ -59,3 +59,29 @@ def synthetic_blocks(
             index=[f"cell{i}" for i in range(start, start + len(t))],
         )
         yield sp.csr_matrix(x.astype(np.float32)), obs
+
+
+def install_epoch_clock() -> list[float]:
+    """Make every Lightning ``Trainer`` made from now on (scvae builds its own) record the time each training epoch
+    starts and the time training ends, in the list returned: the training loop's time is ``last - first``."""
+    import time
+
+    import lightning.pytorch as pl
+
+    starts: list[float] = []
+
+    class Clock(pl.Callback):
+        def on_train_epoch_start(self, trainer, plan) -> None:
+            starts.append(time.perf_counter())
+
+        def on_train_end(self, trainer, plan) -> None:
+            starts.append(time.perf_counter())
+
+    base = pl.Trainer
+
+    class ClockedTrainer(base):
+        def __init__(self, *args, callbacks=None, **kwargs) -> None:
+            super().__init__(*args, callbacks=[*(callbacks or []), Clock()], **kwargs)
+
+    pl.Trainer = ClockedTrainer
+    return starts

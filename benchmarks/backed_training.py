@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import markdown_table, synthetic_blocks
+from _common import install_epoch_clock, markdown_table, synthetic_blocks
 
 OUT = Path(__file__).resolve().parent / "results"
 N_GENES = 2000
@@ -121,27 +121,10 @@ def child(mode: str, path: str, limit_gb: float, epochs: int, seed: int, cgroup:
             adata = ad.read_h5ad(path)
             result["outcome"] = f"loaded ({adata.n_obs} cells)"
         else:
-            import lightning.pytorch as pl
-
             import scvae
             from scvae.metrics import knn_accuracy
 
-            starts: list[float] = []
-
-            class Clock(pl.Callback):
-                def on_train_epoch_start(self, trainer, plan) -> None:
-                    starts.append(time.perf_counter())
-
-                def on_train_end(self, trainer, plan) -> None:
-                    starts.append(time.perf_counter())
-
-            base = pl.Trainer
-
-            class ClockedTrainer(base):
-                def __init__(self, *args, callbacks=None, **kwargs) -> None:
-                    super().__init__(*args, callbacks=[*(callbacks or []), Clock()], **kwargs)
-
-            pl.Trainer = ClockedTrainer
+            starts = install_epoch_clock()
             adata = ad.read_h5ad(path, backed="r")
             model = scvae.model.fit(
                 adata, batch_key="batch", max_epochs=epochs, seed=seed, progress_bar=False, early_stopping=False

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import markdown_table, synthetic_blocks
+from _common import install_epoch_clock, markdown_table, synthetic_blocks
 from backed_training import N_GENES, _mem, make_cgroup
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -100,7 +100,6 @@ def child(spec: dict) -> dict:
     if spec["cgroup"]:
         (Path(spec["cgroup"]) / "cgroup.procs").write_text(str(__import__("os").getpid()))
     import anndata as ad
-    import lightning.pytorch as pl
     import torch
 
     import scvae
@@ -108,22 +107,7 @@ def child(spec: dict) -> dict:
     from scvae.stores import collection_matrix, open_files, open_zarr
 
     torch.set_num_threads(2)
-    starts: list[float] = []
-
-    class Clock(pl.Callback):
-        def on_train_epoch_start(self, trainer, plan) -> None:
-            starts.append(time.perf_counter())
-
-        def on_train_end(self, trainer, plan) -> None:
-            starts.append(time.perf_counter())
-
-    base = pl.Trainer
-
-    class ClockedTrainer(base):
-        def __init__(self, *args, callbacks=None, **kwargs) -> None:
-            super().__init__(*args, callbacks=[*(callbacks or []), Clock()], **kwargs)
-
-    pl.Trainer = ClockedTrainer
+    starts = install_epoch_clock()
     source = spec["source"]
     if source == "memory":
         cells = ad.concat([ad.read_h5ad(p) for p in spec["paths"]])
