@@ -135,19 +135,15 @@ def file_names(collection: AnnCollection) -> list[str]:
 
 
 def _part(adata: AnnData, layer: str | None, name: str) -> Any:
-    if layer is None:
-        return get_matrix(adata, None) if adata.X is not None else _no_counts(name, "X")
-    if adata.isbacked:  # a backed file's layers are in memory already; read the one needed from disk instead
-        try:
-            return _lazy(adata.file[f"layers/{layer}"], f"{name}: layers[{layer!r}]")
-        except KeyError:
-            return _no_counts(name, f"layers[{layer!r}]")
-    if layer not in adata.layers:
-        return _no_counts(name, f"layers[{layer!r}]")
-    return get_matrix(adata, layer)
-
-
-def _no_counts(name: str, where: str) -> Any:
+    """The counts of one file of a collection, left on disk."""
+    where = "X" if layer is None else f"layers[{layer!r}]"
+    if layer is None and adata.X is not None:
+        return get_matrix(adata, None)
+    if layer is not None and adata.isbacked and f"layers/{layer}" in adata.file:
+        # a backed file's layers are held in memory by anndata; read this one from disk instead
+        return _lazy(adata.file[f"layers/{layer}"], f"{name}: {where}")
+    if layer is not None and not adata.isbacked and layer in adata.layers:
+        return get_matrix(adata, layer)
     raise InputError(f"{name} has no {where}; every file needs the counts in the same place (X, or the same layer)")
 
 
