@@ -171,9 +171,10 @@ plt.close()
 #   data set (560 training cells) β > 1 acts as a regulariser and even raises log p(x), while β < 1 overfits.
 # - The importance-sampled log p(x) is a tighter bound than the ELBO, tightening with K; use it (K ≈ 1000) to
 #   compare models, never the ELBO of models trained with different objectives.
-# - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here (about +5 nats per cell over two
-#   seeds in the benchmark). IWAE training fits the training cells better but, with so few cells, that does not
-#   carry over to held-out cells: see `benchmarks/results/objectives_priors.md` for several seeds and the
-#   seed-to-seed spread. On the larger Kang data (2,204 training cells, `benchmarks/results/objectives_kang.md`)
-#   it does: IWAE K=5 +0.75 and K=20 +0.95 nats per cell over the standard VAE, better on all 5 seeds (the
-#   standard VAE's own seed-to-seed sd is 0.43), and the VampPrior +4.62.
+# - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here: +7.4 ± 1.3 nats per cell over two
+#   seeds in the benchmark with fit's defaults (`benchmarks/results/objectives_priors.md`, where β = 2 and 4 give
+#   +4.7 and +9.9 and β = 0.5 −4.4). IWAE training fits the training cells better but, with so few cells, that
+#   does not carry over to held-out cells: K = 5 −5.7 and K = 20 −8.0 nats per cell there. On the larger Kang
+#   data (2,204 training cells, `benchmarks/results/objectives_kang.md`, measured with early stopping before the
+#   defaults changed, not rerun since) it did: IWAE K=5 +0.75 and K=20 +0.95 nats per cell over the standard VAE,
+#   better on all 5 seeds (the standard VAE's own seed-to-seed sd is 0.43), and the VampPrior +4.62.
