@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             "Label accuracy: k-NN (k=15, distance-weighted) transfer from reference to query cells in the latent "
             "space, against the dataset's cell types. Mixing: scvae.metrics.batch_mixing of reference vs query cells "
             "on the joint latent (cell types present in both; 1 = ideal). 'seconds (query step)': map_query for the "
-            f"mapping rows, the whole fit for the from-scratch rows. Default epochs and early stopping; seed {args.seed}.",
+            f"mapping rows, the whole fit for the from-scratch rows. fit's defaults (default epochs, final weights; map_query stops early on its validation ELBO); seed {args.seed}.",
             "",
             markdown_table(tab),
             "",
