@@ -211,14 +211,10 @@ class BackedRows:
     def __init__(self, x: Any, block_size: int | None = None) -> None:
         self.x, self.shape, self.block_size = x, tuple(x.shape), int(block_size or BLOCK_ROWS)
 
-    def read(self, start: int, stop: int) -> TensorRows:
-        """Rows ``start`` to ``stop``, in one contiguous read."""
-        block = self.x[start:stop]
-        return TensorRows(block if sp.issparse(block) else np.asarray(block))
-
-    def read_rows(self, rows: np.ndarray) -> TensorRows:
-        """The rows ``rows`` (increasing) only: for cells spread thinly over the matrix, such as the validation
-        cells, where a contiguous read would take in every row between them."""
+    def read(self, rows: slice | np.ndarray) -> TensorRows:
+        """Rows ``rows``: a slice, in one contiguous read, or increasing row indices, those rows only (for cells
+        spread thinly over the matrix, such as the validation cells, where a contiguous read would take in every
+        row between them)."""
         block = self.x[rows]
         return TensorRows(block if sp.issparse(block) else np.asarray(block))
 
@@ -321,8 +317,8 @@ class Minibatches:
             members = cells[b * size : (b + 1) * size]
             lo, hi = int(members[0]), int(members[-1]) + 1
             if hi - lo > 4 * len(members):  # thinly spread (the validation cells): read only those rows
-                return self.source.read_rows(members.numpy()), torch.arange(len(members))
-            return self.source.read(lo, hi), members - lo
+                return self.source.read(members.numpy()), torch.arange(len(members))
+            return self.source.read(slice(lo, hi)), members - lo
 
         # One worker reads the next blocks while the model trains on this one (torch releases the GIL in its kernels).
         with ThreadPoolExecutor(max_workers=1) as worker:

@@ -151,8 +151,8 @@ def collection_matrix(collection: AnnCollection, layer: str | None, genes: Seque
     """The cells × genes matrix of every file of ``collection``, one after another, with the columns ``genes``
     (default: the collection's), read lazily."""
     genes = pd.Index(collection.var_names if genes is None else genes)
-    parts, columns = [], []
-    for name, adata in zip(file_names(collection), collection.adatas):
+    names, parts, columns = file_names(collection), [], []
+    for name, adata in zip(names, collection.adatas):
         parts.append(_part(adata, layer, name))
         idx = pd.Index(adata.var_names).get_indexer(genes)
         if (idx < 0).any():
@@ -161,7 +161,7 @@ def collection_matrix(collection: AnnCollection, layer: str | None, genes: Seque
                 f"{name} lacks {int((idx < 0).sum())} of the model's genes (e.g. {missing}); every file needs them"
             )
         columns.append(None if np.array_equal(idx, np.arange(adata.n_vars)) else idx)
-    return Stacked(parts, columns, file_names(collection))
+    return Stacked(parts, columns, names)
 
 
 def matrix(cells: AnnData | AnnCollection, layer: str | None) -> Any:

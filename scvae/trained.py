@@ -336,10 +336,11 @@ def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
 
 def write_latent(model: SCVAE, adata: AnnData, key_added: str) -> None:
     """The last step of training: ``adata.obsm[key_added]`` (posterior means) and ``adata.uns["scvae"]``, written
-    only once the latent space is known to be finite."""
-    latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
+    only once the latent space is known to be finite. A collection of files holds no results: nothing is computed
+    or written for it."""
     if is_collection(adata):
         logger.info("a collection of files holds no results; get the latent space with model.get_latent(collection)")
         return
+    latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
     adata.obsm[key_added] = latent
     adata.uns["scvae"] = uns_record(model, key_added)

@@ -20,17 +20,13 @@ ROWS_READ = [0]
 
 def count_reads() -> None:
     """Count the rows the training loaders read from disk, in this process."""
-    read, read_rows = scvae.loaders.BackedRows.read, scvae.loaders.BackedRows.read_rows
+    read = scvae.loaders.BackedRows.read
 
-    def counted(self, start: int, stop: int):
-        ROWS_READ[0] += stop - start
-        return read(self, start, stop)
+    def counted(self, rows):
+        ROWS_READ[0] += rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        return read(self, rows)
 
-    def counted_rows(self, rows):
-        ROWS_READ[0] += len(rows)
-        return read_rows(self, rows)
-
-    scvae.loaders.BackedRows.read, scvae.loaders.BackedRows.read_rows = counted, counted_rows
+    scvae.loaders.BackedRows.read = counted
     scvae.loaders.BLOCK_ROWS = 50
 
 

@@ -181,7 +181,9 @@ def test_backed_minibatches_read_blocks_once_per_epoch_and_cover_every_cell(back
     x, codes, backed = backed_file
     reads = []
     real_read = BackedRows.read
-    monkeypatch.setattr(BackedRows, "read", lambda self, a, b: reads.append(b - a) or real_read(self, a, b))
+    monkeypatch.setattr(
+        BackedRows, "read", lambda self, rows: reads.append(rows.stop - rows.start) or real_read(self, rows)
+    )
     train = np.sort(np.random.default_rng(0).choice(1000, 900, replace=False))
     loader = Minibatches(BackedRows(backed.X, block_size=128), codes, train, 64, shuffle=True, seed=1)
     first = _cells_seen(loader)
