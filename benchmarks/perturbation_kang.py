@@ -20,6 +20,9 @@ Methods
   added to the target's log-normalised control cells, balanced per type or over all their cells
   (``scvae.perturbation.linear_shift``).
 - ``delta``: scGen's latent arithmetic on an unconditional VAE (``predict_perturbation``'s default).
+- ``delta_uncorrected``: ``delta`` with ``correct_bias=False`` (the decoder's error on the target's control cells
+  left in the prediction; every other method has it taken off, ``predict_perturbation``'s default), from the
+  same model and the same draws, to measure what the correction does.
 - ``transport``: the same VAE, a response that depends on the cell's state (``method="transport"``: optimal
   transport pairs control and stimulated codes of each other type; a target cell moves as its nearest paired
   control cells do).
@@ -62,7 +65,7 @@ logger = logging.getLogger("perturbation_kang")
 
 CONDITION, CONTROL, STIMULATED, CELL_TYPE = "condition", "control", "stimulated", "cell_type"
 BASELINES = ("no_change", "linear", "linear_unbalanced")
-MODEL_METHODS = ("delta", "transport", "counterfactual", "cvae_delta", "cvae_transport")
+MODEL_METHODS = ("delta", "delta_uncorrected", "transport", "counterfactual", "cvae_delta", "cvae_transport")
 ALL_METHODS = (*BASELINES, *MODEL_METHODS)
 # score -> True when higher is better
 SCORES = {
@@ -121,7 +124,7 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     preds["linear_unbalanced"] = (linear_shift(train, **labels, balanced=False, seed=seed), True, 0.0)
     wanted = set(args.methods)
     plans = (
-        ("vae", {}, args.vae_args, (("delta", "delta"), ("transport", "transport"))),
+        ("vae", {}, args.vae_args, (("delta", "delta"), ("delta_uncorrected", "delta"), ("transport", "transport"))),
         (
             "cvae",
             {"condition_key": CONDITION},
@@ -138,7 +141,13 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
         for name, method in methods:
             if name in wanted:
                 pred = model.predict_perturbation(
-                    train, **labels, method=method, n_cells=n_cells, interval=args.interval or None, seed=seed
+                    train,
+                    **labels,
+                    method=method,
+                    n_cells=n_cells,
+                    interval=args.interval or None,
+                    correct_bias=not name.endswith("_uncorrected"),
+                    seed=seed,
                 )
                 preds[name] = (pred, False, seconds)
 

@@ -148,6 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         cell_type_key=args.cell_type_key,
         target=args.target,
         method=args.method,
+        correct_bias=not args.no_bias_correction,
         seed=args.seed,
     )
     pred.write_h5ad(out)
@@ -266,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     for opt in ("--condition-key", "--control", "--stimulated", "--cell-type-key", "--target"):
         p.add_argument(opt, required=True)
-    p.add_argument("--method", default="delta", choices=["delta", "counterfactual"])
+    p.add_argument("--method", default="delta", choices=["delta", "counterfactual", "transport"])
+    p.add_argument(
+        "--no-bias-correction",
+        action="store_true",
+        help="keep the decoder's error on the target's control cells in layers['expression'] and var['change']",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
 

@@ -19,6 +19,7 @@ from .loaders import to_dense_float
 logger = logging.getLogger(__name__)
 
 UNS_KEY = "scvae_perturbation"
+EXPRESSION_LAYER = "expression"  # predicted cells on the scale they are scored on (predict_perturbation)
 
 
 # -- validation ------------------------------------------------------------------------------------------------
@@ -141,20 +142,39 @@ def balanced_indices(
     return out_ctrl, out_stim, n
 
 
+def expression_values(block: np.ndarray, *, counts: bool, target_sum: float = 1e4) -> np.ndarray:
+    """Cells × genes (dense) on the scale predictions are scored on: ``log1p(x / total × target_sum)`` for counts
+    (the totals over the block's columns, as :func:`scvae.tl.evaluate_perturbation` normalises), ``x`` itself
+    otherwise. Float64."""
+    block = np.asarray(block, dtype=np.float64)
+    if not counts:
+        return block
+    sums = block.sum(1, keepdims=True)
+    return np.log1p(block * (target_sum / np.where(sums > 0, sums, 1.0)))
+
+
+def expression_moments(
+    x: Any, rows: np.ndarray, *, counts: bool, target_sum: float = 1e4, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (``ddof=1``; 0 for one row) over ``rows`` of the matrix ``x`` of each gene's
+    :func:`expression_values`. Read in chunks of ``chunk`` rows."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    squares = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, len(rows), chunk):
+        block = expression_values(to_dense_float(x, rows[start : start + chunk]), counts=counts, target_sum=target_sum)
+        total += block.sum(0)
+        squares += np.square(block).sum(0)
+    n = len(rows)
+    mean = total / max(n, 1)
+    var = np.maximum(squares - n * np.square(mean), 0.0) / (n - 1) if n > 1 else np.zeros_like(mean)
+    return mean, var
+
+
 def mean_expression(
     x: Any, rows: np.ndarray, *, counts: bool, target_sum: float = 1e4, chunk: int = 4096
 ) -> np.ndarray:
-    """Mean expression of each gene over ``rows`` of the matrix ``x``: of ``log1p(x / total × target_sum)`` for
-    counts (the totals over ``x``'s columns, as :func:`scvae.tl.evaluate_perturbation` normalises), of ``x``
-    itself otherwise. Read in chunks of ``chunk`` rows."""
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for start in range(0, len(rows), chunk):
-        block = to_dense_float(x, rows[start : start + chunk]).astype(np.float64)
-        if counts:
-            sums = block.sum(1, keepdims=True)
-            block = np.log1p(block * (target_sum / np.where(sums > 0, sums, 1.0)))
-        total += block.sum(0)
-    return total / max(len(rows), 1)
+    """Mean over ``rows`` of the matrix ``x`` of each gene's :func:`expression_values`."""
+    return expression_moments(x, rows, counts=counts, target_sum=target_sum, chunk=chunk)[0]
 
 
 def categories(adata: AnnData, key: str) -> list[str]:

@@ -123,7 +123,8 @@ def perturbation_violin(
     ax=None,
 ):
     """Violins of one gene's log-normalised expression in the real control, real stimulated and predicted
-    cells (each normalised over ``pred``'s genes, as in :func:`scvae.tl.evaluate_perturbation`).
+    cells (each normalised over ``pred``'s genes, and the prediction read as
+    :func:`scvae.tl.evaluate_perturbation` reads it).
 
     Returns
     -------
@@ -133,16 +134,17 @@ def perturbation_violin(
     import numpy as np
 
     from .data import InputError, log_normalize
+    from .scoring import prediction_matrix
 
     genes = [str(g) for g in pred.var_names]
     if gene not in genes:
         raise InputError(f"gene {gene!r} is not among the predicted genes (e.g. {genes[:5]})")
     values = []
-    for adata, normalized in ((real_ctrl, False), (real_stim, False), (pred, pred_normalized)):
+    for adata in (real_ctrl, real_stim, pred):
         if gene not in adata.var_names:
             raise InputError(f"gene {gene!r} is missing from one of the AnnData given")
         sub = adata[:, genes]
-        x = sub.X if normalized else log_normalize(sub)
+        x = prediction_matrix(sub, pred_normalized) if adata is pred else log_normalize(sub)
         col = x[:, genes.index(gene)]
         values.append(np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=float).ravel())
     if ax is None:

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .conditions import EXPRESSION_LAYER
 from .data import InputError, check_positive_int, get_matrix, log_normalize
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,15 @@ def _expression(adata: AnnData, normalized: bool, layer: str | None) -> np.ndarr
         x = get_matrix(adata, layer)
         return x.astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)
     return log_normalize(adata, layer=layer)
+
+
+def prediction_matrix(pred: AnnData, pred_normalized: bool = False) -> np.ndarray | sp.csr_matrix:
+    """Predicted cells on the scale they are scored on: ``pred.layers["expression"]`` when it is there (the
+    output of :func:`scvae.perturbation.predict_perturbation`, already log-normalised and corrected for the
+    decoder's bias), else ``pred.X`` log-normalised (or as it is, with ``pred_normalized=True``)."""
+    if EXPRESSION_LAYER in pred.layers and not pred_normalized:
+        return _expression(pred, True, EXPRESSION_LAYER)
+    return _expression(pred, pred_normalized, None)
 
 
 def gene_means(adata: AnnData, *, layer: str | None = None, normalized: bool = False) -> pd.Series:
@@ -125,7 +135,9 @@ def mean_r2(
     Both are restricted to ``pred``'s genes before normalising; ``*_normalized=True`` marks data that are
     already log-normalised."""
     all_genes = _genes_in(real, pred.var_names, "real")
-    mp = gene_means(pred, normalized=pred_normalized)
+    mp = pd.Series(
+        np.asarray(prediction_matrix(pred, pred_normalized).mean(axis=0)).ravel(), index=pred.var_names.astype(str)
+    )
     mr = gene_means(real[:, all_genes], normalized=real_normalized)
     use = all_genes if genes is None else _genes_in(pred, genes, "pred")
     return _pearson(mp[use].to_numpy(), mr[use].to_numpy()) ** 2
@@ -228,8 +240,10 @@ def evaluate_perturbation(
     Parameters
     ----------
     pred
-        Predicted cells (counts, e.g. from :func:`scvae.perturbation.predict_perturbation`; or log-normalised
-        with ``pred_normalized=True``, e.g. :func:`scvae.perturbation.linear_shift`).
+        Predicted cells: the output of :func:`scvae.perturbation.predict_perturbation`, scored by its
+        ``layers["expression"]`` (log-normalised, the decoder's bias removed); otherwise counts in ``X``, or
+        log-normalised values in ``X`` with ``pred_normalized=True`` (e.g. :func:`scvae.perturbation.linear_shift`).
+        See :func:`prediction_matrix`.
     real_stim, real_ctrl
         Real stimulated and control cells of the same cell type (raw counts).
     n_top
@@ -275,7 +289,7 @@ def evaluate_perturbation(
     _genes_in(real_stim, genes, "real_stim")
     _genes_in(real_ctrl, genes, "real_ctrl")
     stim, ctrl = real_stim[:, genes], real_ctrl[:, genes]
-    x_pred = _expression(pred, pred_normalized, None)
+    x_pred = prediction_matrix(pred, pred_normalized)
     x_stim, x_ctrl = log_normalize(stim), log_normalize(ctrl)
     names = pd.Index(genes)
     means = pd.DataFrame(

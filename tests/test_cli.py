@@ -134,3 +134,23 @@ def test_de_writes_a_table(trained):
     assert len(df) == 765 and {"lfc_mean", "proba_de", "is_de", "bayes_factor"} <= set(df.columns)
     assert main(argv) == 2  # exists: needs --force
     assert main([*argv, "--force", "--subset", "cell_type=CD19+ B", "--group1", "CD19+ B"]) == 2  # one group left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["--method", "transport", "--no-bias-correction"]])
+def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
+    kang = scvae.datasets.kang()
+    kang = kang[kang.obs["cell_type"].isin(["CD4 T", "CD14 Mono", "B"]).to_numpy(), :300].copy()
+    kang = kang[~((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "stimulated")).to_numpy()].copy()
+    kang.write_h5ad(tmp_path / "kang.h5ad")
+    scvae.model.fit(kang, max_epochs=2, progress_bar=False).save(tmp_path / "model")
+    argv = ["predict-perturbation", str(tmp_path / "kang.h5ad"), "--model-dir", str(tmp_path / "model")]
+    argv += ["-o", str(tmp_path / "pred.h5ad"), "--condition-key", "condition", "--control", "control"]
+    argv += ["--stimulated", "stimulated", "--cell-type-key", "cell_type", "--target", "B", "-q", *extra]
+    assert main(argv) == 0
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    rec = pred.uns["scvae_perturbation"]
+    assert rec["method"] == ("transport" if extra else "delta") and bool(rec["bias_corrected"]) is not bool(extra)
+    assert pred.n_obs == int(((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "control")).sum())
+    logx = scvae.tl.log_normalize(pred).toarray()
+    assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is bool(extra)

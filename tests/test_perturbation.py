@@ -168,6 +168,46 @@ def test_linear_shift_baseline(data, top, no_change):
 
 
 # -- the result ----------------------------------------------------------------------------------------------------
+def test_a_zero_shift_predicts_no_change_once_the_decoders_bias_is_removed(vae, data):
+    """Another type's control cells, copied as its 'stimulated' cells, give δ = 0 exactly: the predicted cells are
+    then the decoder's reconstruction of the target's control cells, whose error on them is all that an
+    uncorrected prediction reports as change."""
+    train = data["train"]
+    ctrl = train[(train.obs["condition"] == "control").to_numpy() & train.obs["cell_type"].isin([TARGET, "CD4 T"])]
+    ctrl = ctrl.copy()
+    copy_ = ctrl[(ctrl.obs["cell_type"] != TARGET).to_numpy()].copy()
+    copy_.obs_names = [f"{n}-copy" for n in copy_.obs_names]
+    copy_.obs["condition"] = "stimulated"
+    import anndata as ad
+
+    same = ad.concat([ctrl, copy_])
+    same.obs["condition"] = pd.Categorical(same.obs["condition"], categories=["control", "stimulated"])
+    n = int((ctrl.obs["cell_type"] == "CD4 T").sum())  # every cell in both conditions
+    kw = dict(target=TARGET, n_cells=3000, n_per_type=n, **LABELS)
+    plain = vae.predict_perturbation(same, correct_bias=False, **kw)
+    fixed = vae.predict_perturbation(same, **kw)
+    rec = fixed.uns["scvae_perturbation"]
+    assert rec["delta_norm"] < 1e-5 and rec["cell_types"] == ["CD4 T"]
+    assert rec["bias_corrected"] and not plain.uns["scvae_perturbation"]["bias_corrected"]
+    assert (plain.X != fixed.X).nnz == 0  # X holds the model's draws either way
+    # without the correction the layer is the draws log-normalised, and the change is the decoder's bias
+    np.testing.assert_allclose(plain.layers["expression"], tl.log_normalize(plain).toarray(), atol=1e-4)
+    control = tl.gene_means(data["ctrl"]).to_numpy()
+    np.testing.assert_allclose(plain.var["change"], plain.layers["expression"].mean(0) - control, atol=1e-4)
+    bias, left = plain.var["change"].abs().to_numpy(), fixed.var["change"].abs().to_numpy()
+    # where the bias is clear of the sampling noise of the control cells' mean, it is removed
+    logx = tl.log_normalize(data["ctrl"]).toarray()
+    clear = np.square(bias) > 9 * logx.var(0, ddof=1) / len(logx)
+    print(
+        f"zero shift, {clear.sum()} genes of clear bias: |change| {bias[clear].mean():.3f} → {left[clear].mean():.3f}"
+    )
+    assert clear.sum() >= 20 and left[clear].mean() < 0.3 * bias[clear].mean()
+    assert left.mean() < bias.mean() and left.max() < 0.7 * bias.max()
+    assert (fixed.layers["expression"] >= 0).all()
+    with pytest.raises(InputError, match="correct_bias must be True or False"):
+        vae.predict_perturbation(same, correct_bias="yes", **kw)
+
+
 def test_output_structure_and_record(vae, data):
     pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
     n_ctrl = data["ctrl"].n_obs

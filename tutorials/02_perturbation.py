@@ -77,8 +77,10 @@ print(train)
 #
 # An unconditional negative-binomial VAE on the raw counts (fit's defaults); `predict_perturbation` returns a
 # new AnnData of predicted stimulated CD4 T cells: counts drawn from the model (with the control cells' library
-# sizes) in `X`, the decoder's expected frequencies in `layers["expected_frequency"]`, the predicted mean change
-# of each gene in `var["change"]`, δ in `uns`. With `interval=0.9` it also returns a 90 % interval for each
+# sizes) in `X`, the decoder's expected frequencies in `layers["expected_frequency"]`, the cells log-normalised
+# with the decoder's own error on the CD4 T control cells taken off in `layers["expression"]` (what
+# `evaluate_perturbation` scores; `correct_bias=False` keeps the error), the predicted mean change of each gene
+# in `var["change"]`, δ in `uns`. With `interval=0.9` it also returns a 90 % interval for each
 # gene's change (`var["change_lower"]`, `var["change_upper"]`), calibrated by predicting each of the other
 # cell types from the rest in the same way.
 
