@@ -35,13 +35,19 @@ def _expression(adata: AnnData, normalized: bool, layer: str | None) -> np.ndarr
     return log_normalize(adata, layer=layer)
 
 
+def _prediction_source(pred: AnnData, pred_normalized: bool) -> tuple[str | None, bool]:
+    """The layer a prediction is scored from and whether it is already log-normalised (see prediction_matrix)."""
+    if EXPRESSION_LAYER in pred.layers and not pred_normalized:
+        return EXPRESSION_LAYER, True
+    return None, pred_normalized
+
+
 def prediction_matrix(pred: AnnData, pred_normalized: bool = False) -> np.ndarray | sp.csr_matrix:
     """Predicted cells on the scale they are scored on: ``pred.layers["expression"]`` when it is there (the
     output of :func:`scvae.perturbation.predict_perturbation`, already log-normalised and corrected for the
     decoder's bias), else ``pred.X`` log-normalised (or as it is, with ``pred_normalized=True``)."""
-    if EXPRESSION_LAYER in pred.layers and not pred_normalized:
-        return _expression(pred, True, EXPRESSION_LAYER)
-    return _expression(pred, pred_normalized, None)
+    layer, normalized = _prediction_source(pred, pred_normalized)
+    return _expression(pred, normalized, layer)
 
 
 def gene_means(adata: AnnData, *, layer: str | None = None, normalized: bool = False) -> pd.Series:
@@ -135,9 +141,8 @@ def mean_r2(
     Both are restricted to ``pred``'s genes before normalising; ``*_normalized=True`` marks data that are
     already log-normalised."""
     all_genes = _genes_in(real, pred.var_names, "real")
-    mp = pd.Series(
-        np.asarray(prediction_matrix(pred, pred_normalized).mean(axis=0)).ravel(), index=pred.var_names.astype(str)
-    )
+    layer, normalized = _prediction_source(pred, pred_normalized)
+    mp = gene_means(pred, layer=layer, normalized=normalized)
     mr = gene_means(real[:, all_genes], normalized=real_normalized)
     use = all_genes if genes is None else _genes_in(pred, genes, "pred")
     return _pearson(mp[use].to_numpy(), mr[use].to_numpy()) ** 2
