@@ -405,6 +405,7 @@ def change_intervals(
         min_cells=min_cells,
     )
     check_positive_int("n_genes", n_genes)
+    check_number("level (e.g. 0.9)", level, low=0.0, high=1.0, strict=True)
     groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
     if len(groups) < 3:
         raise InputError(

@@ -18,7 +18,7 @@ from anndata import AnnData
 import scvae
 from scvae import tl
 from scvae.data import InputError
-from scvae.perturbation import balanced_indices, linear_shift, predict_perturbation, type_groups
+from scvae.perturbation import balanced_indices, change_intervals, linear_shift, predict_perturbation, type_groups
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # models trained on Kang cells
 
@@ -397,6 +397,12 @@ def test_bad_arguments(vae, data, kwargs, message):
     args = {**LABELS, "target": TARGET, **kwargs}
     with pytest.raises(InputError, match=message):
         vae.predict_perturbation(data["train"], **args)
+
+
+@pytest.mark.parametrize("level", [1.5, 0.0, True, "0.9"])
+def test_change_intervals_refuses_a_level_outside_0_1(vae, data, level):
+    with pytest.raises(InputError, match=r"level \(e\.g\. 0\.9\) must be a number in \(0, 1\)"):
+        change_intervals(vae, data["train"], target=TARGET, level=level, **LABELS)
 
 
 def test_bad_data(vae, cvae, data):
