@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .loaders import is_backed_matrix
+from .loaders import is_backed_matrix, release_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def _blocks(x: Matrix) -> Iterator[Matrix]:
         yield x
         return
     for start in range(0, x.shape[0], _BACKED_BLOCK):
+        release_freed_memory()
         block = x[start : start + _BACKED_BLOCK]
         yield block if sp.issparse(block) else np.asarray(block)
 

@@ -16,11 +16,13 @@ evaluates its count terms there only; a dense scan for them would cost as much a
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -204,6 +206,27 @@ BLOCK_ROWS = 8192  # contiguous rows read at a time from disk
 PREFETCH_BLOCKS = 2  # blocks read ahead by the loader's worker thread
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to release
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed since the last call back to the operating system (glibc's ``malloc_trim``; a
+    no-op elsewhere), before the next block is read from disk.
+
+    Each block read from disk allocates and frees arrays of several MB. After the first such free, glibc raises its
+    mmap threshold and serves the next blocks from the heap, whose freed pages it keeps, so resident memory crept
+    up with every block read; trimming before each read keeps it flat (peak memory before and after:
+    ``benchmarks/results/scale.md``)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class BackedRows:
     """The matrix of a backed AnnData (or a collection of files, :class:`~scvae.stacked.Stacked`), read
     ``block_size`` contiguous rows at a time (one read per block; default :data:`BLOCK_ROWS`)."""
@@ -215,6 +238,7 @@ class BackedRows:
         """Rows ``rows``: a slice, in one contiguous read, or increasing row indices, those rows only (for cells
         spread thinly over the matrix, such as the validation cells, where a contiguous read would take in every
         row between them)."""
+        release_freed_memory()
         block = self.x[rows]
         return TensorRows(block if sp.issparse(block) else np.asarray(block))
 
