@@ -117,10 +117,8 @@ def fit(
         Minibatch size and Adam's learning rate and weight decay. Default ``lr``: 4e-3 for the count likelihoods
         (``nb``, ``zinb``, ``poisson``), 1e-3 for ``gaussian`` and ``bernoulli`` (4e-3 was measured for counts;
         ``bernoulli`` kept the bundled PBMCs' cell types less well with it). For counts 4e-3
-        (scvi-tools: 1e-3) takes the latent space as far in 200 epochs as 1e-3 does in 400: on Kang (condition as batch, 2,000
-        genes, seed 0) batch mixing 0.917 at 4e-3 / 200 epochs against 0.913 at 1e-3 / 400 and 0.868 at
-        1e-3 / 200, the same cell-type separation, in half the time
-        (``benchmarks/results/integration_ablation.md``). Larger minibatches run more cells per second on large data
+        (scvi-tools: 1e-3) takes the latent space nearly as far in 200 epochs as 1e-3 does in 400, in half the
+        time (``benchmarks/results/integration_ablation.md``). Larger minibatches run more cells per second on large data
         (``benchmarks/results/speed_vs_scvi_batch256.md``); raise ``lr`` with them. If training diverges, lower
         ``lr``.
     beta, kl_warmup_epochs
