@@ -20,6 +20,7 @@ import ctypes
 import functools
 import logging
 import math
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -214,16 +215,23 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+TRIM_INTERVAL_S = 2.0  # release_freed_memory trims at most this often: each trim stalls allocation briefly
+_last_trim = [float("-inf")]
+
+
 def release_freed_memory() -> None:
-    """Give the heap memory freed since the last call back to the operating system (glibc's ``malloc_trim``; a
-    no-op elsewhere), before the next block is read from disk.
+    """Give the heap memory freed since the last trim back to the operating system (glibc's ``malloc_trim``; a
+    no-op elsewhere), called before a block is read from disk, at most once every :data:`TRIM_INTERVAL_S`.
 
     Each block read from disk allocates and frees arrays of several MB. After the first such free, glibc raises its
     mmap threshold and serves the next blocks from the heap, whose freed pages it keeps, so resident memory crept
-    up with every block read; trimming before each read keeps it flat (peak memory before and after:
-    ``benchmarks/results/scale.md``)."""
+    up with every block read. A trim before every read kept it flat but slowed training (it locks
+    the allocator while the model trains); one every few seconds keeps most of the gain (peak memory before and
+    after: ``benchmarks/results/scale.md``)."""
     trim = _malloc_trim()
-    if trim is not None:
+    now = time.monotonic()
+    if trim is not None and now - _last_trim[0] >= TRIM_INTERVAL_S:
+        _last_trim[0] = now
         trim(0)
 
 
