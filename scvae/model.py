@@ -118,9 +118,9 @@ def fit(
         (``nb``, ``zinb``, ``poisson``), 1e-3 for ``gaussian`` and ``bernoulli`` (4e-3 was measured for counts;
         ``bernoulli`` kept the bundled PBMCs' cell types less well with it). For counts 4e-3
         (scvi-tools: 1e-3) takes the latent space nearly as far in 200 epochs as 1e-3 does in 400, in half the
-        time (``benchmarks/results/integration_ablation.md``). Larger minibatches run more cells per second on large data
-        (``benchmarks/results/speed_vs_scvi_batch256.md``); raise ``lr`` with them. If training diverges, lower
-        ``lr``.
+        time (``benchmarks/results/integration_ablation.md``). Larger minibatches run more cells per second on
+        large data (``benchmarks/results/speed_vs_scvi_batch256.md``); raise ``lr`` with them. If training
+        diverges, lower ``lr``.
     beta, kl_warmup_epochs
         Weight of the KL term, reached linearly over ``kl_warmup_epochs`` (default: a quarter of
         ``max_epochs``, at most 50; 0 for none). ``kl_warmup_steps`` (minibatches), if given, replaces

@@ -85,11 +85,17 @@ def _open_h5ad(path: Path) -> AnnData:
     X's data and indices, and a collection's memory grew with its number of files."""
     import h5py
 
+    group = None
     try:
         group = h5py.File(path, "r", rdcc_nbytes=0)
-    except Exception as err:  # noqa: BLE001 - anything h5py raises means: not a readable .h5ad
+        return _lazy_anndata(group, path, "adata.write_h5ad")
+    except InputError:
+        group.close()
+        raise
+    except Exception as err:  # noqa: BLE001 - anything h5py/anndata raises means: not a readable .h5ad
+        if group is not None:
+            group.close()
         raise InputError(f"{path} could not be read as an .h5ad file ({type(err).__name__}: {err})") from err
-    return _lazy_anndata(group, path, "adata.write_h5ad")
 
 
 def _open(path: Path) -> AnnData:
@@ -103,9 +109,10 @@ def _open(path: Path) -> AnnData:
 
 
 def open_files(paths: Sequence[str | Path], *, label: str = "file", keys: Sequence[str] | None = None) -> AnnCollection:
-    """Several .h5ad files or zarr stores (``X`` and the layers left on disk) as one ``AnnCollection``: the genes all files share (in
-    the first file's order), the ``obs`` columns all files share, and ``obs[label]``, the file each cell came
-    from (``keys``: its names; default the file names without suffix). Nothing is read but ``obs`` and ``var``."""
+    """Several .h5ad files or zarr stores (``X`` and the layers left on disk) as one ``AnnCollection``: the genes
+    all files share (in the first file's order), the ``obs`` columns all files share, and ``obs[label]``, the file
+    each cell came from (``keys``: its names; default the file names without suffix). Nothing is read but ``obs``
+    and ``var``."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no files given; pass the paths of the .h5ad files or zarr stores to read")
