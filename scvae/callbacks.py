@@ -46,7 +46,6 @@ class BestWeights(pl.Callback):
         self.best_state: dict[str, torch.Tensor] | None = resume.get("best_state")
         self.wait = int(resume.get("wait", 0))
         self.diverged_at: int | None = None
-        self.interrupted_at: int | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         row = plan.close_epoch()

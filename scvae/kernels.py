@@ -7,7 +7,7 @@
 - :func:`digamma`: a branch-free float32 digamma for that backward pass.
 
 Each equals the plain torch expression it replaces up to rounding, values and gradients (``tests/test_nn.py``,
-``tests/test_distributions.py``); the speed-ups are measured by ``benchmarks/step_profile.py``.
+``tests/test_distributions.py``); their speed against that code: ``benchmarks/kernels.py``.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def _starts(index: torch.Tensor, n: int) -> torch.Tensor:
     return counts.cumsum(0).sub_(counts)
 
 
-# Above this fraction of non-zero entries the dense product is faster: measured crossover about 0.17 for a
-# 128 × 2,000 minibatch and width 128 on a 2-core AVX-512 CPU (forward and weight gradient together).
+# Above this fraction of non-zero entries the dense product is used. The crossover depends on the CPU: on the
+# 2-core AVX2 CPU of benchmarks/results/kernels.md (128 × 2,000 minibatch, width 128, forward and weight
+# gradient) it lies near 0.10, and at 0.15 the entries path runs at 0.79× the dense product's speed.
 SPARSE_MAX_DENSITY = 0.15
 
 
@@ -95,8 +96,8 @@ def entries_times(x: Entries, weight: torch.Tensor, max_density: float = SPARSE_
 
 
 def digamma(y: torch.Tensor) -> torch.Tensor:
-    """digamma(y) for y > 0. In float32 (and below) a branch-free form, ~3× faster than ``torch.digamma`` for the
-    small arguments of count data (whose CPU kernel loops up to 10 for them): the recurrence
+    """digamma(y) for y > 0. In float32 (and below) a branch-free form, 1.3× as fast as ``torch.digamma`` on the
+    arguments of the NB backward pass (``benchmarks/results/kernels.md``): the recurrence
     digamma(y) = digamma(y + 6) - sum_{k<6} 1 / (y + k) and the asymptotic series at y + 6 >= 6, whose truncation
     error (< 2e-10) is below float32 rounding. float64 uses ``torch.digamma``."""
     if y.dtype == torch.float64:

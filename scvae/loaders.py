@@ -223,11 +223,10 @@ def release_freed_memory() -> None:
     """Give the heap memory freed since the last trim back to the operating system (glibc's ``malloc_trim``; a
     no-op elsewhere), called before a block is read from disk, at most once every :data:`TRIM_INTERVAL_S`.
 
-    Each block read from disk allocates and frees arrays of several MB. After the first such free, glibc raises its
-    mmap threshold and serves the next blocks from the heap, whose freed pages it keeps, so resident memory crept
-    up with every block read. A trim before every read kept it flat but slowed training (it locks
-    the allocator while the model trains); one every few seconds keeps most of the gain (peak memory before and
-    after: ``benchmarks/results/scale.md``)."""
+    Each block read from disk allocates and frees arrays of several MB. Once glibc has raised its mmap threshold
+    it serves them from the heap and keeps the freed pages, so without a trim resident memory grows with every
+    block read. A trim locks the allocator while the model trains, so it runs at most every few seconds (peak
+    memory and the cost of trimming more often: ``benchmarks/results/scale.md``)."""
     trim = _malloc_trim()
     now = time.monotonic()
     if trim is not None and now - _last_trim[0] >= TRIM_INTERVAL_S:

@@ -49,16 +49,6 @@ class InputLayer(nn.Module):
             out = torch.addmm(out, cov.to(out.dtype), self.covariates.T)
         return out
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        # Weights saved before this layer existed: one nn.Linear weight, width × (genes + covariates).
-        old = state_dict.pop(prefix + "weight", None)
-        if old is not None:
-            n_in = self.genes.shape[0]
-            state_dict[prefix + "genes"] = old[:, :n_in].T.contiguous()
-            if self.covariates is not None:
-                state_dict[prefix + "covariates"] = old[:, n_in:].contiguous()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 class MLP(nn.Module):
     """Fully connected layers (Linear → norm → ReLU → dropout), with one-hot covariates concatenated to the

@@ -79,10 +79,9 @@ def open_zarr(path: str | Path) -> AnnData:
 
 
 def _open_h5ad(path: Path) -> AnnData:
-    """An .h5ad file opened read-only as :func:`open_zarr` opens a store. Unlike ``read_h5ad(backed="r")``, which
-    gives each matrix HDF5's chunk cache of 8 MB that every block read fills and nothing empties, the file is
-    opened without one: scvae reads each chunk once, in order, so a cache only held memory, 16 MB per file for
-    X's data and indices, and a collection's memory grew with its number of files."""
+    """An .h5ad file opened read-only as :func:`open_zarr` opens a store, without HDF5's chunk cache: scvae reads
+    each chunk once, in order, so a cache (which ``read_h5ad(backed="r")`` gives every matrix, and which block
+    reads fill and nothing empties) would only hold memory, more with every file of a collection."""
     import h5py
 
     group = None

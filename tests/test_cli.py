@@ -154,3 +154,23 @@ def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     assert pred.n_obs == int(((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "control")).sum())
     logx = scvae.tl.log_normalize(pred).toarray()
     assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is bool(extra)
+
+
+def test_the_command_line_offers_exactly_the_registered_choices():
+    """The parser spells the choices out (importing the registries would load torch for ``--help``): they must
+    be the registries' own."""
+    from scvae.cli import build_parser
+    from scvae.de import MODES
+    from scvae.likelihoods import LIKELIHOODS
+    from scvae.perturbation import METHODS
+
+    commands = next(a for a in build_parser()._actions if a.choices and "fit" in a.choices).choices
+    choices = {
+        (name, action.dest): list(action.choices)
+        for name, sub in commands.items()
+        for action in sub._actions
+        if action.choices
+    }
+    assert choices[("fit", "likelihood")] == list(LIKELIHOODS)
+    assert choices[("predict-perturbation", "method")] == list(METHODS)
+    assert choices[("de", "mode")] == list(MODES)

@@ -47,19 +47,32 @@ def test_every_likelihood_and_conditioning_trains_down(likelihood, cats):
             batch_index=0 if cats else None,
         )
     )
+    batch = Minibatch(x, codes)
+
+    def evaluate() -> tuple[float, float]:  # loss and reconstruction term, eval mode, the same 20 draws of z
+        vae.eval()
+        torch.manual_seed(123)
+        with torch.no_grad():
+            outs = [vae.loss(batch) for _ in range(20)]
+        vae.train()
+        return float(np.mean([o.loss.item() for o in outs])), float(np.mean([o.reconstruction.mean() for o in outs]))
+
+    loss_before, recon_before = evaluate()
     opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
-    first = None
     for _ in range(60):
-        out = vae.loss(Minibatch(x, codes))
+        out = vae.loss(batch)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        first = first if first is not None else out.loss.item()
         assert out.reconstruction.shape == (64,) and out.kl.shape == (64,)
-    # measured: the last loss is 0.43-0.92 of the first, depending on the likelihood (bernoulli 0.89-0.92)
-    assert torch.isfinite(out.loss) and out.loss.item() < 0.95 * first
+    loss_after, recon_after = evaluate()
+    # measured (the same draws of z before and after, so no sampling noise in the ratio): the loss after 60 steps
+    # is 0.48-0.95 of the loss before (bernoulli and poisson learn least)
+    assert np.isfinite(loss_after) and loss_after < 0.97 * loss_before
+    # the reconstruction term (a log-likelihood) rose as much: the decoder learnt the data, not only the KL term
+    assert recon_after - recon_before > 0.03 * abs(recon_before)
     if likelihood in ("nb", "zinb", "poisson", "bernoulli"):  # -log of a pmf: never below zero
-        assert out.loss.item() > 0
+        assert loss_after > 0
 
 
 def test_count_decoder_gives_frequencies_scaled_by_library():

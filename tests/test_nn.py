@@ -48,7 +48,7 @@ def test_entries_times_weight_equals_the_dense_product_values_and_gradients(shuf
 
 def test_input_layer_is_the_linear_layer_it_replaces():
     """Same initial weights as nn.Linear(genes + covariates, width) from the same seed, the same output for dense
-    and sparse input, and the same gradients; weights saved in the old nn.Linear layout load into it."""
+    and sparse input, and the same gradients."""
     entries, dense = _entries(torch.float32)
     assert entries.values.numel() < SPARSE_MAX_DENSITY * dense.numel()  # the sparse kernel is used
     cov = torch.nn.functional.one_hot(torch.arange(30) % 3, 3).float()
@@ -68,9 +68,6 @@ def test_input_layer_is_the_linear_layer_it_replaces():
         torch.testing.assert_close(g_layer[0], g_linear[0][:, :50].T, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(g_layer[1], g_linear[0][:, 50:], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(g_layer[2], g_linear[1], rtol=1e-4, atol=1e-4)
-    fresh = InputLayer(50, 16, n_cov=3)
-    fresh.load_state_dict(linear.state_dict())  # the layout of models saved before this layer
-    torch.testing.assert_close(fresh(entries, cov), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_frozen_input_layer_computes_no_weight_gradient():
@@ -80,25 +77,3 @@ def test_a_frozen_input_layer_computes_no_weight_gradient():
     layer(entries).sum().backward()
     assert layer.genes.grad is None and layer.bias.grad is not None
     assert math.isfinite(float(layer.bias.grad.sum()))
-
-
-def test_a_module_saved_with_the_old_input_layer_loads_and_encodes_the_same():
-    """Weights saved before the input layer existed hold its weight as one nn.Linear matrix, width × (genes +
-    covariates): they load into the new layout and give the same latent space."""
-    from scvae.loaders import Minibatch
-    from scvae.module import VAE, ModuleConfig
-
-    entries, dense = _entries(torch.float32)
-    counts = torch.expm1(dense).round()
-    counts[:, 0] += 1  # no empty cells
-    codes = (torch.arange(30) % 2)[:, None]
-    vae = VAE(ModuleConfig(50, n_latent=3, n_hidden=16, n_categories=(2,))).eval()
-    state = vae.state_dict()
-    prefix = "encoder.body.linears.0."
-    old = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    old[prefix + "weight"] = torch.cat([state[prefix + "genes"].T, state[prefix + "covariates"]], dim=1)
-    old[prefix + "bias"] = state[prefix + "bias"]
-    fresh = VAE(ModuleConfig(50, n_latent=3, n_hidden=16, n_categories=(2,))).eval()
-    fresh.load_state_dict(old)
-    for a, b in zip(vae.inference(Minibatch(counts, codes)), fresh.inference(Minibatch(counts, codes))):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)

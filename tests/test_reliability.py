@@ -25,21 +25,33 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(pbmc, tmp_path):
     previous = signal.getsignal(signal.SIGINT)
     timer = threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
-    try:
-        model = scvae.model.fit(pbmc, max_epochs=2000, progress_bar=False, checkpoint_dir=tmp_path)
+    try:  # early stopping on (never triggered) and no warm-up: "best" is the epoch of the best validation ELBO
+        model = scvae.model.fit(
+            pbmc,
+            max_epochs=2000,
+            early_stopping=True,
+            patience=2000,
+            kl_warmup_epochs=0,
+            progress_bar=False,
+            checkpoint_dir=tmp_path,
+        )
     finally:
         timer.cancel()
     assert 1 <= model.record.epochs_trained < 2000
     assert np.isfinite(pbmc.obsm["X_scvae"]).all()
     assert signal.getsignal(signal.SIGINT) is previous  # the caller's handler is back
-    # The weights returned are those of the last complete epoch (the final weights, as without an interrupt), as
-    # the checkpoint recorded them, not those of the minibatches of the epoch cut short.
+    # The weights returned are those of the epoch with the best validation ELBO among the complete epochs, as the
+    # checkpoint recorded them, not the last minibatches' (of the epoch cut short) nor the last epoch's.
+    history = model.history.dropna(subset=["elbo_validation"])
+    best = int(history["epoch"].iloc[int(np.argmax(history["elbo_validation"].to_numpy()))])
     saved = scvae.train.read_checkpoint(tmp_path)
-    assert model.record.best_epoch == saved["best_epoch"] >= 1
+    assert model.record.best_epoch == saved["best_epoch"] == best >= 1
     state = model.module.state_dict()
     assert set(state) == set(saved["best_state"])
     for name, value in saved["best_state"].items():
         assert torch.equal(state[name].cpu(), value), name
+    if best < saved["epoch"]:  # an earlier epoch was best: the last complete epoch's weights were not returned
+        assert any(not torch.equal(state[k].cpu(), v) for k, v in saved["module"].items())
 
 
 def test_a_run_resumes_from_its_checkpoint(pbmc, tmp_path):
