@@ -44,12 +44,12 @@ def map_query(
     *,
     max_epochs: int | None = None,
     lr: float = 1e-3,
-    batch_size: int = 128,
-    seed: int = 0,
+    batch_size: int = TrainSettings.batch_size,
+    seed: int = TrainSettings.seed,
     key_added: str = "X_scvae",
     progress_bar: bool = True,
-    validation_size: float = 0.1,
-    patience: int = 20,
+    validation_size: float = TrainSettings.validation_size,
+    patience: int = TrainSettings.patience,
     accelerator: str = "auto",
 ) -> SCVAE:
     """Map ``query`` cells onto a trained reference model (scArches-style) and return the extended model.

@@ -156,9 +156,9 @@ def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is bool(extra)
 
 
-def test_the_command_line_offers_exactly_the_registered_choices():
-    """The parser spells the choices out (importing the registries would load torch for ``--help``): they must
-    be the registries' own."""
+def test_the_command_line_offers_exactly_the_registered_choices_and_defaults():
+    """The parser spells the choices and defaults out (importing the registries would load torch for ``--help``):
+    they must be the registries' and the settings' own."""
     from scvae.cli import build_parser
     from scvae.de import MODES
     from scvae.likelihoods import LIKELIHOODS
@@ -174,3 +174,7 @@ def test_the_command_line_offers_exactly_the_registered_choices():
     assert choices[("fit", "likelihood")] == list(LIKELIHOODS)
     assert choices[("predict-perturbation", "method")] == list(METHODS)
     assert choices[("de", "mode")] == list(MODES)
+    from scvae.module import ModuleConfig
+
+    fit = {a.dest: a.default for a in commands["fit"]._actions}
+    assert (fit["likelihood"], fit["n_latent"], fit["seed"]) == (ModuleConfig.likelihood, ModuleConfig.n_latent, 0)
