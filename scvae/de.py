@@ -35,7 +35,7 @@ import torch
 from anndata import AnnData
 
 from .data import InputError, check_positive_int
-from .loaders import Minibatch, to_dense_float
+from .loaders import to_dense_float
 from .module import reparameterize
 from .trained import refuse_nonfinite
 
@@ -76,17 +76,14 @@ def _draw_rho(
     """One z ~ q(z | x) per row of ``rows`` (repeats allowed), decoded to expected frequencies rho and averaged
     over the label codes in ``decode_codes`` (one array of codes per batch category, or the cells' own)."""
     device = model.device
-    module = model.module
-    noise = torch.randn((len(rows), module.n_latent), generator=gen, device=device)  # independent of batch_size
+    noise = torch.randn((len(rows), model.module.n_latent), generator=gen, device=device)  # independent of batch_size
     out = []
-    for start in range(0, len(rows), batch_size):
+    for start, batch, mean, logvar in model.encoded(x, codes, batch_size, rows):
         r = rows[start : start + batch_size]
-        xb = torch.from_numpy(to_dense_float(x, r)).to(device)
-        mean, logvar = module.inference(Minibatch(xb, torch.from_numpy(codes[r]).to(device)))
         z = reparameterize(mean, logvar, noise[start : start + batch_size])
-        rho = torch.zeros(xb.shape, device=device)
+        rho = torch.zeros(batch.x.shape, device=device)
         for dc in decode_codes:
-            rho += module.generative(z, torch.from_numpy(dc[r]).to(device)).rho
+            rho += model.module.generative(z, torch.from_numpy(dc[r]).to(device)).expression()
         out.append((rho / len(decode_codes)).cpu())
     return torch.cat(out)
 
@@ -248,7 +245,6 @@ def differential_expression(
     rows1 = rng.choice(np.flatnonzero(in1), n_samples, replace=True)
     rows2 = rng.choice(np.flatnonzero(in2), n_samples, replace=True)
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    model.module.eval()
     rho1 = _draw_rho(model, x, codes, rows1, decode, batch_size, gen)
     rho2 = _draw_rho(model, x, codes, rows2, decode, batch_size, gen)
     refuse_nonfinite(rho1, "expression of group1")

@@ -13,7 +13,6 @@ from anndata import AnnData
 
 from .conditions import neighbour_shift, transport_displacements, type_groups
 from .data import InputError, align_genes, get_matrix
-from .loaders import Minibatch, to_dense_float
 from .trained import refuse_nonfinite
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,14 +34,7 @@ def model_matrix(model: SCVAE, adata: AnnData) -> Any:
 @torch.no_grad()
 def posterior_means(model: SCVAE, x: Any, codes: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Posterior mean of z for ``rows`` of ``x`` (encoded with their own labels)."""
-    device = model.device
-    model.module.eval()
-    out = []
-    for start in range(0, len(rows), batch_size):
-        r = rows[start : start + batch_size]
-        xb = torch.from_numpy(to_dense_float(x, r)).to(device)
-        mean, _ = model.module.inference(Minibatch(xb, torch.from_numpy(codes[r]).to(device)))
-        out.append(mean.cpu())
+    out = [mean.cpu() for _, _, mean, _ in model.encoded(x, codes, batch_size, rows)]
     z = torch.cat(out).numpy() if out else np.zeros((0, model.module.n_latent), dtype=np.float32)
     refuse_nonfinite(z, "latent representation")
     return z

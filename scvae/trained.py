@@ -109,13 +109,26 @@ class SCVAE:
         validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where)
         return x, self.labels.encode(adata, overrides)
 
-    def batches(self, x: Any, codes: np.ndarray, batch_size: int) -> Iterator[Minibatch]:
-        """Consecutive minibatches of ``read``'s matrix and codes, as tensors on the model's device."""
+    def batches(
+        self, x: Any, codes: np.ndarray, batch_size: int, rows: np.ndarray | None = None
+    ) -> Iterator[Minibatch]:
+        """Consecutive minibatches of ``read``'s matrix and codes (of its ``rows``, default all, in order), as
+        tensors on the model's device."""
         device = self.device
-        for start in range(0, x.shape[0], batch_size):
-            rows = slice(start, start + batch_size)
-            xb = torch.from_numpy(to_dense_float(x, rows)).to(device)
-            yield Minibatch(xb, torch.from_numpy(codes[rows]).to(device))
+        for start in range(0, x.shape[0] if rows is None else len(rows), batch_size):
+            r = slice(start, start + batch_size) if rows is None else rows[start : start + batch_size]
+            xb = torch.from_numpy(to_dense_float(x, r)).to(device)
+            yield Minibatch(xb, torch.from_numpy(codes[r]).to(device))
+
+    def encoded(
+        self, x: Any, codes: np.ndarray, batch_size: int, rows: np.ndarray | None = None
+    ) -> Iterator[tuple[int, Minibatch, torch.Tensor, torch.Tensor]]:
+        """For each of :meth:`batches`, its first position, the minibatch, and the mean and log-variance of
+        q(z | x) (the network in eval mode; call under ``torch.no_grad()``)."""
+        self.module.eval()
+        for i, batch in enumerate(self.batches(x, codes, batch_size, rows)):
+            mean, logvar = self.module.inference(batch)
+            yield i * batch_size, batch, mean, logvar
 
     def _decode_codes(self, adata: AnnData, transform_batch: str | dict[str, str] | None) -> np.ndarray:
         if transform_batch is not None and not isinstance(transform_batch, dict):
@@ -137,11 +150,9 @@ class SCVAE:
         ``give_mean=True`` returns the posterior mean; otherwise one draw from q(z | x), seeded by ``seed``."""
         x, codes = self.read(adata)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.module.eval()
         # written into one array made up front: no pile of small per-batch arrays between the large temporaries
         z = np.empty((x.shape[0], self.module.n_latent), dtype=np.float32)
-        for start, batch in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
-            mean, logvar = self.module.inference(batch)
+        for start, _, mean, logvar in self.encoded(x, codes, batch_size):
             if not give_mean:
                 eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
                 mean = reparameterize(mean, logvar, eps)
@@ -176,12 +187,10 @@ class SCVAE:
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.module.eval()
         expr = np.empty(x.shape, dtype=np.float32)  # filled batch by batch: no second copy from concatenating
         device = self.device
-        for start, batch in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
+        for start, batch, mean, logvar in self.encoded(x, codes, batch_size):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
-            mean, logvar = self.module.inference(batch)
             acc = torch.zeros(batch.x.shape, device=device)
             for _ in range(n_samples):
                 z = mean
@@ -213,11 +222,9 @@ class SCVAE:
         decode_codes = self._decode_codes(adata, transform_batch)
         device = self.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        self.module.eval()
         draws = np.zeros((n_samples, x.shape[0], x.shape[1]), dtype=np.float32)
-        for start, batch in zip(range(0, x.shape[0], batch_size), self.batches(x, codes, batch_size)):
+        for start, batch, mean, logvar in self.encoded(x, codes, batch_size):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
-            mean, logvar = self.module.inference(batch)
             for s in range(n_samples):
                 eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
                 px = self.module.generative(reparameterize(mean, logvar, eps), db, self.module.library(batch.x))
