@@ -162,7 +162,9 @@ def test_the_command_line_offers_exactly_the_registered_choices_and_defaults():
     from scvae.cli import build_parser
     from scvae.de import MODES
     from scvae.likelihoods import LIKELIHOODS
+    from scvae.module import ModuleConfig
     from scvae.perturbation import METHODS
+    from scvae.train import TrainSettings
 
     commands = next(a for a in build_parser()._actions if a.choices and "fit" in a.choices).choices
     choices = {
@@ -174,7 +176,6 @@ def test_the_command_line_offers_exactly_the_registered_choices_and_defaults():
     assert choices[("fit", "likelihood")] == list(LIKELIHOODS)
     assert choices[("predict-perturbation", "method")] == list(METHODS)
     assert choices[("de", "mode")] == list(MODES)
-    from scvae.module import ModuleConfig
-
     fit = {a.dest: a.default for a in commands["fit"]._actions}
-    assert (fit["likelihood"], fit["n_latent"], fit["seed"]) == (ModuleConfig.likelihood, ModuleConfig.n_latent, 0)
+    assert (fit["likelihood"], fit["n_latent"]) == (ModuleConfig.likelihood, ModuleConfig.n_latent)
+    assert fit["seed"] == TrainSettings.seed
