@@ -22,43 +22,58 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines)
 
 
+def synthetic_model(n_cells: int, n_genes: int = 2000, seed: int = 0) -> tuple[np.random.Generator, dict]:
+    """The generative model of :func:`synthetic_blocks` for ``seed``: 10 cell types on a rank-10 structure, 4 batches
+    with gene-wise batch effects and depth shifts, gene-wise dispersion, each cell's type and batch. Returns the
+    random generator, ready for the per-cell draws, and the parameters."""
+    rng = np.random.default_rng(seed)
+    n_types, n_batches, rank = 10, 4, 10
+    params = {
+        "loadings": rng.normal(0.0, 1.2 / np.sqrt(rank), (rank, n_genes)),
+        "centers": rng.normal(0.0, 1.0, (n_types, rank)),
+        "base": rng.normal(0.0, 1.5, n_genes),  # gene-wise baseline log-expression
+        "batch_effect": rng.normal(0.0, 0.25, (n_batches, n_genes)),
+        "batch_depth": np.linspace(-0.2, 0.2, n_batches),  # batches differ in sequencing depth
+        "theta": np.exp(rng.normal(np.log(3.0), 0.7, n_genes)),
+        "types": rng.integers(0, n_types, n_cells),
+        "batches": rng.integers(0, n_batches, n_cells),
+    }
+    return rng, params
+
+
+def synthetic_obs(types: np.ndarray, batches: np.ndarray, start: int = 0) -> pd.DataFrame:
+    """``cell_type`` and ``batch`` labels (categoricals) of cells ``start``, ``start + 1``, … of a synthetic set."""
+    return pd.DataFrame(
+        {
+            "cell_type": pd.Categorical.from_codes(types, categories=[f"type{i}" for i in range(10)]),
+            "batch": pd.Categorical.from_codes(batches, categories=[f"batch{i}" for i in range(4)]),
+        },
+        index=[f"cell{i}" for i in range(start, start + len(types))],
+    )
+
+
 def synthetic_blocks(
     n_cells: int, n_genes: int = 2000, seed: int = 0, chunk: int = 10_000
 ) -> Iterator[tuple[sp.csr_matrix, pd.DataFrame]]:
     """Seeded NB counts in blocks of ``chunk`` cells (so that any number of cells can be written without holding
-    them all): 10 cell types on a rank-10 structure, 4 batches with gene-wise batch effects and depth shifts,
-    log-normal library sizes around 500, gene-wise dispersion; about 90 % zeros; no empty cells.
+    them all), drawn from :func:`synthetic_model`: log-normal library sizes around 500; about 90 % zeros; no empty
+    cells.
 
     Yields (CSR float32 counts with integer values, obs with ``cell_type`` and ``batch``) per block."""
-    rng = np.random.default_rng(seed)
-    n_types, n_batches, rank = 10, 4, 10
-    loadings = rng.normal(0.0, 1.2 / np.sqrt(rank), (rank, n_genes))
-    centers = rng.normal(0.0, 1.0, (n_types, rank))
-    base = rng.normal(0.0, 1.5, n_genes)  # gene-wise baseline log-expression
-    batch_effect = rng.normal(0.0, 0.25, (n_batches, n_genes))
-    batch_depth = np.linspace(-0.2, 0.2, n_batches)  # batches differ in sequencing depth
-    theta = np.exp(rng.normal(np.log(3.0), 0.7, n_genes))
-    types = rng.integers(0, n_types, n_cells)
-    batches = rng.integers(0, n_batches, n_cells)
+    rng, m = synthetic_model(n_cells, n_genes, seed)
+    rank = m["loadings"].shape[0]
     for start in range(0, n_cells, chunk):
-        t, b = types[start : start + chunk], batches[start : start + chunk]
-        z = centers[t] + rng.normal(0.0, 0.3, (len(t), rank))
-        eta = base + z @ loadings + batch_effect[b]
+        t, b = m["types"][start : start + chunk], m["batches"][start : start + chunk]
+        z = m["centers"][t] + rng.normal(0.0, 0.3, (len(t), rank))
+        eta = m["base"] + z @ m["loadings"] + m["batch_effect"][b]
         rho = np.exp(eta - eta.max(1, keepdims=True))
         rho /= rho.sum(1, keepdims=True)
-        lib = np.exp(rng.normal(np.log(500.0) + batch_depth[b], 0.5))
+        lib = np.exp(rng.normal(np.log(500.0) + m["batch_depth"][b], 0.5))
         mu = lib[:, None] * rho
-        x = rng.poisson(rng.gamma(theta, mu / theta))
+        x = rng.poisson(rng.gamma(m["theta"], mu / m["theta"]))
         empty = x.sum(1) == 0
         x[empty, rng.integers(0, n_genes, int(empty.sum()))] = 1  # no empty cells (count models refuse them)
-        obs = pd.DataFrame(
-            {
-                "cell_type": pd.Categorical([f"type{i}" for i in t], categories=[f"type{i}" for i in range(n_types)]),
-                "batch": pd.Categorical([f"batch{i}" for i in b], categories=[f"batch{i}" for i in range(n_batches)]),
-            },
-            index=[f"cell{i}" for i in range(start, start + len(t))],
-        )
-        yield sp.csr_matrix(x.astype(np.float32)), obs
+        yield sp.csr_matrix(x.astype(np.float32)), synthetic_obs(t, b, start)
 
 
 def install_epoch_clock() -> list[float]:
