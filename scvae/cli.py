@@ -87,9 +87,12 @@ def _write_cells(cells, out: Path, latent, key_added: str, record: dict | None =
     import pandas as pd
 
     from .stores import is_collection
+    from .trained import uns_key
 
     if not is_collection(cells):
         cells.obsm[key_added] = latent
+        if record is not None:
+            cells.uns[uns_key(key_added)] = record
         cells.write_h5ad(out)
         return
     obs = cells.obs.copy()
@@ -98,7 +101,7 @@ def _write_cells(cells, out: Path, latent, key_added: str, record: dict | None =
         obs=obs, var=pd.DataFrame(index=pd.Index(cells.var_names).astype(str)), obsm={key_added: latent}
     )
     if record is not None:
-        result.uns["scvae"] = record
+        result.uns[uns_key(key_added)] = record
     result.write_h5ad(out)
 
 
@@ -130,10 +133,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from .trained import uns_record
 
     model = _load(args.model_dir)
     adata, out = _read_cells(args.input, args.output, args.force)
-    _write_cells(adata, out, model.get_latent(adata), args.key_added)
+    _write_cells(adata, out, model.get_latent(adata), args.key_added, uns_record(model, args.key_added))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, category_order, check_int, check_positive_int, log_normalize, obs_column
+from .data import InputError, category_order, check_int, check_positive_int, check_seed, log_normalize, obs_column
 from .loaders import to_dense_float
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def balanced_indices(
     -------
     The control and the stimulated indices, each a dict {cell type: indices}, and the number per group.
     """
+    seed = check_seed(seed)
     check_int("n_per_type", n_per_type, optional=True)
     groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=exclude, min_cells=min_cells)
     smallest = min(min(len(c), len(s)) for c, s in groups.values())
@@ -242,6 +243,7 @@ def linear_shift(
     A new AnnData whose ``X`` is *log-normalised* (evaluate it with ``pred_normalized=True``); obs as in
     :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records δ (per gene) and what was used.
     """
+    seed = check_seed(seed)
     control, stimulated, target = str(control), str(stimulated), str(target)
     cond, types = check_inputs(
         adata,

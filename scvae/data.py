@@ -41,6 +41,32 @@ def check_int(name: str, value: Any, minimum: int = 1, *, optional: bool = False
     return int(value)
 
 
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32) as one integer; torch takes those too
+
+
+def check_seed(value: Any) -> int:
+    """``seed`` as an int, or an :class:`InputError` unless it is an integer in [0, 2**32 − 1] (numpy's and
+    torch's generators both take those)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= SEED_MAX:
+        raise InputError(f"seed must be an integer in [0, {SEED_MAX}], got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool, or an :class:`InputError` naming ``name`` unless it is True or False (a string such
+    as ``"no"`` would otherwise count as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_key_added(value: Any) -> str:
+    """``key_added`` as given, or an :class:`InputError` unless it is a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"key_added must be a non-empty string (the obsm key to write), got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """``value`` as an int, or an :class:`InputError` naming ``name`` unless it is an integer >= 1 (not a bool)."""
     return check_int(name, value, 1)  # type: ignore[return-value]
@@ -160,7 +186,8 @@ def _check_values(chunk: np.ndarray, counts: bool, likelihood: str, where: str) 
         if not np.isfinite(chunk).all():
             raise InputError(
                 f"{where} contains NaN or infinite values; remove or impute them before fitting "
-                "(e.g. adata = adata[:, np.isfinite(adata.X.sum(0))])"
+                "(e.g. keep the genes whose values are all finite, X being the matrix named here: "
+                "adata = adata[:, np.isfinite(np.asarray(X.sum(0))).ravel()].copy())"
             )
     if counts:
         if (chunk < 0).any():
@@ -179,7 +206,7 @@ def _check_values(chunk: np.ndarray, counts: bool, likelihood: str, where: str) 
 # -- genes ---------------------------------------------------------------------------------------------------
 def align_genes(adata: AnnData, genes: Sequence[str]) -> np.ndarray | None:
     """Column indices of ``adata`` that give the model's ``genes`` in order, or None if they already match."""
-    names = pd.Index(adata.var_names)
+    names = pd.Index(adata.var_names).astype(str)  # the model keeps gene names as strings
     if len(names) == len(genes) and (names == pd.Index(genes)).all():
         return None
     if not names.is_unique:
@@ -213,7 +240,14 @@ class CategoryEncoder:
     def fit(cls, adata: AnnData, keys: Sequence[str]) -> CategoryEncoder:
         cats: dict[str, list[str]] = {}
         for key in keys:
-            cats[key] = category_order(obs_column(adata, key), present_only=True)
+            col = obs_column(adata, key)
+            if col.dtype.kind == "f" and not np.equal(np.mod(col.to_numpy(), 1), 0).all():
+                raise InputError(
+                    f"adata.obs[{key!r}] holds continuous numbers ({col.nunique()} distinct values, e.g. "
+                    f"{col.iloc[0]!r}); a label must be a category (a batch, a condition). If these numbers are "
+                    f"categories, convert them: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
+                )
+            cats[key] = category_order(col, present_only=True)
         return cls(cats)
 
     def encode(self, adata: AnnData, overrides: dict[str, str] | None = None) -> np.ndarray:

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import InputError, check_positive_int
+from .data import InputError, check_positive_int, check_seed
 from .loaders import to_dense_float
 from .module import reparameterize
 from .trained import refuse_nonfinite
@@ -204,6 +204,7 @@ def differential_expression(
     ``group1``, ``group2``). For ``mode="vanilla"``, ``proba_de`` is P(rho_1 > rho_2) and ``proba_not_de``
     its complement.
     """
+    seed = check_seed(seed)
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if not model.module.counts:

@@ -26,6 +26,8 @@ from .data import (
     CategoryEncoder,
     InputError,
     align_genes,
+    check_bool,
+    check_key_added,
     check_positive_int,
     obs_column,
     refuse_view,
@@ -63,7 +65,8 @@ def map_query(
     and there is no KL warm-up. The reference part of every weight and buffer of the returned model is
     bit-identical to the reference's, so reference cells keep their place in the latent space.
 
-    Writes ``query.obsm[key_added]`` (posterior mean of z of the query cells) and ``query.uns["scvae"]``; changes
+    Writes ``query.obsm[key_added]`` (posterior mean of z of the query cells) and its record, ``query.uns["scvae"]``
+    (for another ``key_added``: ``uns[key_added]`` without its leading ``"X_"``); changes
     nothing else in ``query``. ``model`` itself is not modified.
 
     Parameters
@@ -75,7 +78,7 @@ def map_query(
         likelihoods, and every ``obs`` column the model is conditioned on (``model.labels.keys``), without
         missing values.
     max_epochs
-        Default: about 3 million cell passes of the query, between 20 and 400 epochs; early stopping usually ends
+        Default: about 3 million cell passes of the query, between 20 and 200 epochs; early stopping usually ends
         sooner.
     lr, batch_size
         Adam's learning rate (weight decay is always 0, see above) and the minibatch size (at most the number of
@@ -110,6 +113,8 @@ def map_query(
         raise InputError(f"query must be an AnnData object, got {type(query).__name__}; e.g. sc.read_h5ad(path)")
     if isinstance(query, AnnData):
         refuse_view(query, "query")
+    key_added = check_key_added(key_added)
+    progress_bar = check_bool("progress_bar", progress_bar)
     keys = model.labels.keys
     if not keys:
         raise InputError(

@@ -14,7 +14,16 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import CategoryEncoder, DataSpec, InputError, check_positive_int, refuse_view, validate_matrix
+from .data import (
+    CategoryEncoder,
+    DataSpec,
+    InputError,
+    check_bool,
+    check_key_added,
+    check_positive_int,
+    refuse_view,
+    validate_matrix,
+)
 from .likelihoods import COUNT_LIKELIHOODS
 from .loaders import to_dense_float
 from .module import VAE, ModuleConfig
@@ -72,8 +81,9 @@ def fit(
 ) -> SCVAE:
     """Train a VAE (or a conditional VAE) on the counts in ``adata`` and write its latent space.
 
-    Writes ``adata.obsm[key_added]`` (posterior mean of z, cells × ``n_latent``) and ``adata.uns["scvae"]``
-    (the run's settings and final ELBO); changes nothing else in ``adata``.
+    Writes ``adata.obsm[key_added]`` (posterior mean of z, cells × ``n_latent``) and the run's record (its
+    settings and final ELBO) in ``adata.uns["scvae"]``, or for another ``key_added`` in ``uns[key_added]`` without
+    its leading ``"X_"``; changes nothing else in ``adata``.
 
     Parameters
     ----------
@@ -121,7 +131,7 @@ def fit(
         time (``benchmarks/results/integration_ablation.md``). Larger minibatches run more cells per second on
         large data (``benchmarks/results/speed_vs_scvi_batch256.md``); raise ``lr`` with them. If training
         diverges, lower ``lr``.
-    beta, kl_warmup_epochs
+    beta, kl_warmup_epochs, kl_warmup_steps
         Weight of the KL term, reached linearly over ``kl_warmup_epochs`` (default: a quarter of
         ``max_epochs``, at most 50; 0 for none). ``kl_warmup_steps`` (minibatches), if given, replaces
         ``kl_warmup_epochs``. The weight of each epoch is the ``kl_weight`` column of ``model.history``.
@@ -191,8 +201,16 @@ def fit(
         )
     if isinstance(adata, AnnData):
         refuse_view(adata)
+    key_added = check_key_added(key_added)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); there is nothing to train on")
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]
+    for name, key in (("batch_key", batch_key), ("condition_key", condition_key)):
+        if key is not None and not isinstance(key, str):
+            raise InputError(f"{name} must be the name of one obs column (a string), got {key!r}")
+    if not all(isinstance(k, str) for k in covariate_keys or []):
+        raise InputError(f"covariate_keys must be obs column names (strings), got {covariate_keys!r}")
     keys = [k for k in (batch_key, condition_key, *(covariate_keys or [])) if k is not None]
     if len(set(keys)) != len(keys):
         raise InputError(f"batch_key, condition_key and covariate_keys must be different columns, got {keys}")
@@ -249,9 +267,8 @@ def fit(
     )
     if resume and checkpoint_dir is None:
         raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
+    progress_bar = check_bool("progress_bar", progress_bar)
     runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir, num_nodes=num_nodes)
-    if batch_size > adata.n_obs:
-        raise InputError(f"batch_size={batch_size} is larger than the number of cells ({adata.n_obs}); lower it")
 
     x = matrix(adata, layer)
     validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import InputError, check_choice, check_int, check_number
+from .data import InputError, check_bool, check_choice, check_int, check_number
 from .kernels import Entries
 from .likelihoods import LIKELIHOODS, Likelihood
 from .loaders import Minibatch
@@ -98,7 +98,7 @@ class ModuleConfig:
         self.n_layers = check_int("n_layers", self.n_layers, 0)
         self.likelihood = check_choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
         self.dispersion = check_choice("dispersion", self.dispersion, DISPERSIONS)
-        self.encode_covariates = bool(self.encode_covariates)
+        self.encode_covariates = check_bool("encode_covariates", self.encode_covariates)
         self.dropout = check_number("dropout", self.dropout, low=0.0, high=1.0)
         self.norm = check_choice("norm", self.norm, NORMS)
         self.prior = check_choice("prior", self.prior, PRIORS)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import check_positive_int
+from .data import check_positive_int, check_seed
 from .loaders import Minibatch
 from .module import VAE
 from .trained import refuse_nonfinite
@@ -60,6 +60,7 @@ def estimate_log_likelihood(
     (log_likelihood, elbo): float64 arrays with one value per cell. ``elbo`` is the mean log weight over the
     same K samples (an unbiased ELBO estimate).
     """
+    seed = check_seed(seed)
     module.eval()
     device = next(module.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -99,6 +100,7 @@ def log_likelihood(
     log p(x) and is ≥ the ELBO in expectation. For count likelihoods p(x) is given the cell's library size.
     Works for any prior, objective and likelihood. With ``return_elbo=True`` also the per-cell ELBO estimate.
     """
+    seed = check_seed(seed)
 
     n_samples = check_positive_int("n_samples", n_samples)
     batch_size = check_positive_int("batch_size", batch_size)

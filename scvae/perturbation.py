@@ -1,6 +1,6 @@
 """Predicting how a cell type responds to a stimulus it was never seen under (the scGen task).
 
-Two ways to predict, both decoding the target cell type's control cells into "stimulated" cells:
+Three ways to predict, each decoding the target cell type's control cells into "stimulated" cells:
 
 - ``method="delta"`` (scGen's latent arithmetic): δ = mean z(stimulated) − mean z(control) over the *other*
   cell types, each balanced to the same number of cells per type and condition; the target's control cells are
@@ -40,7 +40,7 @@ from .conditions import (
     transport_displacements,
     type_groups,
 )
-from .data import InputError, check_choice, check_int, check_number, check_positive_int
+from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed
 from .latent import decode, model_matrix, posterior_means, transported_shift
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -173,6 +173,7 @@ def predict_perturbation(
     >>> pred = model.predict_perturbation(train, condition_key="condition", control="control",
     ...                                   stimulated="stimulated", cell_type_key="cell_type", target="CD4 T")
     """
+    seed = check_seed(seed)
     check_choice("method", method, METHODS)
     check_positive_int("n_neighbors", n_neighbors)
     check_positive_int("interval_genes", interval_genes)
@@ -394,6 +395,7 @@ def change_intervals(
     The half-widths (one per gene of the model) and a record: the level, the per-type quantiles ``q_t``, the
     chosen quantile and the number of genes.
     """
+    seed = check_seed(seed)
     control, stimulated, target = str(control), str(stimulated), str(target)
     cond, types = check_inputs(
         adata,

@@ -8,10 +8,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
 
 
-def history(model: SCVAE, ax=None):
-    """Per-epoch ELBO (train and validation), reconstruction log-likelihood and KL, one panel each.
+def history(model: SCVAE, *, ax=None):
+    """Per-epoch ELBO (train and validation), reconstruction log-likelihood and KL, one panel each, with the
+    epoch whose weights were kept marked.
 
-    Returns the matplotlib axes."""
+    Parameters
+    ----------
+    model
+        A trained model.
+    ax
+        Three matplotlib axes to draw in (default: a new figure).
+
+    Returns
+    -------
+    The three matplotlib axes."""
     import matplotlib.pyplot as plt
 
     hist = model.history
@@ -121,10 +131,26 @@ def perturbation_violin(
     pred_normalized: bool = False,
     labels: tuple[str, str, str] = ("control", "stimulated (real)", "stimulated (predicted)"),
     ax=None,
+    seed: int = 0,
 ):
     """Violins of one gene's log-normalised expression in the real control, real stimulated and predicted
     cells (each normalised over ``pred``'s genes, and the prediction read as
-    :func:`scvae.tl.evaluate_perturbation` reads it).
+    :func:`scvae.tl.evaluate_perturbation` reads it), each cell a jittered point.
+
+    Parameters
+    ----------
+    pred, real_stim, real_ctrl
+        Predicted cells (from ``predict_perturbation``), the real stimulated and the real control cells.
+    gene
+        The gene drawn.
+    pred_normalized
+        ``pred.X`` is already log-normalised (as for :func:`scvae.tl.evaluate_perturbation`).
+    labels
+        Names of the three violins.
+    ax
+        A matplotlib axes to draw in (default: a new figure).
+    seed
+        Seeds the horizontal jitter of the points.
 
     Returns
     -------
@@ -133,8 +159,10 @@ def perturbation_violin(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .data import InputError, log_normalize
+    from .data import InputError, check_seed, log_normalize
     from .scoring import prediction_matrix
+
+    seed = check_seed(seed)
 
     genes = [str(g) for g in pred.var_names]
     if gene not in genes:
@@ -153,7 +181,7 @@ def perturbation_violin(
     for body, color in zip(parts["bodies"], ("tab:blue", "tab:orange", "tab:green")):
         body.set_facecolor(color)
         body.set_alpha(0.6)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i, v in enumerate(values, start=1):
         ax.scatter(i + rng.uniform(-0.08, 0.08, len(v)), v, s=2, c="k", alpha=0.3, lw=0)
     ax.set_xticks([1, 2, 3], labels)

@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from .data import InputError, check_int, check_number
+from .data import InputError, check_bool, check_int, check_number, check_seed
 from .loaders import Minibatch
 from .module import VAE, Loss
 
@@ -50,10 +50,10 @@ class TrainSettings:
         self.beta = check_number("beta", self.beta, low=0.0)
         self.kl_warmup_epochs = check_int("kl_warmup_epochs", self.kl_warmup_epochs, 0)
         self.kl_warmup_steps = check_int("kl_warmup_steps", self.kl_warmup_steps, 0, optional=True)
-        self.early_stopping = bool(self.early_stopping)
+        self.early_stopping = check_bool("early_stopping", self.early_stopping)
         self.patience = check_int("patience", self.patience)
         self.validation_size = check_number("validation_size", self.validation_size, low=0.0, high=1.0)
-        self.seed = check_int("seed", self.seed, -(2**63))
+        self.seed = check_seed(self.seed)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .conditions import EXPRESSION_LAYER
-from .data import InputError, check_positive_int, get_matrix, log_normalize
+from .data import InputError, check_positive_int, check_seed, get_matrix, log_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,10 @@ def evaluate_perturbation(
         Real stimulated and control cells of the same cell type (raw counts).
     n_top
         Number of top genes in each list.
+    top_genes
+        scGen's list given directly (genes of ``pred``), instead of ranking the real cells' DEGs.
+    pred_normalized
+        ``pred.X`` holds log-normalised values (see ``pred`` above).
     direction
         Which Wilcoxon DEGs (see :func:`rank_de_genes`); ``"up"`` follows scGen.
     n_pcs, max_cells, seed
@@ -288,6 +292,7 @@ def evaluate_perturbation(
     and ``n_genes``, ``top_genes``, ``top_change``, ``n_pcs``, and ``means``: a DataFrame of per-gene means
     (columns ``control``, ``real``, ``predicted``).
     """
+    seed = check_seed(seed)
     check_positive_int("n_pcs", n_pcs)
     check_positive_int("max_cells", max_cells)
     genes = [str(g) for g in pred.var_names]

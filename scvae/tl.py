@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .data import InputError, check_positive_int, log_normalize, obs_column, refuse_view
+from .data import InputError, check_positive_int, check_seed, log_normalize, obs_column, refuse_view
 from .scoring import e_distances, evaluate_perturbation, gene_means, mean_r2, rank_de_genes, top_changed_genes
 
 __all__ = [
@@ -77,6 +77,7 @@ def rank_genes_groups(
     ``pvals_adj < 0.05`` selects a gene list with an expected false discovery proportion below 5 %.
     ``params`` records the settings (``method="scvae"``). Only ``adata.uns[key_added]`` is written.
     """
+    seed = check_seed(seed)
     from .de import differential_expression
 
     if groupby not in adata.obs:
@@ -127,6 +128,7 @@ def rank_genes_groups(
     result: dict[str, Any] = {
         "params": {
             "groupby": groupby,
+            "groups": list(wanted),
             "reference": reference,
             "method": "scvae",
             "use_raw": False,
@@ -136,6 +138,8 @@ def rank_genes_groups(
             "delta": float(delta),
             "batch_correction": bool(batch_correction),
             "n_samples": int(n_samples),
+            "fdr": float(fdr),
+            "n_genes": int(min(n_genes or len(model.genes), len(model.genes))),
             "seed": int(seed),
         }
     }

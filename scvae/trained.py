@@ -21,7 +21,17 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import CategoryEncoder, DataSpec, InputError, align_genes, check_positive_int, get_matrix, validate_matrix
+from .data import (
+    CategoryEncoder,
+    DataSpec,
+    InputError,
+    align_genes,
+    check_number,
+    check_positive_int,
+    check_seed,
+    get_matrix,
+    validate_matrix,
+)
 from .loaders import Minibatch, is_backed_matrix, to_dense_float
 from .module import VAE, ModuleConfig, reparameterize
 from .stores import check_labels, collection_matrix, is_collection
@@ -115,6 +125,7 @@ class SCVAE:
         """Consecutive minibatches of ``read``'s matrix and codes (of its ``rows``, default all, in order), as
         tensors on the model's device."""
         device = self.device
+        batch_size = check_positive_int("batch_size", batch_size)
         for start in range(0, x.shape[0] if rows is None else len(rows), batch_size):
             r = slice(start, start + batch_size) if rows is None else rows[start : start + batch_size]
             xb = torch.from_numpy(to_dense_float(x, r)).to(device)
@@ -145,9 +156,25 @@ class SCVAE:
     def get_latent(
         self, adata: AnnData, *, give_mean: bool = True, batch_size: int = 1024, seed: int = 0
     ) -> np.ndarray:
-        """Latent representation of every cell of ``adata`` (cells × n_latent).
+        """Latent representation of every cell of ``adata``.
 
-        ``give_mean=True`` returns the posterior mean; otherwise one draw from q(z | x), seeded by ``seed``."""
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes (matched by name, in any order; extra genes are ignored; a backed
+            AnnData or zarr store must hold exactly the model's genes in its order) and the labels it is
+            conditioned on; in memory, backed, a zarr store or a collection of files.
+        give_mean
+            Return the posterior mean of q(z | x); otherwise one draw from it, seeded by ``seed``.
+        batch_size
+            Cells per forward pass.
+        seed
+            Seeds the draw (``give_mean=False``).
+
+        Returns
+        -------
+        float32 array, cells × ``n_latent``, in the order of ``adata``'s cells."""
+        seed = check_seed(seed)
         x, codes = self.read(adata)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         # written into one array made up front: no pile of small per-batch arrays between the large temporaries
@@ -179,11 +206,32 @@ class SCVAE:
         to 1; 1e4: comparable to ``sc.pp.normalize_total``). For ``gaussian`` it is the mean, for ``bernoulli``
         the probability of detection.
 
-        ``transform_batch`` decodes every cell as if it came from another batch or condition (counterfactual):
-        a category of ``batch_key``, or a dict ``{obs key: category}`` for any label the model is conditioned on.
-        The encoder still sees each cell's own labels.
+        Parameters
+        ----------
+        adata
+            Cells, as for :meth:`get_latent`.
+        transform_batch
+            Decode every cell as if it came from another batch or condition (counterfactual): a category of
+            ``batch_key``, or a dict ``{obs key: category}`` for any label the model is conditioned on. The
+            encoder still sees each cell's own labels.
+        library_size
+            Scale of count likelihoods' expression (see above).
+        n_samples
+            Draws of z averaged (1: the posterior mean alone).
+        batch_size
+            Cells per forward pass.
+        seed
+            Seeds the draws of z.
+        return_numpy
+            Return the float32 array instead of a DataFrame.
+
+        Returns
+        -------
+        cells × genes DataFrame (index: ``adata.obs_names``, columns: the model's genes), or the array.
         """
+        seed = check_seed(seed)
         n_samples = check_positive_int("n_samples", n_samples)
+        library_size = check_number("library_size", library_size, low=0.0, strict=True)
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -216,7 +264,23 @@ class SCVAE:
     ) -> np.ndarray:
         """Posterior predictive samples: z ~ q(z | x), then x' ~ p(x | z) with each cell's own library size.
 
-        Returns cells × genes (``n_samples=1``) or n_samples × cells × genes."""
+        Parameters
+        ----------
+        adata
+            Cells, as for :meth:`get_latent`.
+        n_samples
+            Draws per cell.
+        transform_batch
+            Decode with other labels, as in :meth:`get_normalized_expression`.
+        batch_size
+            Cells per forward pass.
+        seed
+            Seeds the draws of z and of x'.
+
+        Returns
+        -------
+        float32 array, cells × genes (``n_samples=1``) or ``n_samples`` × cells × genes."""
+        seed = check_seed(seed)
         n_samples = check_positive_int("n_samples", n_samples)
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
@@ -234,7 +298,15 @@ class SCVAE:
     # -- persistence -----------------------------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the model to folder ``path``: weights (``model.pt``, tensors only) and ``scvae.json`` (version,
-        data spec, module config, training settings and record, history)."""
+        data spec, module config, training settings and record, history); read it back with
+        :func:`scvae.model.load`.
+
+        Parameters
+        ----------
+        path
+            A folder, created if needed.
+        overwrite
+            Replace a model already in a non-empty ``path`` (otherwise: ``FileExistsError``)."""
         path = Path(path)
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace the model there")
@@ -253,7 +325,8 @@ class SCVAE:
         (path / CONFIG_FILE).write_text(json.dumps(doc, indent=1))
 
     def summary(self) -> dict[str, Any]:
-        """Every setting of the model and its training in one flat dict (what ``adata.uns["scvae"]`` records)."""
+        """Every setting of the model and its training in one flat dict (what a fit records in ``adata.uns``, see
+        :func:`uns_key`)."""
         shape = ("genes", "categories", "n_genes", "n_categories", "batch_index", "adversarial_indices")
         out: dict[str, Any] = {}
         for part in (self.spec, self.module.config, self.settings, self.record):
@@ -283,6 +356,13 @@ def module_config(spec: DataSpec, **arch: Any) -> ModuleConfig:
         adversarial_indices=[i for i in removed if i is not None],
         **arch,
     )
+
+
+def uns_key(key_added: str) -> str:
+    """Where a run that writes ``obsm[key_added]`` records itself in ``uns``: ``key_added`` without a leading
+    ``"X_"`` (``"X_scvae"``, the default, records in ``uns["scvae"]``), so that runs written under different keys
+    keep their own records."""
+    return key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
 
 
 def uns_record(model: SCVAE, key_added: str) -> dict[str, Any]:
@@ -342,7 +422,8 @@ def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
 
 
 def write_latent(model: SCVAE, adata: AnnData, key_added: str) -> None:
-    """The last step of training: ``adata.obsm[key_added]`` (posterior means) and ``adata.uns["scvae"]``, written
+    """The last step of training: ``adata.obsm[key_added]`` (posterior means) and its record,
+    ``adata.uns[uns_key(key_added)]`` (``uns["scvae"]`` for the default key), written
     only once the latent space is known to be finite. A collection of files holds no results: nothing is computed
     or written for it."""
     if is_collection(adata):
@@ -350,4 +431,4 @@ def write_latent(model: SCVAE, adata: AnnData, key_added: str) -> None:
         return
     latent = model.get_latent(adata)  # raises before anything is written if the weights are not usable
     adata.obsm[key_added] = latent
-    adata.uns["scvae"] = uns_record(model, key_added)
+    adata.uns[uns_key(key_added)] = uns_record(model, key_added)

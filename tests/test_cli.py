@@ -45,6 +45,7 @@ def test_embed_and_info(trained, capsys):
     assert main(["embed", str(DATA), "--model-dir", str(trained / "model"), "-o", str(trained / "emb.h5ad")]) == 0
     emb = ad.read_h5ad(trained / "emb.h5ad")
     np.testing.assert_allclose(emb.obsm["X_scvae"], ad.read_h5ad(trained / "out.h5ad").obsm["X_scvae"], atol=1e-5)
+    assert emb.uns["scvae"]["max_epochs"] == 3 and emb.uns["scvae"]["key_added"] == "X_scvae"  # the model used
     assert main(["info", str(trained / "model")]) == 0
     text = capsys.readouterr().out
     assert "765 genes" in text and "nb likelihood" in text

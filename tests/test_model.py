@@ -44,12 +44,17 @@ def test_fit_writes_latent_and_record_and_nothing_else(pbmc):
     pbmc.layers["extra"] = pbmc.X.copy()
     before = _snapshot(pbmc)
     model = scvae.model.fit(pbmc, max_epochs=5, seed=0, progress_bar=False, key_added="X_test")
-    _assert_unchanged(before, pbmc, allowed_obsm={"X_test"}, allowed_uns={"scvae"})
+    _assert_unchanged(before, pbmc, allowed_obsm={"X_test"}, allowed_uns={"test"})  # the key, less its "X_"
     assert pbmc.obsm["X_test"].shape == (700, 10) and np.isfinite(pbmc.obsm["X_test"]).all()
-    rec = pbmc.uns["scvae"]
+    rec = pbmc.uns["test"]
     assert rec["key_added"] == "X_test" and rec["likelihood"] == "nb" and rec["seed"] == 0
     assert rec["epochs_trained"] == len(model.history) == 5
     assert {"elbo_train", "elbo_validation", "reconstruction_train", "kl_validation"} <= set(model.history)
+    # a second run under the default key records itself apart and leaves the first run's record alone
+    scvae.model.fit(pbmc, max_epochs=2, seed=1, progress_bar=False)
+    _assert_unchanged(before, pbmc, allowed_obsm={"X_test", "X_scvae"}, allowed_uns={"test", "scvae"})
+    assert pbmc.uns["scvae"]["key_added"] == "X_scvae" and pbmc.uns["scvae"]["epochs_trained"] == 2
+    assert pbmc.uns["test"] == rec and pbmc.uns["test"]["epochs_trained"] == 5
 
 
 def test_latent_separates_cell_types_at_least_as_well_as_pca(pbmc_model):
@@ -230,7 +235,14 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
     ("kwargs", "message"),
     [
         ({"n_latent": 0}, "n_latent must be a positive integer"),
-        ({"batch_size": 10_000}, "batch_size=10000 is larger than the number of cells"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"key_added": None}, "key_added must be a non-empty string"),
+        ({"batch_key": ["cell_type"]}, "batch_key must be the name of one obs column"),
+        ({"early_stopping": "no"}, "early_stopping must be True or False"),
+        ({"encode_covariates": "no"}, "encode_covariates must be True or False"),
+        ({"progress_bar": "no"}, "progress_bar must be True or False"),
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"seed": 2**64}, "seed must be an integer in"),
         ({"likelihood": "gamma"}, "likelihood must be one of"),
         ({"batch_key": "missing"}, "'missing' is not a column of adata.obs"),
         ({"layer": "counts"}, "layer 'counts' is not in adata.layers"),
@@ -245,8 +257,29 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
 def test_bad_arguments_fail_before_training_with_a_clear_message(pbmc, kwargs, message):
     before = _snapshot(pbmc)
     with pytest.raises(InputError, match=message):
-        scvae.model.fit(pbmc, max_epochs=1, progress_bar=False, **kwargs)
+        scvae.model.fit(pbmc, **{"max_epochs": 1, "progress_bar": False, **kwargs})
     _assert_unchanged(before, pbmc)
+
+
+def test_small_data_continuous_labels_and_integer_gene_names(pbmc):
+    small = pbmc[:100].copy()  # fewer cells than the default batch size: one minibatch per epoch
+    small.var_names = pd.Index(range(small.n_vars))  # integer gene names, as from a bare matrix
+    model = scvae.model.fit(small, max_epochs=2, progress_bar=False)
+    assert model.settings.batch_size == 90 and np.isfinite(small.obsm["X_scvae"]).all()
+    np.testing.assert_array_equal(model.get_latent(small), small.obsm["X_scvae"])  # the names match
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        model.get_latent(small, batch_size=-1)
+    with pytest.raises(InputError, match="library_size must be a number > 0"):
+        model.get_normalized_expression(small, library_size=-1.0)
+    with pytest.raises(InputError, match="seed must be an integer in"):
+        model.get_latent(small, give_mean=False, seed="a")
+    before = _snapshot(small)
+    small.obs["depth"] = np.random.default_rng(0).normal(size=small.n_obs)
+    with pytest.raises(InputError, match=r"obs\['depth'\] holds continuous numbers"):
+        scvae.model.fit(small, batch_key="depth", max_epochs=1, progress_bar=False)
+    small.obs["depth"] = np.repeat([1.0, 2.0], 50)  # whole numbers stored as floats are categories
+    scvae.model.fit(small, batch_key="depth", max_epochs=1, progress_bar=False, key_added="X_depth")
+    assert set(small.obsm) == set(before["obsm"]) | {"X_depth"}
 
 
 def test_normalised_data_view_and_nan_are_refused_without_changing_adata(pbmc):
