@@ -44,6 +44,12 @@ class Likelihood:
         """What the encoder reads of the data."""
         return x
 
+    @classmethod
+    def without_latent(cls, x: torch.Tensor) -> Likelihood:
+        """This family's model of the cells ``x`` with no latent space, fitted to them gene by gene (the yardstick
+        a trained VAE must beat: see :func:`scvae.train.no_latent_log_likelihood`)."""
+        raise NotImplementedError
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) of every entry."""
         raise NotImplementedError
@@ -76,6 +82,12 @@ class _Counts(Likelihood):
     @staticmethod
     def encoder_input(x: torch.Tensor) -> torch.Tensor:
         return torch.log1p(x)
+
+    @classmethod
+    def without_latent(cls, x: torch.Tensor) -> Likelihood:
+        """Poisson with each gene a fixed share of every cell's total count (for every count family)."""
+        share = x.sum(0) / x.sum().clamp_min(1.0)
+        return Poisson(torch.log(share.clamp_min(1e-30)).expand_as(x), x.sum(1, keepdim=True))
 
     @cached_property
     def rho(self) -> torch.Tensor:
@@ -189,6 +201,11 @@ class Gaussian(Likelihood):
     def from_decoder(cls, module, out, h, rows, library):  # noqa: ANN001, ANN206
         return cls(out, torch.exp(module.log_var.clamp(-12.0, 12.0)))
 
+    @classmethod
+    def without_latent(cls, x: torch.Tensor) -> Likelihood:
+        """One normal per gene, with the cells' mean and variance."""
+        return cls(x.mean(0).expand_as(x), x.var(0, unbiased=False).clamp_min(1e-6))
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return D.log_gaussian(x, self.mu, self.var)
 
@@ -210,6 +227,12 @@ class Bernoulli(Likelihood):
     @classmethod
     def from_decoder(cls, module, out, h, rows, library):  # noqa: ANN001, ANN206
         return cls(out)
+
+    @classmethod
+    def without_latent(cls, x: torch.Tensor) -> Likelihood:
+        """One detection rate per gene, the share of cells that have it."""
+        p = (x > 0).to(x.dtype).mean(0).clamp(1e-6, 1 - 1e-6)
+        return cls(torch.logit(p).expand_as(x))
 
     @staticmethod
     def encoder_input(x: torch.Tensor) -> torch.Tensor:

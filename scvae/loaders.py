@@ -68,7 +68,9 @@ def to_dense_float(x: Any, rows: np.ndarray | slice) -> np.ndarray:
     """Rows of ``x`` (in memory, or on disk) as a dense float32 array (one bulk slice)."""
     if is_backed_matrix(x) and not isinstance(rows, slice):  # on-disk reads need increasing, unique rows
         unique, inverse = np.unique(np.asarray(rows), return_inverse=True)
-        return to_dense_float(x, unique)[inverse]
+        block = x[unique]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        return block.astype(np.float32, copy=False)[inverse]
     block = x[rows]
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
     return block.astype(np.float32, copy=False)

@@ -19,14 +19,30 @@ import torch
 
 from .callbacks import BestWeights, Checkpoint, DataOnDevice, EpochBar, StopOnInterrupt, read_checkpoint
 from .data import InputError, split_indices
-from .likelihoods import COUNT_LIKELIHOODS
-from .loaders import make_loaders
+from .likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS
+from .loaders import make_loaders, to_dense_float
 from .module import VAE
 from .plan import Runtime, TrainingDiverged, TrainingPlan, TrainSettings
 
-__all__ = ["Runtime", "TrainSettings", "TrainingDiverged", "fit_module", "read_checkpoint", "train"]
+__all__ = [
+    "Runtime",
+    "TrainSettings",
+    "TrainingDiverged",
+    "fit_module",
+    "no_latent_log_likelihood",
+    "read_checkpoint",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
+
+CAUSES = (
+    "likely causes: a learning rate that is too high (try lr=1e-4), data that are not what the "
+    "likelihood expects (e.g. normalised values with a count likelihood), or extreme outlier cells"
+)
+# A kept ELBO this many times the no-latent model's log-likelihood below it means training blew up (measured on 700
+# PBMCs: a run at lr=1 ends 310 times below, lr=0.1 after 3 epochs 2.6 times, an untrained model 1.1 times).
+BLOWN_UP_FACTOR = 10.0
 
 
 @contextmanager
@@ -105,17 +121,13 @@ def train(
             best.best_epoch,
         )
     if best.diverged_at is not None:
-        causes = (
-            "likely causes: a learning rate that is too high (try lr=1e-4), data that are not what the "
-            "likelihood expects (e.g. normalised values with a count likelihood), or extreme outlier cells"
-        )
         if best.best_state is None:
-            raise TrainingDiverged(f"training diverged (loss became NaN/inf) at epoch {best.diverged_at}; {causes}")
+            raise TrainingDiverged(f"training diverged (loss became NaN/inf) at epoch {best.diverged_at}; {CAUSES}")
         logger.warning(
             "training diverged (loss became NaN/inf) at epoch %d; kept the best weights, from epoch %d; %s",
             best.diverged_at,
             best.best_epoch,
-            causes,
+            CAUSES,
         )
     return plan.history, best
 
@@ -156,7 +168,33 @@ def fit_module(
             history, best = train(module, *loaders, settings, runtime, fingerprint=fingerprint)
     module.eval()
     module.to(home_device(runtime.accelerator))
-    return module, settings, pd.DataFrame(history), int(best.best_epoch)
+    history = pd.DataFrame(history)
+    _refuse_blown_up(history, int(best.best_epoch), x, val_idx if len(val_idx) else train_idx, module, settings.seed)
+    return module, settings, history, int(best.best_epoch)
+
+
+def no_latent_log_likelihood(x: np.ndarray, likelihood: str) -> float:
+    """Mean per-cell log-likelihood of the cells ``x`` (dense) under ``likelihood``'s model with no latent space
+    fitted to them (:meth:`scvae.likelihoods.Likelihood.without_latent`: for counts, Poisson with each gene a
+    fixed share of the cell's total count). A trained VAE does better; one far worse has blown up."""
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    return float(LIKELIHOODS[likelihood].without_latent(x).log_prob_sum(x).mean())
+
+
+def _refuse_blown_up(history: pd.DataFrame, best_epoch: int, x: Any, rows: np.ndarray, module: VAE, seed: int) -> None:
+    """Raise :class:`TrainingDiverged` when the kept weights' ELBO is finite but far below the no-latent model's
+    log-likelihood on the same (held-out) cells: the weights blew up without reaching NaN."""
+    split = "validation" if "elbo_validation" in history else "train"
+    if best_epoch < 1 or f"elbo_{split}" not in history:
+        return
+    elbo = float(history[f"elbo_{split}"].iloc[best_epoch - 1])
+    rows = np.sort(np.random.default_rng(seed).permutation(np.asarray(rows))[:2000])
+    baseline = no_latent_log_likelihood(to_dense_float(x, rows), module.config.likelihood)
+    if elbo < baseline - (BLOWN_UP_FACTOR - 1.0) * abs(baseline):
+        raise TrainingDiverged(
+            f"training diverged: the {split} ELBO of the weights kept (epoch {best_epoch}) is {elbo:.4g} per cell, "
+            f"far below {baseline:.4g} for a model without a latent space; {CAUSES}"
+        )
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from scvae.loaders import (
     has_duplicates,
     make_loader,
     make_loaders,
+    to_dense_float,
 )
 
 
@@ -214,3 +215,13 @@ def test_fit_trains_from_a_backed_h5ad_like_from_memory(tmp_path, pbmc_model, _p
     assert backed.isbacked and "X_scvae" not in _pbmc.obsm  # still on disk
     np.testing.assert_allclose(model.get_latent(backed), backed.obsm["X_scvae"], atol=1e-5)
     backed.file.close()
+
+
+def test_rows_of_an_on_disk_matrix_in_any_order_equal_the_in_memory_rows(tmp_path):
+    x = _counts()
+    rows = np.array([7, 5, 0, 299, 7, 42])  # unsorted, with a repeat: read once each, in increasing order
+    for name, m in (("csr", sp.csr_matrix(x)), ("dense", x)):
+        ad.AnnData(m).write_h5ad(tmp_path / f"{name}.h5ad")
+        backed = ad.read_h5ad(tmp_path / f"{name}.h5ad", backed="r")
+        np.testing.assert_array_equal(to_dense_float(backed.X, rows), x[rows])
+        backed.file.close()

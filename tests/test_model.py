@@ -301,6 +301,29 @@ def test_divergence_is_reported_and_nan_never_written(pbmc):
     with pytest.raises(scvae.train.TrainingDiverged, match="lr"):
         scvae.model.fit(pbmc, max_epochs=3, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
     assert "X_scvae" not in pbmc.obsm
+    # a blow-up that stays finite (ELBO near -1e17 per cell here) is refused too, against the no-latent model
+    with pytest.raises(scvae.train.TrainingDiverged, match="far below .* without a latent space"):
+        scvae.model.fit(pbmc, max_epochs=3, lr=1e3, progress_bar=False)
+    assert "X_scvae" not in pbmc.obsm and "scvae" not in pbmc.uns
+    model = scvae.model.fit(pbmc, max_epochs=1, lr=1e-6, progress_bar=False)  # barely trained is not diverged
+    baseline = scvae.train.no_latent_log_likelihood(pbmc.X.toarray(), "nb")
+    assert baseline * 1.5 < model.history["elbo_validation"].iloc[0] < baseline * 0.9
+
+
+def test_no_latent_log_likelihood_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(3.0, (40, 12)).astype(float)
+    rate = x.sum(1, keepdims=True) * x.sum(0) / x.sum()
+    want = stats.poisson.logpmf(x, rate).sum(1).mean()
+    assert scvae.train.no_latent_log_likelihood(x, "poisson") == pytest.approx(want, rel=1e-10)
+    g = rng.normal(1.0, 2.0, (40, 12))
+    want = stats.norm.logpdf(g, g.mean(0), g.std(0)).sum(1).mean()
+    assert scvae.train.no_latent_log_likelihood(g, "gaussian") == pytest.approx(want, rel=1e-10)
+    b = (rng.random((40, 12)) < 0.3).astype(float)
+    want = stats.bernoulli.logpmf(b, b.mean(0)).sum(1).mean()
+    assert scvae.train.no_latent_log_likelihood(b, "bernoulli") == pytest.approx(want, rel=1e-10)
 
 
 def test_genes_never_expressed_are_kept_without_nan(pbmc):
