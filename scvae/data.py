@@ -247,6 +247,16 @@ class CategoryEncoder:
                     f"{col.iloc[0]!r}); a label must be a category (a batch, a condition). If these numbers are "
                     f"categories, convert them: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
                 )
+            if not isinstance(col.dtype, pd.CategoricalDtype):
+                raw = pd.unique(col.to_numpy())
+                as_text = pd.Series(raw).astype(str)
+                if as_text.duplicated().any():  # e.g. 1 and "1": one label once written as text
+                    same = as_text[as_text.duplicated(keep=False)].index
+                    raise InputError(
+                        f"adata.obs[{key!r}] holds values that differ but read the same as text "
+                        f"({[raw[i] for i in same][:4]}); make them one type, e.g. "
+                        f"adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
+                    )
             cats[key] = category_order(col, present_only=True)
         return cls(cats)
 

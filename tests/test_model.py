@@ -277,6 +277,9 @@ def test_small_data_continuous_labels_and_integer_gene_names(pbmc):
     small.obs["depth"] = np.random.default_rng(0).normal(size=small.n_obs)
     with pytest.raises(InputError, match=r"obs\['depth'\] holds continuous numbers"):
         scvae.model.fit(small, batch_key="depth", max_epochs=1, progress_bar=False)
+    small.obs["plate"] = pd.Series([1, "1"] * 50, index=small.obs_names, dtype=object)
+    with pytest.raises(InputError, match=r"obs\['plate'\] holds values that differ but read the same"):
+        scvae.model.fit(small, batch_key="plate", max_epochs=1, progress_bar=False)
     small.obs["depth"] = np.repeat([1.0, 2.0], 50)  # whole numbers stored as floats are categories
     scvae.model.fit(small, batch_key="depth", max_epochs=1, progress_bar=False, key_added="X_depth")
     assert set(small.obsm) == set(before["obsm"]) | {"X_depth"}
