@@ -123,12 +123,28 @@ def balanced_indices(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     """Indices of an equal number of cells per cell type and condition (seeded).
 
-    The cell types are those of :func:`type_groups`. ``n_per_type`` cells are drawn per type and condition: by default the smallest group's size (without
-    replacement); a larger ``n_per_type`` draws groups that are smaller with replacement.
+    The cell types are those of :func:`type_groups`. ``n_per_type`` cells are drawn per type and condition: by
+    default the smallest group's size (without replacement); a larger ``n_per_type`` draws groups that are smaller
+    with replacement.
+
+    Parameters
+    ----------
+    cond, types
+        Condition and cell type of every cell (string arrays, as :func:`check_inputs` returns them).
+    control, stimulated
+        The control and stimulated categories of ``cond``.
+    exclude
+        Cell types not drawn from (e.g. the target).
+    n_per_type
+        Cells drawn per type and condition, an integer >= 1; default (None): the smallest group's size.
+    min_cells
+        The fewest cells a type needs in each condition to be used.
+    seed
+        Seeds the draw.
 
     Returns
     -------
-    The control and the stimulated indices, each a dict {cell type: indices}, and the number per group.
+    The control and the stimulated indices, each a dict {cell type: sorted indices}, and the number per group.
     """
     seed = check_seed(seed)
     check_int("n_per_type", n_per_type, optional=True)
@@ -237,6 +253,28 @@ def linear_shift(
     all their cells as they are, so that large cell types weigh more), added to the target's
     log-normalised control cells (``normalize_total(target_sum)`` + ``log1p``). Values are not clipped, so the
     predicted mean of each gene is exactly the target's control mean + δ.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes, counts in ``X`` or ``layer``, holding the target's control cells and other cell types in
+        both conditions. Not modified.
+    condition_key, control, stimulated
+        The ``obs`` column of the condition and its control and stimulated categories.
+    cell_type_key, target
+        The ``obs`` column of cell types and the cell type to predict.
+    layer
+        Read the counts from ``adata.layers[layer]`` instead of ``adata.X``.
+    n_per_type, min_cells
+        Cells per type and condition of the balanced draw (see :func:`balanced_indices`; default: the smallest such
+        group; must be None with ``balanced=False``), and the fewest cells a type needs in each condition to be
+        used (and the target in control).
+    balanced
+        Take δ over a balanced draw (True) or over all cells of the types used (False).
+    target_sum
+        Total each cell is scaled to before ``log1p``.
+    seed
+        Seeds the balanced draw.
 
     Returns
     -------

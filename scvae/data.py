@@ -358,7 +358,21 @@ def split_indices(n: int, validation_size: float, seed: int) -> tuple[np.ndarray
 def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float = 1e4) -> np.ndarray | sp.csr_matrix:
     """``log1p(x / total × target_sum)`` of every cell, as a new float32 matrix (CSR if the input is sparse).
 
-    Cells with zero total stay zero. ``adata`` is not modified."""
+    Cells with zero total stay zero. ``adata`` is not modified.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes, counts (or any non-negative values) in ``X`` or ``layer``.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X``.
+    target_sum
+        Total each cell is scaled to before ``log1p`` (counts per ``target_sum``).
+
+    Returns
+    -------
+    Cells × genes, float32: a CSR matrix if the input is sparse, else a dense ndarray.
+    """
     x = get_matrix(adata, layer)
     totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     scale = target_sum / np.where(totals > 0, totals, 1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
@@ -14,7 +16,7 @@ def _neighbours(rep: np.ndarray, k: int) -> np.ndarray:
     return idx[:, 1:]
 
 
-def knn_accuracy(rep: np.ndarray, labels, k: int = 15) -> float:
+def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str], k: int = 15) -> float:
     """Leave-one-out k-NN classification accuracy: the fraction of cells whose label is the majority label of
     their ``k`` nearest neighbours in ``rep`` (ties go to the first label in sorted order)."""
     codes, _ = pd.factorize(np.asarray(labels), sort=True)
@@ -24,7 +26,14 @@ def knn_accuracy(rep: np.ndarray, labels, k: int = 15) -> float:
     return float((counts.argmax(1) == codes).mean())
 
 
-def batch_mixing(rep: np.ndarray, batches, k: int = 15, *, labels=None, min_cells: int = 20) -> float:
+def batch_mixing(
+    rep: np.ndarray,
+    batches: np.ndarray | pd.Series | Sequence[str],
+    k: int = 15,
+    *,
+    labels: np.ndarray | pd.Series | Sequence[str] | None = None,
+    min_cells: int = 20,
+) -> float:
     """How well batches are mixed among each cell's ``k`` nearest neighbours in ``rep``: 1 is ideal, 0 none.
 
     Without ``labels``: the mean over cells of the fraction of neighbours from another batch, divided by the
@@ -51,7 +60,7 @@ def batch_mixing(rep: np.ndarray, batches, k: int = 15, *, labels=None, min_cell
     return float(np.mean(other[keep] / expected[keep]))
 
 
-def ilisi(rep: np.ndarray, batches, k: int = 30) -> float:
+def ilisi(rep: np.ndarray, batches: np.ndarray | pd.Series | Sequence[str], k: int = 30) -> float:
     """Median local inverse Simpson index of batches over each cell's ``k``-neighbourhood (itself included):
     1 when neighbourhoods hold one batch, up to the number of batches when they are evenly mixed."""
     codes, _ = pd.factorize(np.asarray(batches))

@@ -99,6 +99,30 @@ def log_likelihood(
     in log-space and in chunks of ``chunk_size`` samples (memory does not grow with K). It rises with K towards
     log p(x) and is ≥ the ELBO in expectation. For count likelihoods p(x) is given the cell's library size.
     Works for any prior, objective and likelihood. With ``return_elbo=True`` also the per-cell ELBO estimate.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~scvae.model.SCVAE`.
+    adata
+        Cells × genes, read as the model reads its training data (its ``layer``, its genes in its order, its
+        labels); an AnnCollection is read the same way.
+    n_samples
+        Importance samples K per cell.
+    batch_size
+        Cells per minibatch.
+    seed
+        Seeds the samples of z (a generator of its own; the global RNG is untouched).
+    chunk_size
+        Samples drawn at once per minibatch (memory grows with it, not with K).
+    return_elbo
+        Also return the per-cell ELBO estimate.
+
+    Returns
+    -------
+    float64 array of log p(x), one value per cell of ``adata`` in its order; with ``return_elbo=True`` the pair
+    (log_likelihood, elbo), ``elbo`` the mean log weight over the same K samples. Raises ``FloatingPointError`` if
+    an estimate is NaN or inf.
     """
     seed = check_seed(seed)
 

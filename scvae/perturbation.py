@@ -390,6 +390,31 @@ def change_intervals(
     cells in training, which makes their errors smaller than a truly unseen type's
     (``benchmarks/results/perturbation_kang.md`` reports the coverage).
 
+    Parameters
+    ----------
+    model
+        A trained :class:`~scvae.model.SCVAE`, as for :func:`predict_perturbation`.
+    adata
+        Cells with the model's genes, holding the target's control cells and other cell types in both conditions.
+        Not modified.
+    condition_key, control, stimulated
+        The ``obs`` column of the condition and its control and stimulated categories.
+    cell_type_key, target
+        The ``obs`` column of cell types and the cell type the intervals are for.
+    level
+        Level of the intervals, in (0, 1).
+    n_genes
+        Each other type's genes of largest absolute real change whose scaled errors give its quantile ``q_t``.
+    min_cells
+        The fewest cells a type needs in each condition to be calibrated on (at least three such types), also
+        passed to each calibration prediction.
+    seed, batch_size
+        Passed to each calibration prediction (:func:`predict_perturbation`).
+    **predict_kw
+        Further keyword arguments of :func:`predict_perturbation`, passed unchanged to each calibration
+        prediction: ``method``, ``n_cells``, ``n_per_type``, ``n_neighbors``, ``correct_bias`` (what
+        :func:`predict_perturbation` passes with ``interval``); not the arguments named above.
+
     Returns
     -------
     The half-widths (one per gene of the model) and a record: the level, the per-type quantiles ``q_t``, the

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+
     from .model import SCVAE
 
 
-def history(model: SCVAE, *, ax=None):
+def history(model: SCVAE, *, ax: Sequence[Axes] | None = None) -> Sequence[Axes] | np.ndarray:
     """Per-epoch ELBO (train and validation), reconstruction log-likelihood and KL, one panel each, with the
     epoch whose weights were kept marked.
 
@@ -47,18 +53,18 @@ def history(model: SCVAE, *, ax=None):
 
 
 def reg_mean_plot(
-    pred,
-    real_stim,
-    real_ctrl,
+    pred: AnnData,
+    real_stim: AnnData,
+    real_ctrl: AnnData,
     *,
     n_top: int = 100,
-    top_genes=None,
+    top_genes: Sequence[str] | None = None,
     n_labels: int = 10,
     pred_normalized: bool = False,
-    result: dict | None = None,
-    ax=None,
+    result: dict[str, Any] | None = None,
+    ax: Axes | None = None,
     title: str | None = None,
-):
+) -> Axes:
     """Predicted vs real mean log-normalised expression of every gene (scGen's reg-mean plot).
 
     Each point is a gene: x its mean over the real stimulated cells, y over the predicted cells. The top
@@ -69,16 +75,23 @@ def reg_mean_plot(
     Parameters
     ----------
     pred, real_stim, real_ctrl
-        Predicted cells (counts, or log-normalised with ``pred_normalized=True``) and the real stimulated and
-        control cells of the same cell type (counts).
+        Predicted cells (read as :func:`scvae.tl.evaluate_perturbation` reads them: ``layers["expression"]`` when
+        it is there, else counts in ``X``, or log-normalised values with ``pred_normalized=True``) and the real
+        stimulated and control cells of the same cell type (counts).
     n_top, top_genes
-        Number of top DEGs to find, or the genes to highlight.
+        Number of top DEGs to find, or the genes to highlight (genes of ``pred``). Ignored with ``result``.
     n_labels
         How many of the top DEGs to name on the plot.
+    pred_normalized
+        ``pred.X`` holds log-normalised values (as for :func:`scvae.tl.evaluate_perturbation`). Ignored with
+        ``result``.
     result
-        The dict of :func:`scvae.tl.evaluate_perturbation` for these cells, to avoid computing it again.
-    ax, title
-        Axes to draw on (default: a new figure) and a title.
+        The dict of :func:`scvae.tl.evaluate_perturbation` for these cells, to avoid computing it again; its
+        ``means``, ``top_genes``, ``r2_all`` and ``r2_top`` are drawn.
+    ax
+        A matplotlib axes to draw in (default: a new figure).
+    title
+        Title of the axes (default: none).
 
     Returns
     -------
@@ -123,16 +136,16 @@ def reg_mean_plot(
 
 
 def perturbation_violin(
-    pred,
-    real_stim,
-    real_ctrl,
+    pred: AnnData,
+    real_stim: AnnData,
+    real_ctrl: AnnData,
     gene: str,
     *,
     pred_normalized: bool = False,
     labels: tuple[str, str, str] = ("control", "stimulated (real)", "stimulated (predicted)"),
-    ax=None,
+    ax: Axes | None = None,
     seed: int = 0,
-):
+) -> Axes:
     """Violins of one gene's log-normalised expression in the real control, real stimulated and predicted
     cells (each normalised over ``pred``'s genes, and the prediction read as
     :func:`scvae.tl.evaluate_perturbation` reads it), each cell a jittered point.
@@ -148,7 +161,7 @@ def perturbation_violin(
     labels
         Names of the three violins.
     ax
-        A matplotlib axes to draw in (default: a new figure).
+        A matplotlib axes to draw in (default: a new figure). Its title is set to ``gene``.
     seed
         Seeds the horizontal jitter of the points.
 
@@ -190,12 +203,28 @@ def perturbation_violin(
     return ax
 
 
-def volcano(de, *, n_labels: int = 15, ax=None, title: str | None = None):
+def volcano(de: pd.DataFrame, *, n_labels: int = 15, ax: Axes | None = None, title: str | None = None) -> Axes:
     """Volcano plot of a table from :meth:`scvae.model.SCVAE.differential_expression`: posterior mean log2 fold
     change (x) against the log Bayes factor of a change (y), genes called DE (``is_de``) in colour and the
     ``n_labels`` strongest (highest Bayes factor, then largest |fold change|) named.
 
-    Returns the matplotlib axes."""
+    Parameters
+    ----------
+    de
+        The table, indexed by gene, with columns ``lfc_mean``, ``bayes_factor`` and ``is_de`` (and ``group1``,
+        ``group2`` for the default title).
+    n_labels
+        How many genes to name (among all genes, DE or not).
+    ax
+        A matplotlib axes to draw in (default: a new figure).
+    title
+        Title of the axes; default (None): ``"<group1> vs <group2>"`` from the table's columns, or none if it has
+        no ``group1`` column. ``""`` draws none.
+
+    Returns
+    -------
+    The matplotlib axes.
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -238,7 +267,13 @@ def volcano(de, *, n_labels: int = 15, ax=None, title: str | None = None):
 PERTURBATION_SCORES = ("delta_corr_top_change", "delta_corr_top", "r2_top_change", "r2_top", "sign_top_change")
 
 
-def perturbation_scores(scores, *, metrics=PERTURBATION_SCORES, ax=None, title: str | None = None):
+def perturbation_scores(
+    scores: Mapping[str, Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] = PERTURBATION_SCORES,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
     """Grouped bars of perturbation scores: one group per metric, one bar per prediction.
 
     Parameters
@@ -249,6 +284,10 @@ def perturbation_scores(scores, *, metrics=PERTURBATION_SCORES, ax=None, title: 
     metrics
         Keys of the results to draw, in order. The default are those between -1 and 1 (Pearson-delta, R², sign
         agreement); draw the distances (``"e_distance"``, ``"energy_distance"``, lower is better) on their own.
+    ax
+        A matplotlib axes to draw in (default: a new figure).
+    title
+        Title of the axes (default: none).
 
     Returns
     -------
@@ -281,7 +320,16 @@ def perturbation_scores(scores, *, metrics=PERTURBATION_SCORES, ax=None, title: 
     return ax
 
 
-def change_intervals(pred, real_stim=None, real_ctrl=None, *, n_genes: int = 30, genes=None, ax=None, title=None):
+def change_intervals(
+    pred: AnnData,
+    real_stim: AnnData | None = None,
+    real_ctrl: AnnData | None = None,
+    *,
+    n_genes: int = 30,
+    genes: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
     """Predicted mean change of the top genes with their intervals, and the real change where it is known.
 
     Parameters
@@ -294,7 +342,12 @@ def change_intervals(pred, real_stim=None, real_ctrl=None, *, n_genes: int = 30,
         (filled inside the interval, open outside; as :func:`scvae.tl.evaluate_perturbation` computes it).
     n_genes, genes
         Draw the ``n_genes`` genes of largest |real change| (largest |predicted change| without real cells), or
-        the ``genes`` given.
+        the ``genes`` given (genes of ``pred``, in their order; ``n_genes`` is then ignored).
+    ax
+        A matplotlib axes to draw in (default: a new figure).
+    title
+        Title of the axes (default: none). With real cells the share of drawn genes whose real change is inside
+        its interval (and the level, when ``pred`` records it) is appended, or is the title alone without one.
 
     Returns
     -------

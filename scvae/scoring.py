@@ -53,7 +53,21 @@ def prediction_matrix(pred: AnnData, pred_normalized: bool = False) -> np.ndarra
 def gene_means(adata: AnnData, *, layer: str | None = None, normalized: bool = False) -> pd.Series:
     """Mean log-normalised expression of each gene over the cells of ``adata``.
 
-    ``normalized=True``: the data are already log-normalised and are averaged as they are."""
+    ``normalized=True``: the data are already log-normalised and are averaged as they are.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes: counts, or log-normalised values with ``normalized=True``.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X``.
+    normalized
+        The data are already log-normalised: average them as they are.
+
+    Returns
+    -------
+    The mean of each gene, indexed by ``adata.var_names`` (as strings).
+    """
     x = _expression(adata, normalized, layer)
     return pd.Series(np.asarray(x.mean(axis=0)).ravel(), index=pd.Index(adata.var_names.astype(str)))
 
@@ -93,7 +107,32 @@ def rank_de_genes(
     ``adata.obs[groupby]``), by scanpy's ``rank_genes_groups`` on a log-normalised copy.
 
     ``direction``: ``"up"`` (highest scores, higher in ``group1``; scGen's choice), ``"down"`` or ``"abs"``
-    (largest absolute score). ``adata`` is not modified."""
+    (largest absolute score). ``adata`` is not modified.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes: counts, or log-normalised values with ``normalized=True``.
+    groupby
+        The ``obs`` column holding the groups (compared as strings).
+    group1, group2
+        The group whose genes are ranked and the reference group; each needs at least 2 cells.
+    n
+        Number of genes returned.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X``.
+    normalized
+        The data are already log-normalised: ranked as they are.
+    method
+        Passed to ``sc.tl.rank_genes_groups`` (e.g. ``"wilcoxon"``, ``"t-test"``).
+    direction
+        ``"up"``, ``"down"`` or ``"abs"``: the order of the scores the top genes are taken from (ties in
+        scanpy's order).
+
+    Returns
+    -------
+    The names of the top ``n`` genes, best first.
+    """
     import scanpy as sc
 
     if direction not in DIRECTIONS:
@@ -139,7 +178,23 @@ def mean_r2(
     (scGen's R²; see the module docstring), over ``genes`` (default: all of ``pred``'s genes).
 
     Both are restricted to ``pred``'s genes before normalising; ``*_normalized=True`` marks data that are
-    already log-normalised."""
+    already log-normalised.
+
+    Parameters
+    ----------
+    pred
+        Predicted cells, scored as :func:`prediction_matrix` reads them (``layers["expression"]`` when it is there).
+    real
+        Real cells; must hold every gene of ``pred``.
+    genes
+        Genes of ``pred`` to correlate the means over; default (None): all of ``pred``'s genes.
+    pred_normalized, real_normalized
+        ``pred.X`` / ``real.X`` hold log-normalised values (averaged as they are).
+
+    Returns
+    -------
+    The squared Pearson correlation; NaN when fewer than two genes are used or either set of means is constant.
+    """
     all_genes = _genes_in(real, pred.var_names, "real")
     layer, normalized = _prediction_source(pred, pred_normalized)
     mp = gene_means(pred, layer=layer, normalized=normalized)
@@ -150,7 +205,20 @@ def mean_r2(
 
 def top_changed_genes(means: pd.DataFrame, n: int) -> list[str]:
     """The ``n`` genes with the largest |mean(real) − mean(control)| in a ``means`` table of
-    :func:`evaluate_perturbation` (both directions of change; ties in gene order)."""
+    :func:`evaluate_perturbation` (both directions of change; ties in gene order).
+
+    Parameters
+    ----------
+    means
+        Per-gene means indexed by gene, with columns ``real`` and ``control`` (e.g. the ``"means"`` of
+        :func:`evaluate_perturbation`).
+    n
+        Number of genes returned (all of them if ``n`` exceeds the number of genes).
+
+    Returns
+    -------
+    The gene names, largest change first.
+    """
     change = (means["real"] - means["control"]).abs().to_numpy()
     order = np.argsort(-change, kind="stable")
     return [str(g) for g in means.index[order[:n]]]
@@ -175,6 +243,15 @@ def e_distances(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
     roughly the within-set spread divided by the number of cells, so sets of different sizes are not compared
     on an equal footing (two halves of the real cells, each half as large, pay more of it than a full-size
     prediction does).
+
+    Parameters
+    ----------
+    pred, real
+        The two sets of points, cells × dimensions (same dimensions; any number of cells each).
+
+    Returns
+    -------
+    (e_distance, energy_distance) as floats.
     """
     from scipy.spatial.distance import cdist
 
