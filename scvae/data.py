@@ -373,6 +373,7 @@ def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float
     -------
     Cells × genes, float32: a CSR matrix if the input is sparse, else a dense ndarray.
     """
+    target_sum = check_number("target_sum", target_sum, low=0.0, strict=True)
     x = get_matrix(adata, layer)
     totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     scale = target_sum / np.where(totals > 0, totals, 1.0)

@@ -45,6 +45,8 @@ def batch_mixing(
     of the mean (their neighbours are still any cells)."""
     rep = np.asarray(rep)
     codes, _ = pd.factorize(np.asarray(batches))
+    if codes.max(initial=-1) < 1:
+        raise ValueError("batch mixing needs cells from more than one batch")
     other = (codes[_neighbours(rep, k)] != codes[:, None]).mean(1)
     if labels is None:
         share = np.bincount(codes) / len(codes)

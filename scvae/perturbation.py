@@ -421,6 +421,8 @@ def change_intervals(
     chosen quantile and the number of genes.
     """
     seed = check_seed(seed)
+    if "interval" in predict_kw:
+        raise InputError("change_intervals calibrates the interval itself; do not pass interval= through it")
     control, stimulated, target = str(control), str(stimulated), str(target)
     cond, types = check_inputs(
         adata,

@@ -135,6 +135,9 @@ def rank_de_genes(
     """
     import scanpy as sc
 
+    if str(group1) == str(group2):
+        raise InputError(f"group1 and group2 are the same group ({group1!r}); compare two different groups")
+    n = check_positive_int("n", n)
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if groupby not in adata.obs.columns:

@@ -146,3 +146,16 @@ def test_split_is_seeded_and_disjoint():
     assert len(va) == 10 and len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 100
     tr2, va2 = split_indices(100, 0.1, seed=0)
     np.testing.assert_array_equal(va, va2)
+
+
+def test_scoring_helpers_refuse_meaningless_arguments():
+    from scvae.data import log_normalize
+    from scvae.scoring import rank_de_genes
+
+    a = ad.AnnData(np.ones((4, 3), dtype=np.float32), obs=pd.DataFrame({"g": ["x", "x", "y", "y"]}))
+    with pytest.raises(InputError, match="target_sum must be a number > 0"):
+        log_normalize(a, target_sum=0)
+    with pytest.raises(InputError, match="group1 and group2 are the same group"):
+        rank_de_genes(a, "g", "x", "x")
+    with pytest.raises(InputError, match="n must be a positive integer"):
+        rank_de_genes(a, "g", "x", "y", n=0)

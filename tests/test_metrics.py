@@ -47,3 +47,8 @@ def test_knn_accuracy_and_ilisi_on_known_layouts():
     assert 1.7 < ilisi(rep[a], batches[a]) <= 2.0  # two batches evenly mixed
     rep, batches, types = _two_types(mixed=False)
     assert ilisi(rep[a], batches[a]) == pytest.approx(1.0)
+
+
+def test_batch_mixing_refuses_a_single_batch():
+    with pytest.raises(ValueError, match="more than one batch"):
+        batch_mixing(np.random.default_rng(0).normal(size=(30, 3)), ["a"] * 30)
