@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--key-added", default="X_scvae")
     f.add_argument("--force", action="store_true", help="overwrite OUTPUT and --model-dir if they exist")
 
-    e = add("embed", "embed new cells with a saved model; write them with obsm['X_scvae']", cmd_embed)
+    e = add("embed", "embed new cells with a saved model; write them with obsm['X_scvae'] and uns['scvae']", cmd_embed)
     e.add_argument("--model-dir", required=True)
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--key-added", default="X_scvae")
