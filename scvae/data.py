@@ -241,14 +241,14 @@ class CategoryEncoder:
         cats: dict[str, list[str]] = {}
         for key in keys:
             col = obs_column(adata, key)
-            if col.dtype.kind == "f" and not np.equal(np.mod(col.to_numpy(), 1), 0).all():
-                raise InputError(
-                    f"adata.obs[{key!r}] holds continuous numbers ({col.nunique()} distinct values, e.g. "
-                    f"{col.iloc[0]!r}); a label must be a category (a batch, a condition). If these numbers are "
-                    f"categories, convert them: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
-                )
             if not isinstance(col.dtype, pd.CategoricalDtype):
                 raw = pd.unique(col.to_numpy())
+                if col.dtype.kind == "f" and (np.mod(raw, 1) != 0).any():
+                    raise InputError(
+                        f"adata.obs[{key!r}] holds continuous numbers ({len(raw)} distinct values, e.g. "
+                        f"{raw[0]!r}); a label must be a category (a batch, a condition). If these numbers are "
+                        f"categories, convert them: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
+                    )
                 as_text = pd.Series(raw).astype(str)
                 if as_text.duplicated().any():  # e.g. 1 and "1": one label once written as text
                     same = as_text[as_text.duplicated(keep=False)].index

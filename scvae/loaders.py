@@ -66,14 +66,12 @@ def _as_torch(a: np.ndarray) -> torch.Tensor:
 
 def to_dense_float(x: Any, rows: np.ndarray | slice) -> np.ndarray:
     """Rows of ``x`` (in memory, or on disk) as a dense float32 array (one bulk slice)."""
+    inverse = None
     if is_backed_matrix(x) and not isinstance(rows, slice):  # on-disk reads need increasing, unique rows
-        unique, inverse = np.unique(np.asarray(rows), return_inverse=True)
-        block = x[unique]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        return block.astype(np.float32, copy=False)[inverse]
+        rows, inverse = np.unique(np.asarray(rows), return_inverse=True)
     block = x[rows]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    return block.astype(np.float32, copy=False)
+    block = (block.toarray() if sp.issparse(block) else np.asarray(block)).astype(np.float32, copy=False)
+    return block if inverse is None else block[inverse]
 
 
 def has_duplicates(x: sp.csr_matrix, chunk: int = 16384) -> bool:

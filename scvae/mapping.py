@@ -26,7 +26,6 @@ from .data import (
     CategoryEncoder,
     InputError,
     align_genes,
-    check_bool,
     check_key_added,
     check_positive_int,
     obs_column,
@@ -114,7 +113,7 @@ def map_query(
     if isinstance(query, AnnData):
         refuse_view(query, "query")
     key_added = check_key_added(key_added)
-    progress_bar = check_bool("progress_bar", progress_bar)
+    runtime = Runtime(accelerator=accelerator, devices=1, progress_bar=progress_bar)  # checks them too
     keys = model.labels.keys
     if not keys:
         raise InputError(
@@ -184,7 +183,6 @@ def map_query(
             sum(int(m.sum()) for m in masks.values()),
             sum(p.numel() for p in module.parameters()),
         )
-        runtime = Runtime(accelerator=accelerator, devices=1, progress_bar=progress_bar)
         module, settings, history, best_epoch = fit_module(
             lambda rows: module, x, codes, settings, runtime, trainable=masks, owner="query"
         )

@@ -18,7 +18,6 @@ from .data import (
     CategoryEncoder,
     DataSpec,
     InputError,
-    check_bool,
     check_key_added,
     check_positive_int,
     refuse_view,
@@ -202,8 +201,7 @@ def fit(
     if isinstance(adata, AnnData):
         refuse_view(adata)
     key_added = check_key_added(key_added)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); there is nothing to train on")
+    x = matrix(adata, layer)  # refuses an empty AnnData or a missing layer before anything else is built
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]
     for name, key in (("batch_key", batch_key), ("condition_key", condition_key)):
@@ -267,10 +265,8 @@ def fit(
     )
     if resume and checkpoint_dir is None:
         raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
-    progress_bar = check_bool("progress_bar", progress_bar)
     runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir, num_nodes=num_nodes)
 
-    x = matrix(adata, layer)
     validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where)
     codes = labels.encode(adata)
 

@@ -74,6 +74,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.num_nodes = check_int("num_nodes", self.num_nodes)
+        self.progress_bar = check_bool("progress_bar", self.progress_bar)
         if self.data_on_device not in (None, True, False):
             raise InputError(
                 f"data_on_device must be True, False or None (decide by free GPU memory), got {self.data_on_device!r}"
