@@ -168,7 +168,9 @@ def cmd_de(args: argparse.Namespace) -> None:
             raise CommandError(f"--subset must look like KEY=VALUE, got {args.subset!r}")
         if key not in adata.obs:
             raise CommandError(f"--subset: {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-        keep = (adata.obs[key].astype(str) == value).to_numpy()
+        from .data import label_text
+
+        keep = (label_text(adata.obs[key]) == value).to_numpy()
         if not keep.any():
             raise CommandError(f"--subset: no cells have {key} = {value!r}")
         adata = adata[keep].copy()

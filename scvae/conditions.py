@@ -13,7 +13,16 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import InputError, category_order, check_int, check_positive_int, check_seed, log_normalize, obs_column
+from .data import (
+    InputError,
+    category_order,
+    check_int,
+    check_positive_int,
+    check_seed,
+    label_text,
+    log_normalize,
+    obs_column,
+)
 from .loaders import to_dense_float
 
 logger = logging.getLogger(__name__)
@@ -27,7 +36,7 @@ def _labels(adata: AnnData, key: str, what: str) -> pd.Series:
     """``adata.obs[key]`` as strings, with a clear error when it is missing or has NaN."""
     if not isinstance(key, str):
         raise InputError(f"{what} must be the name of an adata.obs column (a string), got {key!r}")
-    return obs_column(adata, key, what).astype(str)
+    return label_text(obs_column(adata, key, what))
 
 
 def check_inputs(
@@ -199,6 +208,36 @@ def categories(adata: AnnData, key: str) -> list[str]:
     return category_order(adata.obs[key])
 
 
+def interval_scale(changes: np.ndarray) -> np.ndarray:
+    """Per-gene scale of the intervals from the real changes of several cell types (types × genes): the
+    standard deviation of each gene's change across the types, plus the median of those over genes (a floor,
+    so that genes that never respond still get an interval of sensible width)."""
+    sd = changes.std(0, ddof=1)
+    return sd + np.median(sd)
+
+
+def predicted_obs(
+    adata: AnnData,
+    source: np.ndarray,
+    *,
+    condition_key: str,
+    stimulated: str,
+    suffix: str,
+    cell_type: tuple[str, str] | None = None,
+) -> pd.DataFrame:
+    """``obs`` of cells predicted from the cells ``source`` of ``adata``: their columns, with ``condition_key`` set
+    to ``stimulated`` (and ``cell_type``, a (key, type) pair, if given), ``predicted=True``, ``source_cell``, and
+    names ``<source cell><suffix>`` (numbered if ``suffix`` is ``"-pred"``, as a cell may be a source twice)."""
+    obs = adata.obs.iloc[source].copy()
+    obs["source_cell"] = obs.index.astype(str)
+    number = suffix == "-pred"
+    obs.index = pd.Index([f"{name}{suffix}{i if number else ''}" for i, name in enumerate(obs.index.astype(str))])
+    for key, value in [(condition_key, stimulated), *([cell_type] if cell_type else [])]:
+        obs[key] = pd.Categorical([value] * len(obs), categories=categories(adata, key))
+    obs["predicted"] = True
+    return obs
+
+
 # -- optimal transport ---------------------------------------------------------------------------------------
 def transport_displacements(
     z_ctrl: np.ndarray, z_stim: np.ndarray, *, max_cells: int = 500, seed: int = 0
@@ -320,11 +359,7 @@ def linear_shift(
     source = np.flatnonzero((types == target) & (cond == control))
     block = logx[source]
     pred = (block.toarray() if sp.issparse(block) else np.asarray(block)) + delta[None, :]
-    obs = adata.obs.iloc[source].copy()
-    obs["source_cell"] = obs.index.astype(str)
-    obs.index = pd.Index([f"{name}-shift" for name in obs.index.astype(str)])
-    obs[condition_key] = pd.Categorical([stimulated] * len(obs), categories=categories(adata, condition_key))
-    obs["predicted"] = True
+    obs = predicted_obs(adata, source, condition_key=condition_key, stimulated=stimulated, suffix="-shift")
     record = {
         "method": "linear_shift",
         "balanced": bool(balanced),

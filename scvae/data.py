@@ -249,7 +249,7 @@ class CategoryEncoder:
                         f"{raw[0]!r}); a label must be a category (a batch, a condition). If these numbers are "
                         f"categories, convert them: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
                     )
-                as_text = pd.Series(raw).astype(str)
+                as_text = pd.Series(label_texts(raw))
                 if as_text.duplicated().any():  # e.g. 1 and "1": one label once written as text
                     same = as_text[as_text.duplicated(keep=False)].index
                     raise InputError(
@@ -269,23 +269,19 @@ class CategoryEncoder:
         codes = np.zeros((adata.n_obs, len(self.categories)), dtype=np.int64)
         for j, (key, order) in enumerate(self.categories.items()):
             lookup = {c: i for i, c in enumerate(order)}
+            for c, i in list(lookup.items()):  # models saved before labels were written as label_texts: "1.0"
+                if c.endswith(".0") and c[:-2].lstrip("-").isdigit():
+                    lookup.setdefault(c[:-2], i)
             if key in overrides:
-                value = str(overrides[key])
+                value = label_texts([overrides[key]])[0]
                 if value not in lookup:
                     raise InputError(f"{value!r} is not a category of {key!r}; the model knows {order}")
                 codes[:, j] = lookup[value]
                 continue
-            col = obs_column(adata, key)
-            if isinstance(col.dtype, pd.CategoricalDtype):  # by category, not cell by cell (no per-cell strings)
-                names = [str(c) for c in col.cat.categories]
-                cell_codes = col.cat.codes.to_numpy()
-                present = np.bincount(cell_codes, minlength=len(names)) > 0
-                unseen = sorted(c for c, p in zip(names, present) if p and c not in lookup)
-                mapped = np.array([lookup.get(c, -1) for c in names], dtype=np.int64)[cell_codes]
-            else:
-                values = col.astype(str)
-                unseen = sorted(set(values.unique()) - set(lookup))
-                mapped = values.map(lookup)
+            names, cell_codes = label_codes(obs_column(adata, key))  # by category, not cell by cell
+            present = np.bincount(cell_codes, minlength=len(names)) > 0
+            unseen = sorted(c for c, p in zip(names, present) if p and c not in lookup)
+            mapped = np.array([lookup.get(c, -1) for c in names], dtype=np.int64)[cell_codes]
             if unseen:
                 raise InputError(
                     f"adata.obs[{key!r}] has categories the model never saw: {unseen[:5]}; the model knows "
@@ -295,15 +291,40 @@ class CategoryEncoder:
         return codes
 
 
+def label_texts(values: Any) -> list[str]:
+    """Labels as text, whole numbers stored as floats written as integers (1.0 → "1"), so that a label reads the
+    same whether a column holds 1, 1.0 or "1"."""
+    return [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v) for v in values]
+
+
+def label_codes(col: pd.Series) -> tuple[list[str], np.ndarray]:
+    """An obs column as its distinct labels (:func:`label_texts`; categories in their own order for a categorical
+    column, else in order of appearance) and each cell's index into them; a missing value reads "nan"."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes, uniques = col.cat.codes.to_numpy(), col.cat.categories
+    else:
+        codes, uniques = pd.factorize(col)
+    names = label_texts(uniques)
+    if (codes < 0).any():  # NaN: code -1, which picks the "nan" appended last
+        names, codes = [*names, "nan"], np.where(codes < 0, len(names), codes)
+    return names, np.asarray(codes, dtype=np.int64)
+
+
+def label_text(col: pd.Series) -> pd.Series:
+    """An obs column's labels as strings (:func:`label_texts`), with the column's index."""
+    names, codes = label_codes(col)
+    return pd.Series(np.asarray(names, dtype=object)[codes], index=col.index, name=col.name)
+
+
 def category_order(col: pd.Series, *, present_only: bool = False) -> list[str]:
-    """The categories of an obs column as strings, in the column's own order if it is categorical (only those
-    some cell has, with ``present_only``), else sorted."""
+    """The categories of an obs column as strings (:func:`label_texts`), in the column's own order if it is
+    categorical (only those some cell has, with ``present_only``), else sorted."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         cats = col.cat.categories
         if present_only:
             cats = cats[np.bincount(col.cat.codes[col.cat.codes >= 0], minlength=len(cats)) > 0]
-        return [str(c) for c in cats]
-    return sorted({str(v) for v in col})
+        return label_texts(cats)
+    return sorted(set(label_texts(pd.unique(col.dropna()))))
 
 
 def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "adata") -> pd.Series:

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import InputError, check_positive_int, check_seed
+from .data import InputError, check_positive_int, check_seed, label_text, label_texts
 from .loaders import to_dense_float
 from .module import reparameterize
 from .trained import refuse_nonfinite
@@ -53,8 +53,8 @@ def _group_mask(adata: AnnData, groupby: str, group: str | Sequence[str] | None,
         return None
     if groupby not in adata.obs:
         raise InputError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-    labels = adata.obs[groupby].astype(str)
-    wanted = [group] if isinstance(group, str) else [str(g) for g in group]
+    labels = label_text(adata.obs[groupby])
+    wanted = label_texts([group] if isinstance(group, str) else group)
     unknown = [g for g in wanted if g not in set(labels)]
     if unknown:
         raise InputError(

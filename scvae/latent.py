@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .conditions import neighbour_shift, transport_displacements, type_groups
+from .conditions import (
+    expression_moments,
+    expression_values,
+    mean_expression,
+    neighbour_shift,
+    transport_displacements,
+    type_groups,
+)
 from .data import InputError, align_genes, get_matrix
 from .trained import refuse_nonfinite
 
@@ -19,6 +26,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trained import SCVAE
 
 logger = logging.getLogger(__name__)
+
+
+def model_conditions_on(model: SCVAE, condition_key: str, control: str, stimulated: str, *, needed: bool) -> bool:
+    """Whether ``model`` is conditioned on ``condition_key`` (as its condition, batch or a covariate), with an
+    :class:`InputError` if it is not and ``needed`` (``method="counterfactual"``), or if it does not know
+    ``control`` and ``stimulated``."""
+    if condition_key not in model.labels.keys:
+        if needed:
+            raise InputError(
+                f"method='counterfactual' needs a model conditioned on {condition_key!r} (the model's labels: "
+                f"{model.labels.keys or 'none'}); train one with scvae.model.fit(..., condition_key="
+                f"{condition_key!r}) or use method='delta'"
+            )
+        return False
+    known = model.labels.categories[condition_key]
+    for name, value in (("control", control), ("stimulated", stimulated)):
+        if value not in known:
+            raise InputError(f"{name}={value!r} is not a category the model knows for {condition_key!r}: {known}")
+    if model.spec.condition_key != condition_key:
+        kind = "batch" if model.spec.batch_key == condition_key else "covariate"
+        logger.info("the model is conditioned on %r as a %s label", condition_key, kind)
+    return True
 
 
 def model_matrix(model: SCVAE, adata: AnnData) -> Any:
@@ -63,6 +92,35 @@ def decode(
         draws.append(px.sample(gen).cpu())
         expected.append(px.expression().cpu())
     return torch.cat(draws).numpy(), torch.cat(expected).numpy()
+
+
+def remove_decoder_bias(
+    model: SCVAE,
+    x: Any,
+    z_own: np.ndarray,
+    codes: np.ndarray,
+    source: np.ndarray,
+    library: np.ndarray | None,
+    values: np.ndarray,
+    batch_size: int,
+    seed: int,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``values`` (predicted cells on the scored scale) less the decoder's bias on the ``source`` cells: their
+    codes ``z_own`` decoded without a shift, against their real mean, shrunk where it is within the sampling noise
+    (``correct_bias`` of :func:`scvae.perturbation.predict_perturbation`); and a record of the bias."""
+    counts = model.module.counts
+    own, _ = decode(model, z_own, codes[source], library, batch_size, seed + 1)
+    bias = expression_values(own, counts=counts).mean(0) - mean_expression(x, source, counts=counts)
+    cells = np.unique(source)
+    noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
+    shrunk = bias * (np.square(bias) / (np.square(bias) + noise + 1e-12))
+    if counts:  # log-normalised values stay >= 0: a gene too high is scaled down, one too low shifted up
+        mean = values.mean(0)
+        ratio = np.maximum(mean - shrunk, 0.0) / np.where(mean > 0, mean, 1.0)
+        values = np.where(shrunk > 0, values * ratio, values - shrunk)
+    else:
+        values = values - shrunk
+    return values, {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
 
 
 def transported_shift(

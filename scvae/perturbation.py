@@ -22,7 +22,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.stats import norm
@@ -31,17 +30,18 @@ from .conditions import (
     EXPRESSION_LAYER,
     UNS_KEY,
     balanced_indices,
-    categories,
     check_inputs,
     expression_moments,
     expression_values,
+    interval_scale,
     linear_shift,
     mean_expression,
+    predicted_obs,
     transport_displacements,
     type_groups,
 )
 from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed
-from .latent import decode, model_matrix, posterior_means, transported_shift
+from .latent import decode, model_conditions_on, model_matrix, posterior_means, remove_decoder_bias, transported_shift
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -192,25 +192,7 @@ def predict_perturbation(
         target=target,
         min_cells=min_cells,
     )
-    model_cond_key = model.spec.condition_key
-    conditioned = condition_key in model.labels.keys
-    if method == "counterfactual" and not conditioned:
-        raise InputError(
-            f"method='counterfactual' needs a model conditioned on {condition_key!r} (the model's labels: "
-            f"{model.labels.keys or 'none'}); train one with scvae.model.fit(..., condition_key={condition_key!r}) "
-            "or use method='delta'"
-        )
-    if conditioned:
-        known = model.labels.categories[condition_key]
-        for name, value in (("control", control), ("stimulated", stimulated)):
-            if value not in known:
-                raise InputError(f"{name}={value!r} is not a category the model knows for {condition_key!r}: {known}")
-    if conditioned and model_cond_key != condition_key:
-        logger.info(
-            "the model is conditioned on %r as a %s label",
-            condition_key,
-            "batch" if model.spec.batch_key == condition_key else "covariate",
-        )
+    conditioned = model_conditions_on(model, condition_key, control, stimulated, needed=method == "counterfactual")
 
     x = model_matrix(model, adata)
     codes = model.labels.encode(adata)
@@ -289,32 +271,22 @@ def predict_perturbation(
     is_counts = model.module.counts
     values = expression_values(counts, counts=is_counts)
     if correct_bias:  # the decoder's error on these very cells, decoded without the shift
-        own, _ = decode(model, z_own, codes[source], library, batch_size, seed + 1)
-        bias = expression_values(own, counts=is_counts).mean(0) - mean_expression(x, source, counts=is_counts)
-        cells = np.unique(source)
-        noise = expression_moments(x, cells, counts=is_counts)[1] / len(cells)  # variance of the cells' mean
-        shrunk = bias * (np.square(bias) / (np.square(bias) + noise + 1e-12))
-        if is_counts:  # log-normalised values stay >= 0: a gene too high is scaled down, one too low shifted up
-            mean = values.mean(0)
-            ratio = np.maximum(mean - shrunk, 0.0) / np.where(mean > 0, mean, 1.0)
-            values = np.where(shrunk > 0, values * ratio, values - shrunk)
-        else:
-            values -= shrunk
-        record["bias"] = {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
+        values, record["bias"] = remove_decoder_bias(model, x, z_own, codes, source, library, values, batch_size, seed)
     record["bias_corrected"] = bool(correct_bias)
 
-    obs = adata.obs.iloc[source].copy()
-    obs["source_cell"] = obs.index.astype(str)
-    obs.index = pd.Index([f"{name}-pred{i}" for i, name in enumerate(obs.index.astype(str))])
-    obs[condition_key] = pd.Categorical([stimulated] * len(obs), categories=categories(adata, condition_key))
-    obs[cell_type_key] = pd.Categorical([target] * len(obs), categories=categories(adata, cell_type_key))
-    obs["predicted"] = True
-    var = adata.var.loc[model.genes].copy()
+    obs = predicted_obs(
+        adata,
+        source,
+        condition_key=condition_key,
+        stimulated=stimulated,
+        suffix="-pred",
+        cell_type=(cell_type_key, target),
+    )
     layer = "expected_frequency" if is_counts else "expected"
     out = AnnData(
         X=sp.csr_matrix(counts) if is_counts else counts,
         obs=obs,
-        var=var,
+        var=adata.var.loc[model.genes].copy(),
         layers={layer: expected, EXPRESSION_LAYER: values.astype(np.float32)},
         uns={UNS_KEY: record},
     )
@@ -343,14 +315,6 @@ def predict_perturbation(
         out.var["change_upper"] = out.var["change"] + half
         record["interval"] = calibration
     return out
-
-
-def interval_scale(changes: np.ndarray) -> np.ndarray:
-    """Per-gene scale of the intervals from the real changes of several cell types (types × genes): the
-    standard deviation of each gene's change across the types, plus the median of those over genes (a floor,
-    so that genes that never respond still get an interval of sensible width)."""
-    sd = changes.std(0, ddof=1)
-    return sd + np.median(sd)
 
 
 def change_intervals(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from .data import InputError, check_bool, check_int, check_number, check_seed
@@ -74,6 +75,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.num_nodes = check_int("num_nodes", self.num_nodes)
+        check_devices(self.accelerator, self.devices)
         self.progress_bar = check_bool("progress_bar", self.progress_bar)
         if self.data_on_device not in (None, True, False):
             raise InputError(
@@ -81,6 +83,30 @@ class Runtime:
             )
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = Path(self.checkpoint_dir)
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+RUN_DEFAULTS = (
+    "the defaults (accelerator='auto', devices='auto', strategy='auto') train on a GPU when PyTorch sees one and "
+    "on the CPU otherwise"
+)
+
+
+def check_devices(accelerator: Any, devices: Any) -> None:
+    """An :class:`InputError` for an accelerator Lightning does not know, a GPU asked for where PyTorch sees none,
+    or a device count below 1 (-1, all devices, is allowed); the rest is Lightning's to check."""
+    if isinstance(accelerator, str):
+        if accelerator not in ACCELERATORS:
+            raise InputError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}; {RUN_DEFAULTS}")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            mps = torch.backends.mps.is_available() and accelerator == "gpu"
+            if not mps:
+                raise InputError(
+                    f"accelerator={accelerator!r}, but PyTorch sees no GPU here (torch.cuda.is_available() is False: "
+                    "no GPU, or a CPU-only build of torch); use accelerator='cpu', or 'auto' for a GPU when there is one"
+                )
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices != -1 and devices < 1:
+        raise InputError(f"devices must be a positive number of devices, -1 (all) or 'auto', got {devices!r}")
 
 
 class TrainingPlan(pl.LightningModule):

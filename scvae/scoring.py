@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .conditions import EXPRESSION_LAYER
-from .data import InputError, check_positive_int, check_seed, get_matrix, log_normalize
+from .data import InputError, check_positive_int, check_seed, get_matrix, label_text, label_texts, log_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +142,11 @@ def rank_de_genes(
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if groupby not in adata.obs.columns:
         raise InputError(f"{groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]})")
-    labels = adata.obs[groupby].astype(str).to_numpy()
+    labels = label_text(adata.obs[groupby]).to_numpy()
     for g in (group1, group2):
-        if (labels == str(g)).sum() < 2:
+        if (labels == label_texts([g])[0]).sum() < 2:
             raise InputError(f"group {g!r} of adata.obs[{groupby!r}] needs at least 2 cells to rank genes")
-    keep = np.flatnonzero(np.isin(labels, [str(group1), str(group2)]))
+    keep = np.flatnonzero(np.isin(labels, label_texts([group1, group2])))
     x = _expression(adata, normalized, layer)[keep]
     tmp = AnnData(
         X=x,

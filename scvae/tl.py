@@ -12,7 +12,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .data import InputError, check_positive_int, check_seed, log_normalize, obs_column, refuse_view
+from .data import (
+    InputError,
+    category_order,
+    check_positive_int,
+    check_seed,
+    label_text,
+    label_texts,
+    log_normalize,
+    obs_column,
+    refuse_view,
+)
 from .scoring import e_distances, evaluate_perturbation, gene_means, mean_r2, rank_de_genes, top_changed_genes
 
 __all__ = [
@@ -82,11 +92,11 @@ def rank_genes_groups(
 
     if groupby not in adata.obs:
         raise InputError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-    categories = [str(c) for c in pd.Categorical(adata.obs[groupby].astype(str)).categories]
+    categories = category_order(adata.obs[groupby])
     wanted = (
         categories
         if isinstance(groups, str) and groups == "all"
-        else ([groups] if isinstance(groups, str) else [str(g) for g in groups])
+        else label_texts([groups] if isinstance(groups, str) else groups)
     )
     unknown = [g for g in wanted + ([] if reference == "rest" else [reference]) if g not in categories]
     if unknown:
@@ -226,8 +236,8 @@ def transfer_labels(
     if isinstance(labels.dtype, pd.CategoricalDtype):
         categories = [c for c in labels.cat.categories if (labels == c).any()]
     else:
-        categories = sorted(pd.unique(labels.astype(str)))
-        labels = labels.astype(str)
+        labels = label_text(labels)
+        categories = sorted(pd.unique(labels))
     codes = pd.Categorical(labels, categories=categories).codes
 
     dist, idx = NearestNeighbors(n_neighbors=int(k)).fit(ref_rep).kneighbors(query_rep)

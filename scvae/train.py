@@ -16,13 +16,14 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .callbacks import BestWeights, Checkpoint, DataOnDevice, EpochBar, StopOnInterrupt, read_checkpoint
 from .data import InputError, split_indices
 from .likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS
 from .loaders import make_loaders, to_dense_float
 from .module import VAE
-from .plan import Runtime, TrainingDiverged, TrainingPlan, TrainSettings
+from .plan import RUN_DEFAULTS, Runtime, TrainingDiverged, TrainingPlan, TrainSettings
 
 __all__ = [
     "Runtime",
@@ -96,20 +97,7 @@ def train(
         best.on_train_end(None, plan)  # type: ignore[arg-type]
         return plan.history, best
     with _quiet_lightning():
-        trainer = pl.Trainer(
-            accelerator=runtime.accelerator,
-            devices=runtime.devices,
-            strategy=runtime.strategy,
-            num_nodes=runtime.num_nodes,
-            max_epochs=remaining,
-            callbacks=callbacks,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            deterministic=False,
-        )
+        trainer = _trainer(runtime, remaining, callbacks)
         try:
             trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
         finally:
@@ -233,6 +221,31 @@ def default_max_epochs(n_cells: int) -> int:
 def default_lr(likelihood: str) -> float:
     """Adam's learning rate when none is given: 4e-3 for count likelihoods (measured for them), else 1e-3."""
     return 4e-3 if likelihood in COUNT_LIKELIHOODS else 1e-3
+
+
+def _trainer(runtime: Runtime, max_epochs: int, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """Lightning's trainer for ``runtime``, its refusals of the run settings turned into an :class:`InputError`
+    that names them."""
+    try:
+        return pl.Trainer(
+            accelerator=runtime.accelerator,
+            devices=runtime.devices,
+            strategy=runtime.strategy,
+            num_nodes=runtime.num_nodes,
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            deterministic=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as err:
+        raise InputError(
+            f"Lightning cannot run with accelerator={runtime.accelerator!r}, devices={runtime.devices!r}, "
+            f"strategy={runtime.strategy!r}, num_nodes={runtime.num_nodes}: {err} ({RUN_DEFAULTS})"
+        ) from err
 
 
 def home_device(accelerator: str) -> str:

@@ -147,3 +147,9 @@ def test_only_the_registry_branches_on_a_likelihood_name():
     ]
     assert not found, found
     assert pattern.search('if likelihood == "zinb":') and pattern.search('kind in ("nb", "zinb")')
+
+
+def test_no_module_is_longer_than_450_lines():
+    """A module a reader takes in at one sitting (the bound is issue 17's)."""
+    lengths = {path.name: len(path.read_text().splitlines()) for path in sorted(PACKAGE.glob("*.py"))}
+    assert lengths and max(lengths.values()) <= 450, {k: v for k, v in lengths.items() if v > 450}

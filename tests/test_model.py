@@ -250,6 +250,14 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
         ({"validation_size": 1.5}, "validation_size"),
         ({"dispersion": "gene-batch"}, "needs batch_key"),
         ({"data_on_device": "yes"}, "data_on_device must be True, False or None"),
+        ({"devices": 0}, "devices must be a positive number of devices"),
+        ({"accelerator": "quantum"}, "accelerator must be one of"),
+        ({"strategy": "nonsense"}, "Lightning cannot run with .*strategy='nonsense'"),
+        pytest.param(
+            {"accelerator": "gpu"},
+            "PyTorch sees no GPU here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible"),
+        ),
         ({"adversarial_weight": 1.0}, "needs batch_key or condition_key"),
         ({"adversarial_weight": -1.0, "batch_key": "cell_type"}, "adversarial_weight must be a number >= 0"),
     ],
@@ -281,8 +289,17 @@ def test_small_data_continuous_labels_and_integer_gene_names(pbmc):
     with pytest.raises(InputError, match=r"obs\['plate'\] holds values that differ but read the same"):
         scvae.model.fit(small, batch_key="plate", max_epochs=1, progress_bar=False)
     small.obs["depth"] = np.repeat([1.0, 2.0], 50)  # whole numbers stored as floats are categories
-    scvae.model.fit(small, batch_key="depth", max_epochs=1, progress_bar=False, key_added="X_depth")
+    model = scvae.model.fit(small, batch_key="depth", max_epochs=1, progress_bar=False, key_added="X_depth")
     assert set(small.obsm) == set(before["obsm"]) | {"X_depth"}
+    assert model.labels.categories["depth"] == ["1", "2"]  # 1.0 reads as 1: the same label as an integer 1
+    as_int = small.copy()
+    as_int.obs["depth"] = pd.Categorical(np.repeat([1, 2], 50))
+    np.testing.assert_array_equal(model.get_latent(as_int), small.obsm["X_depth"])
+    model.labels.categories["depth"] = ["1.0", "2.0"]  # as a model saved before labels were written this way
+    np.testing.assert_array_equal(model.get_latent(as_int), small.obsm["X_depth"])
+    small.obs["plate"] = pd.Series([1.0, "1"] * 50, index=small.obs_names, dtype=object)
+    with pytest.raises(InputError, match=r"obs\['plate'\] holds values that differ but read the same"):
+        scvae.model.fit(small, batch_key="plate", max_epochs=1, progress_bar=False)
 
 
 def test_normalised_data_view_and_nan_are_refused_without_changing_adata(pbmc):
