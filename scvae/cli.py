@@ -48,6 +48,15 @@ def _read(path: str):
         raise CommandError(f"{path} could not be read as an .h5ad file ({type(err).__name__}: {err})") from err
 
 
+# An option the user leaves out is not passed on, so the library's own default applies (one place declares it).
+LIBRARY: dict = {"default": argparse.SUPPRESS}
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among ``names`` that the user gave, as keyword arguments."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
 def _check_output(inp: str, out: str, force: bool, suffix: str = ".h5ad") -> Path:
     o = Path(out)
     if o.resolve() == Path(inp).resolve():
@@ -108,36 +117,34 @@ def _write_cells(cells, out: Path, latent, key_added: str, record: dict | None =
 def cmd_fit(args: argparse.Namespace) -> None:
     from . import model as m
     from .stores import is_collection
-    from .trained import uns_record
+    from .trained import LATENT_KEY, uns_record
 
     _model_dir_free(args.model_dir, args.force)
     adata, out = _read_cells(args.input, args.output, args.force)
+    key = _given(args, "key_added").get("key_added", LATENT_KEY)
     model = m.fit(
         adata,
         layer=args.layer,
         batch_key=args.batch_key,
         condition_key=args.condition_key,
-        likelihood=args.likelihood,
-        n_latent=args.n_latent,
-        max_epochs=args.max_epochs,
-        seed=args.seed,
-        accelerator=args.accelerator,
         progress_bar=args.progress,
-        key_added=args.key_added,
+        key_added=key,
+        **_given(args, "likelihood", "n_latent", "max_epochs", "seed", "accelerator"),
     )
-    latent = model.get_latent(adata) if is_collection(adata) else adata.obsm[args.key_added]
-    _write_cells(adata, out, latent, args.key_added, uns_record(model, args.key_added))
+    latent = model.get_latent(adata) if is_collection(adata) else adata.obsm[key]
+    _write_cells(adata, out, latent, key, uns_record(model, key))
     if args.model_dir:
         model.save(args.model_dir, overwrite=args.force)
     logging.getLogger("scvae").info("wrote %s%s", out, f" and model {args.model_dir}" if args.model_dir else "")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from .trained import uns_record
+    from .trained import LATENT_KEY, uns_record
 
     model = _load(args.model_dir)
     adata, out = _read_cells(args.input, args.output, args.force)
-    _write_cells(adata, out, model.get_latent(adata), args.key_added, uns_record(model, args.key_added))
+    key = _given(args, "key_added").get("key_added", LATENT_KEY)
+    _write_cells(adata, out, model.get_latent(adata), key, uns_record(model, key))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -151,9 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         stimulated=args.stimulated,
         cell_type_key=args.cell_type_key,
         target=args.target,
-        method=args.method,
         correct_bias=not args.no_bias_correction,
-        seed=args.seed,
+        **_given(args, "method", "seed"),
     )
     pred.write_h5ad(out)
 
@@ -179,12 +185,8 @@ def cmd_de(args: argparse.Namespace) -> None:
         groupby=args.groupby,
         group1=args.group1,
         group2=args.group2,
-        mode=args.mode,
-        delta=args.delta,
         batch_correction=args.batch_correction,
-        n_samples=args.n_samples,
-        fdr=args.fdr,
-        seed=args.seed,
+        **_given(args, "mode", "delta", "n_samples", "fdr", "seed"),
     )
     df.to_csv(out)
     logging.getLogger("scvae").info("wrote %s: %d genes, %d called DE", out, len(df), int(df["is_de"].sum()))
@@ -254,18 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layer", help="read counts from adata.layers[LAYER] instead of X")
     f.add_argument("--batch-key", help="obs column of batches to correct for")
     f.add_argument("--condition-key", help="obs column of conditions (e.g. control/stimulated)")
-    f.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "gaussian", "bernoulli"])
-    f.add_argument("--n-latent", type=int, default=10)
-    f.add_argument("--max-epochs", type=int, default=None, help="default: scaled to the number of cells")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--accelerator", default="auto", help="auto (GPU if there is one), cpu, gpu")
-    f.add_argument("--key-added", default="X_scvae")
+    f.add_argument("--likelihood", **LIBRARY, help="nb, zinb, poisson, gaussian or bernoulli (default: fit's)")
+    f.add_argument("--n-latent", type=int, **LIBRARY, help="latent dimensions (default: fit's)")
+    f.add_argument("--max-epochs", type=int, **LIBRARY, help="default: scaled to the number of cells")
+    f.add_argument("--seed", type=int, **LIBRARY)
+    f.add_argument("--accelerator", **LIBRARY, help="auto (a GPU if there is one), cpu or gpu (default: fit's)")
+    f.add_argument("--key-added", **LIBRARY, help="obsm key of the latent (default: fit's)")
     f.add_argument("--force", action="store_true", help="overwrite OUTPUT and --model-dir if they exist")
 
     e = add("embed", "embed new cells with a saved model; write them with obsm['X_scvae'] and uns['scvae']", cmd_embed)
     e.add_argument("--model-dir", required=True)
     e.add_argument("-o", "--output", required=True)
-    e.add_argument("--key-added", default="X_scvae")
+    e.add_argument("--key-added", **LIBRARY, help="obsm key of the latent (default: fit's)")
     e.add_argument("--force", action="store_true")
 
     p = add("predict-perturbation", "predict a cell type's response to a stimulus; write predicted cells", cmd_predict)
@@ -273,13 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     for opt in ("--condition-key", "--control", "--stimulated", "--cell-type-key", "--target"):
         p.add_argument(opt, required=True)
-    p.add_argument("--method", default="delta", choices=["delta", "counterfactual", "transport"])
+    p.add_argument("--method", **LIBRARY, help="delta, counterfactual or transport (default: predict_perturbation's)")
     p.add_argument(
         "--no-bias-correction",
         action="store_true",
         help="keep the decoder's error on the target's control cells in layers['expression'] and var['change']",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, **LIBRARY)
     p.add_argument("--force", action="store_true")
 
     d = add("de", "differential expression between two groups of cells; write one row per gene to a .csv", cmd_de)
@@ -289,12 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--group1", required=True, help="category of --groupby (group 1)")
     d.add_argument("--group2", help="category of --groupby to compare with (default: all other cells)")
     d.add_argument("--subset", help="only cells with KEY=VALUE in obs, e.g. cell_type=B")
-    d.add_argument("--mode", default="change", choices=["change", "vanilla"])
-    d.add_argument("--delta", type=float, default=0.25, help="smallest |log2 fold change| that counts as a change")
+    d.add_argument("--mode", **LIBRARY, help="change or vanilla (default: differential_expression's)")
+    d.add_argument("--delta", type=float, **LIBRARY, help="smallest |log2 fold change| that counts as a change")
     d.add_argument("--batch-correction", action="store_true", help="average expression over the model's batches")
-    d.add_argument("--n-samples", type=int, default=5000)
-    d.add_argument("--fdr", type=float, default=0.05)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-samples", type=int, **LIBRARY)
+    d.add_argument("--fdr", type=float, **LIBRARY)
+    d.add_argument("--seed", type=int, **LIBRARY)
     d.add_argument("--force", action="store_true")
 
     i = add("info", "print what a saved model was trained on", cmd_info)

@@ -20,6 +20,7 @@ from .data import (
     check_positive_int,
     check_seed,
     label_text,
+    label_texts,
     log_normalize,
     obs_column,
 )
@@ -56,21 +57,22 @@ def check_inputs(
     check_positive_int("min_cells", min_cells)
     if condition_key == cell_type_key:
         raise InputError(f"condition_key and cell_type_key must be different columns, both are {condition_key!r}")
+    control, stimulated, target = label_texts([control, stimulated, target])
     cond = _labels(adata, condition_key, "condition_key").to_numpy()
     types = _labels(adata, cell_type_key, "cell_type_key").to_numpy()
     present = sorted(set(cond))
     for name, value in (("control", control), ("stimulated", stimulated)):
-        if str(value) not in present:
+        if value not in present:
             raise InputError(
                 f"{name}={value!r} is not a category of adata.obs[{condition_key!r}] (present: {present[:10]})"
             )
-    if str(control) == str(stimulated):
+    if control == stimulated:
         raise InputError(f"control and stimulated must be different categories, both are {control!r}")
-    if str(target) not in set(types):
+    if target not in set(types):
         raise InputError(
             f"target={target!r} is not a cell type in adata.obs[{cell_type_key!r}] (present: {sorted(set(types))[:12]})"
         )
-    n_source = int(((types == str(target)) & (cond == str(control))).sum())
+    n_source = int(((types == target) & (cond == control)).sum())
     if n_source == 0:
         raise InputError(
             f"the target cell type {target!r} has no {control!r} cells in adata; its control cells are what is "
@@ -321,7 +323,7 @@ def linear_shift(
     :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records δ (per gene) and what was used.
     """
     seed = check_seed(seed)
-    control, stimulated, target = str(control), str(stimulated), str(target)
+    control, stimulated, target = label_texts([control, stimulated, target])
     cond, types = check_inputs(
         adata,
         condition_key=condition_key,

@@ -395,11 +395,16 @@ def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float
     Cells × genes, float32: a CSR matrix if the input is sparse, else a dense ndarray.
     """
     target_sum = check_number("target_sum", target_sum, low=0.0, strict=True)
-    x = get_matrix(adata, layer)
-    totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-    scale = target_sum / np.where(totals > 0, totals, 1.0)
-    if sp.issparse(x):
-        out = sp.csr_matrix(sp.diags(scale) @ x, dtype=np.float32)
-        out.data = np.log1p(out.data)
-        return out
-    return np.log1p(np.asarray(x, dtype=np.float64) * scale[:, None]).astype(np.float32)
+    parts = []
+    for block in _blocks(get_matrix(adata, layer)):  # an on-disk matrix block by block, never whole
+        totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        scale = target_sum / np.where(totals > 0, totals, 1.0)
+        if sp.issparse(block):
+            out = sp.csr_matrix(sp.diags(scale) @ block, dtype=np.float32)
+            out.data = np.log1p(out.data)
+        else:
+            out = np.log1p(np.asarray(block, dtype=np.float64) * scale[:, None]).astype(np.float32)
+        parts.append(out)
+    if len(parts) == 1:
+        return parts[0]
+    return sp.csr_matrix(sp.vstack(parts, format="csr")) if sp.issparse(parts[0]) else np.concatenate(parts)

@@ -83,7 +83,7 @@ def _draw_rho(
         z = reparameterize(mean, logvar, noise[start : start + batch_size])
         rho = torch.zeros(batch.x.shape, device=device)
         for dc in decode_codes:
-            rho += model.module.generative(z, torch.from_numpy(dc[r]).to(device)).expression()
+            rho += model.decoded(z, torch.from_numpy(dc[r]).to(device)).expression()
         out.append((rho / len(decode_codes)).cpu())
     return torch.cat(out)
 

@@ -81,14 +81,13 @@ def decode(
     """Draws from p(x | z, c, l) and the decoder's expected frequencies (count likelihoods) or mean."""
     device = model.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    model.module.eval()
     draws, expected = [], []
     for start in range(0, len(z), batch_size):
         sl = slice(start, start + batch_size)
         zb = torch.from_numpy(np.ascontiguousarray(z[sl], dtype=np.float32)).to(device)
         cb = torch.from_numpy(codes[sl]).to(device)
         lib = None if library is None else torch.from_numpy(library[sl, None].astype(np.float32)).to(device)
-        px = model.module.generative(zb, cb, lib)
+        px = model.decoded(zb, cb, lib)
         draws.append(px.sample(gen).cpu())
         expected.append(px.expression().cpu())
     return torch.cat(draws).numpy(), torch.cat(expected).numpy()

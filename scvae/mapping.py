@@ -34,7 +34,7 @@ from .data import (
 from .module import VAE
 from .stores import check_labels, is_collection, matrix
 from .train import Runtime, TrainSettings, default_max_epochs, fit_module, home_device
-from .trained import SCVAE, TrainingRecord, write_latent
+from .trained import LATENT_KEY, SCVAE, TrainingRecord, write_latent
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,11 @@ def map_query(
     lr: float = 1e-3,
     batch_size: int = TrainSettings.batch_size,
     seed: int = TrainSettings.seed,
-    key_added: str = "X_scvae",
-    progress_bar: bool = True,
+    key_added: str = LATENT_KEY,
+    progress_bar: bool = Runtime.progress_bar,
     validation_size: float = TrainSettings.validation_size,
     patience: int = TrainSettings.patience,
-    accelerator: str = "auto",
+    accelerator: str = Runtime.accelerator,
 ) -> SCVAE:
     """Map ``query`` cells onto a trained reference model (scArches-style) and return the extended model.
 
@@ -140,7 +140,7 @@ def map_query(
         lr=lr,
         batch_size=batch_size,
         weight_decay=0.0,  # Adam's decay would move frozen entries of partly trainable weights
-        beta=model.settings.beta if model.settings is not None else 1.0,
+        beta=model.settings.beta if model.settings is not None else TrainSettings.beta,
         kl_warmup_epochs=0,  # the reference is trained: no warm-up
         early_stopping=True,
         patience=patience,

@@ -28,7 +28,7 @@ from .loaders import to_dense_float
 from .module import VAE, ModuleConfig
 from .stores import check_labels, is_collection, matrix
 from .train import Runtime, TrainSettings, default_lr, default_max_epochs, fit_module, read_checkpoint
-from .trained import SCVAE, TrainingRecord, load, module_config, write_latent
+from .trained import LATENT_KEY, SCVAE, TrainingRecord, load, module_config, write_latent
 
 __all__ = ["SCVAE", "fit", "load"]
 
@@ -68,15 +68,15 @@ def fit(
     early_stopping: bool = TrainSettings.early_stopping,
     patience: int = TrainSettings.patience,
     seed: int = TrainSettings.seed,
-    key_added: str = "X_scvae",
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    strategy: str = "auto",
-    num_nodes: int = 1,
-    progress_bar: bool = True,
+    key_added: str = LATENT_KEY,
+    accelerator: str = Runtime.accelerator,
+    devices: int | str = Runtime.devices,
+    strategy: str = Runtime.strategy,
+    num_nodes: int = Runtime.num_nodes,
+    progress_bar: bool = Runtime.progress_bar,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    data_on_device: bool | None = None,
+    data_on_device: bool | None = Runtime.data_on_device,
 ) -> SCVAE:
     """Train a VAE (or a conditional VAE) on the counts in ``adata`` and write its latent space.
 

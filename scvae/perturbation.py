@@ -40,7 +40,7 @@ from .conditions import (
     transport_displacements,
     type_groups,
 )
-from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed
+from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed, label_texts
 from .latent import decode, model_conditions_on, model_matrix, posterior_means, remove_decoder_bias, transported_shift
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,7 +182,7 @@ def predict_perturbation(
     check_int("n_cells", n_cells, optional=True)
     if not isinstance(correct_bias, (bool, np.bool_)):
         raise InputError(f"correct_bias must be True or False, got {correct_bias!r}")
-    control, stimulated, target = str(control), str(stimulated), str(target)
+    control, stimulated, target = label_texts([control, stimulated, target])
     cond, types = check_inputs(
         adata,
         condition_key=condition_key,
@@ -387,7 +387,7 @@ def change_intervals(
     seed = check_seed(seed)
     if "interval" in predict_kw:
         raise InputError("change_intervals calibrates the interval itself; do not pass interval= through it")
-    control, stimulated, target = str(control), str(stimulated), str(target)
+    control, stimulated, target = label_texts([control, stimulated, target])
     cond, types = check_inputs(
         adata,
         condition_key=condition_key,

@@ -135,7 +135,8 @@ def rank_de_genes(
     """
     import scanpy as sc
 
-    if str(group1) == str(group2):
+    group1, group2 = label_texts([group1, group2])
+    if group1 == group2:
         raise InputError(f"group1 and group2 are the same group ({group1!r}); compare two different groups")
     n = check_positive_int("n", n)
     if direction not in DIRECTIONS:
@@ -144,9 +145,9 @@ def rank_de_genes(
         raise InputError(f"{groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]})")
     labels = label_text(adata.obs[groupby]).to_numpy()
     for g in (group1, group2):
-        if (labels == label_texts([g])[0]).sum() < 2:
+        if (labels == g).sum() < 2:
             raise InputError(f"group {g!r} of adata.obs[{groupby!r}] needs at least 2 cells to rank genes")
-    keep = np.flatnonzero(np.isin(labels, label_texts([group1, group2])))
+    keep = np.flatnonzero(np.isin(labels, [group1, group2]))
     x = _expression(adata, normalized, layer)[keep]
     tmp = AnnData(
         X=x,
@@ -154,12 +155,10 @@ def rank_de_genes(
         var=pd.DataFrame(index=pd.Index(adata.var_names.astype(str))),
         uns={"log1p": {"base": None}},
     )
-    sc.tl.rank_genes_groups(
-        tmp, "group", groups=[str(group1)], reference=str(group2), method=method, n_genes=tmp.n_vars
-    )
+    sc.tl.rank_genes_groups(tmp, "group", groups=[group1], reference=group2, method=method, n_genes=tmp.n_vars)
     res = tmp.uns["rank_genes_groups"]
-    names = np.asarray(res["names"][str(group1)]).astype(str)
-    scores = np.asarray(res["scores"][str(group1)], dtype=np.float64)
+    names = np.asarray(res["names"][group1]).astype(str)
+    scores = np.asarray(res["scores"][group1], dtype=np.float64)
     if direction == "down":
         order = np.argsort(scores, kind="stable")
     elif direction == "abs":

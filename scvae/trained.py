@@ -32,6 +32,7 @@ from .data import (
     get_matrix,
     validate_matrix,
 )
+from .likelihoods import Likelihood
 from .loaders import Minibatch, is_backed_matrix, to_dense_float
 from .module import VAE, ModuleConfig, reparameterize
 from .stores import check_labels, collection_matrix, is_collection
@@ -39,6 +40,8 @@ from .train import TrainSettings
 from .version import __version__
 
 logger = logging.getLogger(__name__)
+
+LATENT_KEY = "X_scvae"  # the obsm key fit, map_query and the command line write the latent to by default
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "scvae.json"
@@ -140,6 +143,13 @@ class SCVAE:
         for i, batch in enumerate(self.batches(x, codes, batch_size, rows)):
             mean, logvar = self.module.inference(batch)
             yield i * batch_size, batch, mean, logvar
+
+    def decoded(self, z: torch.Tensor, codes: torch.Tensor, library: torch.Tensor | None = None) -> Likelihood:
+        """p(x | z, c) for latent codes ``z`` and label codes ``codes`` (tensors on the model's device), scaled to
+        ``library`` (cells × 1) for count likelihoods, else to 1 (the mean is then the expected frequency); the
+        network in eval mode (call under ``torch.no_grad()``)."""
+        self.module.eval()
+        return self.module.generative(z, codes, library)
 
     def _decode_codes(self, adata: AnnData, transform_batch: str | dict[str, str] | None) -> np.ndarray:
         if transform_batch is not None and not isinstance(transform_batch, dict):
@@ -245,7 +255,7 @@ class SCVAE:
                 if n_samples > 1:
                     eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
                     z = reparameterize(mean, logvar, eps)
-                acc += self.module.generative(z, db).expression(library_size)
+                acc += self.decoded(z, db).expression(library_size)
             expr[start : start + len(acc)] = (acc / n_samples).cpu().numpy()
         refuse_nonfinite(expr, "normalized expression")
         if return_numpy:
@@ -291,7 +301,7 @@ class SCVAE:
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
             for s in range(n_samples):
                 eps = torch.randn(mean.shape, generator=gen, device=device, dtype=mean.dtype)
-                px = self.module.generative(reparameterize(mean, logvar, eps), db, self.module.library(batch.x))
+                px = self.decoded(reparameterize(mean, logvar, eps), db, self.module.library(batch.x))
                 draws[s, start : start + len(batch.x)] = px.sample(gen).cpu().numpy()
         return draws[0] if n_samples == 1 else draws
 

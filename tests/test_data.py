@@ -10,7 +10,11 @@ from scvae.data import (
     CategoryEncoder,
     InputError,
     align_genes,
+    category_order,
     get_matrix,
+    label_text,
+    label_texts,
+    log_normalize,
     split_indices,
     validate_matrix,
 )
@@ -104,6 +108,16 @@ def test_backed_matrix_is_kept_on_disk_and_checked_block_by_block(tmp_path, monk
     _adata(sp.csr_matrix(counts) if sparse else counts).write_h5ad(tmp_path / "b.h5ad")
     with pytest.raises(InputError, match="^3 cells have zero total counts"):
         validate_matrix(get_matrix(ad.read_h5ad(tmp_path / "b.h5ad", backed="r"), None), "nb", counts=True)
+    counts[[3, 20, 30]] = COUNTS[[3, 20, 30]]
+    counts[3] = 0  # a cell with no counts stays zero
+    _adata(sp.csr_matrix(counts) if sparse else counts).write_h5ad(tmp_path / "c.h5ad")
+    on_disk = log_normalize(ad.read_h5ad(tmp_path / "c.h5ad", backed="r"))  # block by block
+    in_memory = log_normalize(_adata(sp.csr_matrix(counts) if sparse else counts))
+    assert sp.issparse(on_disk) == sparse and on_disk.shape == counts.shape
+    dense = on_disk.toarray() if sparse else on_disk
+    np.testing.assert_array_equal(dense, in_memory.toarray() if sparse else in_memory)
+    np.testing.assert_allclose(np.expm1(dense[1]).sum(), 1e4, rtol=1e-4)
+    assert not dense[3].any()
 
 
 def test_category_encoder_keeps_category_order_and_refuses_unseen_or_missing_labels():
@@ -130,6 +144,15 @@ def test_category_encoder_keeps_category_order_and_refuses_unseen_or_missing_lab
     b.obs["batch"] = [None] + ["a"] * 39
     with pytest.raises(InputError, match="missing values"):
         CategoryEncoder.fit(b, ["batch"])
+
+
+def test_labels_read_the_same_whether_stored_as_integers_floats_or_text():
+    assert label_texts([1.0, 2, "a", 1.5, np.float32(3), -0.0, True]) == ["1", "2", "a", "1.5", "3", "0", "True"]
+    col = pd.Series([2.0, 1.0, np.nan, 2.0], index=list("wxyz"))
+    assert label_text(col).tolist() == ["2", "1", "nan", "2"] and list(label_text(col).index) == list("wxyz")
+    assert category_order(col) == ["1", "2"]  # sorted, missing values left out
+    cat = pd.Series(pd.Categorical([3.0, 1.0], categories=[3.0, 1.0, 2.0]))
+    assert category_order(cat) == ["3", "1", "2"] and category_order(cat, present_only=True) == ["3", "1"]
 
 
 def test_align_genes_reorders_ignores_extras_and_names_missing_genes():
