@@ -42,16 +42,15 @@ def _labels(adata: AnnData, key: str, what: str) -> pd.Series:
 
 def check_inputs(
     adata: AnnData,
-    *,
     condition_key: str,
-    control: str,
-    stimulated: str,
+    control: Any,
+    stimulated: Any,
     cell_type_key: str,
-    target: str,
+    target: Any,
     min_cells: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate the labels (the target needs ``min_cells`` control cells); returns condition and cell type of
-    every cell as string arrays."""
+    every cell as string arrays, and ``[control, stimulated, target]`` as text (:func:`scvae.data.label_texts`)."""
     if not isinstance(adata, AnnData):
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
     check_positive_int("min_cells", min_cells)
@@ -84,7 +83,7 @@ def check_inputs(
             f"{min_cells}; a prediction from so few cells mostly reflects which cells they are. Add control cells "
             f"of {target!r}, or pass min_cells={n_source} to predict from these"
         )
-    return cond, types
+    return cond, types, [control, stimulated, target]
 
 
 # -- balanced sampling ------------------------------------------------------------------------------------------
@@ -198,18 +197,6 @@ def expression_moments(
     return mean, var
 
 
-def mean_expression(
-    x: Any, rows: np.ndarray, *, counts: bool, target_sum: float = 1e4, chunk: int = 4096
-) -> np.ndarray:
-    """Mean over ``rows`` of the matrix ``x`` of each gene's :func:`expression_values`."""
-    return expression_moments(x, rows, counts=counts, target_sum=target_sum, chunk=chunk)[0]
-
-
-def categories(adata: AnnData, key: str) -> list[str]:
-    """Every category of ``adata.obs[key]`` (see :func:`scvae.data.category_order`)."""
-    return category_order(adata.obs[key])
-
-
 def interval_scale(changes: np.ndarray) -> np.ndarray:
     """Per-gene scale of the intervals from the real changes of several cell types (types × genes): the
     standard deviation of each gene's change across the types, plus the median of those over genes (a floor,
@@ -235,7 +222,7 @@ def predicted_obs(
     number = suffix == "-pred"
     obs.index = pd.Index([f"{name}{suffix}{i if number else ''}" for i, name in enumerate(obs.index.astype(str))])
     for key, value in [(condition_key, stimulated), *([cell_type] if cell_type else [])]:
-        obs[key] = pd.Categorical([value] * len(obs), categories=categories(adata, key))
+        obs[key] = pd.Categorical([value] * len(obs), categories=category_order(adata.obs[key]))
     obs["predicted"] = True
     return obs
 
@@ -323,15 +310,8 @@ def linear_shift(
     :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records δ (per gene) and what was used.
     """
     seed = check_seed(seed)
-    control, stimulated, target = label_texts([control, stimulated, target])
-    cond, types = check_inputs(
-        adata,
-        condition_key=condition_key,
-        control=control,
-        stimulated=stimulated,
-        cell_type_key=cell_type_key,
-        target=target,
-        min_cells=min_cells,
+    cond, types, (control, stimulated, target) = check_inputs(
+        adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
     if not isinstance(balanced, (bool, np.bool_)):
         raise InputError(f"balanced must be True or False, got {balanced!r}")

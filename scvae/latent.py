@@ -14,7 +14,6 @@ from anndata import AnnData
 from .conditions import (
     expression_moments,
     expression_values,
-    mean_expression,
     neighbour_shift,
     transport_displacements,
     type_groups,
@@ -109,7 +108,7 @@ def remove_decoder_bias(
     (``correct_bias`` of :func:`scvae.perturbation.predict_perturbation`); and a record of the bias."""
     counts = model.module.counts
     own, _ = decode(model, z_own, codes[source], library, batch_size, seed + 1)
-    bias = expression_values(own, counts=counts).mean(0) - mean_expression(x, source, counts=counts)
+    bias = expression_values(own, counts=counts).mean(0) - expression_moments(x, source, counts=counts)[0]
     cells = np.unique(source)
     noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
     shrunk = bias * (np.square(bias) / (np.square(bias) + noise + 1e-12))

@@ -35,12 +35,11 @@ from .conditions import (
     expression_values,
     interval_scale,
     linear_shift,
-    mean_expression,
     predicted_obs,
     transport_displacements,
     type_groups,
 )
-from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed, label_texts
+from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed
 from .latent import decode, model_conditions_on, model_matrix, posterior_means, remove_decoder_bias, transported_shift
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,15 +181,8 @@ def predict_perturbation(
     check_int("n_cells", n_cells, optional=True)
     if not isinstance(correct_bias, (bool, np.bool_)):
         raise InputError(f"correct_bias must be True or False, got {correct_bias!r}")
-    control, stimulated, target = label_texts([control, stimulated, target])
-    cond, types = check_inputs(
-        adata,
-        condition_key=condition_key,
-        control=control,
-        stimulated=stimulated,
-        cell_type_key=cell_type_key,
-        target=target,
-        min_cells=min_cells,
+    cond, types, (control, stimulated, target) = check_inputs(
+        adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
     conditioned = model_conditions_on(model, condition_key, control, stimulated, needed=method == "counterfactual")
 
@@ -290,7 +282,7 @@ def predict_perturbation(
         layers={layer: expected, EXPRESSION_LAYER: values.astype(np.float32)},
         uns={UNS_KEY: record},
     )
-    control_mean = mean_expression(x, np.flatnonzero((types == target) & (cond == control)), counts=is_counts)
+    control_mean = expression_moments(x, np.flatnonzero((types == target) & (cond == control)), counts=is_counts)[0]
     out.var["change"] = values.mean(0) - control_mean
     if interval is not None:
         predict_kw = dict(
@@ -387,15 +379,8 @@ def change_intervals(
     seed = check_seed(seed)
     if "interval" in predict_kw:
         raise InputError("change_intervals calibrates the interval itself; do not pass interval= through it")
-    control, stimulated, target = label_texts([control, stimulated, target])
-    cond, types = check_inputs(
-        adata,
-        condition_key=condition_key,
-        control=control,
-        stimulated=stimulated,
-        cell_type_key=cell_type_key,
-        target=target,
-        min_cells=min_cells,
+    cond, types, (control, stimulated, target) = check_inputs(
+        adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
     check_positive_int("n_genes", n_genes)
     check_number("level (e.g. 0.9)", level, low=0.0, high=1.0, strict=True)
