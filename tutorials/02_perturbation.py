@@ -16,7 +16,8 @@
 # arithmetic: δ = mean z(stimulated) − mean z(control) over the *other* cell types (balanced: equal cells per type
 # and condition), added to the latent codes of the CD4 T control cells, then decoded into counts.
 #
-# Runs headless in about a minute on two CPU cores; `SCVAE_TUTORIAL_FAST=1` shortens training for smoke tests.
+# Runs headless in under a minute on two CPU cores (benchmarks/results/docs_timing.md); `SCVAE_TUTORIAL_FAST=1`
+# shortens training for smoke tests.
 
 # %%
 import logging
