@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,25 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def seed_tables(df: pd.DataFrame, scores: Sequence[str], rows: Sequence[str]) -> list[str]:
+    """One markdown section per score of a screen's rows (columns ``cell_type``, ``seed``, ``method`` and the
+    scores): mean over seeds (max − min) per cell type and method, in the order ``rows`` and of first appearance,
+    with the mean over types last. Distances: lower is better; the rest: higher."""
+    methods = list(dict.fromkeys(df["method"]))
+    parts = []
+    for score in scores:
+        g = df.groupby(["cell_type", "method"])[score]
+        cell = (g.mean().map("{:.3f}".format) + " (" + (g.max() - g.min()).map("{:.3f}".format) + ")").unstack()
+        cell = cell.loc[list(rows), methods]
+        means = df.groupby("method")[score].mean()
+        cell.loc["mean over types"] = [f"{means[m]:.3f}" for m in methods]
+        better = "lower" if "distance" in score else "higher"
+        parts.append(
+            f"## {score} ({better} is better)\n\n" + markdown_table(cell.rename_axis("cell_type").reset_index()) + "\n"
+        )
+    return parts
 
 
 def synthetic_model(n_cells: int, n_genes: int = 2000, seed: int = 0) -> tuple[np.random.Generator, dict]:

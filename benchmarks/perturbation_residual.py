@@ -22,26 +22,16 @@ the condition, as ``perturbation_kang.py``'s ``cvae_transport``). Writes
 
 from __future__ import annotations
 
-import argparse
-import logging
-import time
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
-import torch
-from _common import markdown_table
-from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED, select_genes
+from _screens import LABELS, held_out, parser, run_screen, score
+from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
 
 import scvae
-from scvae import tl
 from scvae.conditions import expression_moments, type_groups
 from scvae.latent import model_matrix
 from scvae.perturbation import linear_shift
 
-OUT = Path(__file__).resolve().parent / "results"
 SCORES = ("delta_corr_top_change", "delta_corr_top", "delta_corr", "r2_top_change", "r2_top", "e_distance")
-LABELS = dict(condition_key=CONDITION, control=CONTROL, stimulated=STIMULATED, cell_type_key=CELL_TYPE)
 
 
 BASES = {  # name: fit's extra arguments, predict_perturbation's method
@@ -52,14 +42,7 @@ BASES = {  # name: fit's extra arguments, predict_perturbation's method
 
 def run(adata, target: str, seed: int, n_hvg: int, base: str = "delta") -> list[dict]:
     fit_kw, method = BASES[base]
-    is_target = (adata.obs[CELL_TYPE] == target).to_numpy()
-    is_stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
-    train = adata[~(is_target & is_stim)].copy()
-    genes = select_genes(train, n_hvg)
-    train = train[:, genes].copy()
-    real_stim = adata[is_target & is_stim][:, genes].copy()
-    real_ctrl = adata[is_target & ~is_stim][:, genes].copy()
-    top = tl.rank_de_genes(adata[is_target][:, genes].copy(), CONDITION, STIMULATED, CONTROL, 100)
+    train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False, **fit_kw)
     n_cells = max(1000, real_ctrl.n_obs)
     pred = model.predict_perturbation(train, **LABELS, target=target, method=method, n_cells=n_cells, seed=seed)
@@ -85,55 +68,21 @@ def run(adata, target: str, seed: int, n_hvg: int, base: str = "delta") -> list[
         corrected = pred.copy()
         corrected.layers["expression"] = (pred.layers["expression"] + r[None, :]).astype(np.float32)
         preds[f"{base} + {name} residual"] = (corrected, False)
-    rows = []
-    for name, (p, normalized) in preds.items():
-        res = tl.evaluate_perturbation(p, real_stim, real_ctrl, top_genes=top, pred_normalized=normalized, seed=seed)
-        rows.append({"cell_type": target, "seed": seed, "method": name, **{s: float(res[s]) for s in SCORES}})
-    return rows
+    return score(preds, real_stim, real_ctrl, top, target, seed, SCORES)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--cell-types", nargs="+", default=["CD4 T", "CD14 Mono", "CD8 T", "B", "CD16 Mono", "NK", "DC"]
+    p = parser(__doc__, [0, 1, 2])
+    p.add_argument("--base", choices=list(BASES), default="delta", help="the prediction corrected")
+    args = p.parse_args()
+    run_screen(
+        args,
+        lambda adata, target, seed: run(adata, target, seed, args.n_hvg, args.base),
+        name="perturbation_residual" if args.base == "delta" else f"perturbation_residual_{args.base}",
+        title="Screen: the model's residual on the other cell types added to its prediction",
+        options=f"--base {args.base}",
+        scores=SCORES,
     )
-    parser.add_argument("--n-hvg", type=int, default=2000)
-    parser.add_argument("--base", choices=list(BASES), default="delta", help="the prediction corrected")
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
-    name = "perturbation_residual" if args.base == "delta" else f"perturbation_residual_{args.base}"
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
-    adata = scvae.datasets.kang()
-    t0, rows = time.perf_counter(), []
-    for seed in args.seeds:
-        for target in args.cell_types:
-            rows += run(adata, target, seed, args.n_hvg, args.base)
-            print(pd.DataFrame(rows[-5:]).round(3).to_string(index=False), flush=True)
-            args.out.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows).to_csv(args.out / f"{name}.csv", index=False)  # as the runs end
-    df = pd.DataFrame(rows)
-    methods = list(dict.fromkeys(df["method"]))
-    parts = [
-        "# Screen: the model's residual on the other cell types added to its prediction\n",
-        f"`python benchmarks/perturbation_residual.py --base {args.base} --seeds {' '.join(map(str, args.seeds))} --cell-types "
-        + " ".join(f'"{t}"' for t in args.cell_types)
-        + f" --n-hvg {args.n_hvg}` ({time.perf_counter() - t0:.0f} s, 2-core CPU). What each row is: the "
-        "script's docstring. Each cell: mean over seeds (max − min).\n",
-    ]
-    for score in SCORES:
-        g = df.groupby(["cell_type", "method"])[score]
-        cell = (g.mean().map("{:.3f}".format) + " (" + (g.max() - g.min()).map("{:.3f}".format) + ")").unstack()
-        cell = cell.loc[args.cell_types, methods]
-        means = df.groupby("method")[score].mean()
-        cell.loc["mean over types"] = [f"{means[m]:.3f}" for m in methods]
-        better = "lower" if score == "e_distance" else "higher"
-        parts.append(
-            f"## {score} ({better} is better)\n\n" + markdown_table(cell.rename_axis("cell_type").reset_index()) + "\n"
-        )
-    (args.out / f"{name}.md").write_text("\n".join(parts))
-    print("\n".join(parts))
 
 
 if __name__ == "__main__":

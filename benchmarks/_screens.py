@@ -1,0 +1,102 @@
+"""What the perturbation screens share: the held-out split of ``perturbation_kang.py``, scoring a set of
+predictions, the command line and the loop over seeds and cell types that writes ``<name>.{csv,md}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from _common import seed_tables
+from anndata import AnnData
+from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED, select_genes
+
+import scvae
+from scvae import tl
+
+OUT = Path(__file__).resolve().parent / "results"
+LABELS = dict(condition_key=CONDITION, control=CONTROL, stimulated=STIMULATED, cell_type_key=CELL_TYPE)
+CELL_TYPES = ["CD4 T", "CD14 Mono", "CD8 T", "B", "CD16 Mono", "NK", "DC"]
+
+
+def held_out(adata: AnnData, target: str, n_hvg: int) -> tuple[AnnData, AnnData, AnnData, list[str]]:
+    """Training cells (all but the target's stimulated ones, on the HVGs of the training cells), the target's real
+    stimulated and control cells on those genes, and scGen's top-100 up-regulated DEGs of the target."""
+    is_target = (adata.obs[CELL_TYPE] == target).to_numpy()
+    is_stim = (adata.obs[CONDITION] == STIMULATED).to_numpy()
+    train = adata[~(is_target & is_stim)].copy()
+    genes = select_genes(train, n_hvg)
+    train = train[:, genes].copy()
+    real_stim = adata[is_target & is_stim][:, genes].copy()
+    real_ctrl = adata[is_target & ~is_stim][:, genes].copy()
+    top = tl.rank_de_genes(adata[is_target][:, genes].copy(), CONDITION, STIMULATED, CONTROL, 100)
+    return train, real_stim, real_ctrl, top
+
+
+def score(
+    preds: dict[str, tuple[AnnData, bool]],
+    real_stim: AnnData,
+    real_ctrl: AnnData,
+    top: list[str],
+    target: str,
+    seed: int,
+    scores: Sequence[str],
+) -> list[dict]:
+    """One row per prediction ({name: (cells, log-normalised already?)}) with ``scores`` of
+    :func:`scvae.tl.evaluate_perturbation`."""
+    rows = []
+    for name, (p, normalized) in preds.items():
+        res = tl.evaluate_perturbation(p, real_stim, real_ctrl, top_genes=top, pred_normalized=normalized, seed=seed)
+        rows.append({"cell_type": target, "seed": seed, "method": name, **{s: float(res[s]) for s in scores}})
+    return rows
+
+
+def parser(doc: str, seeds: list[int]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    p.add_argument("--cell-types", nargs="+", default=CELL_TYPES)
+    p.add_argument("--n-hvg", type=int, default=2000)
+    p.add_argument("--out", type=Path, default=OUT)
+    return p
+
+
+def run_screen(
+    args: argparse.Namespace,
+    run: Callable[[AnnData, str, int], list[dict]],
+    *,
+    name: str,
+    title: str,
+    options: str,
+    scores: Sequence[str],
+) -> None:
+    """``run(adata, target, seed)`` for every seed and cell type on Kang; writes ``<name>.csv`` as the runs end and
+    ``<name>.md`` (``title``; the command: the script, ``options``, then the common arguments) at the end."""
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    adata = scvae.datasets.kang()
+    t0, rows = time.perf_counter(), []
+    for seed in args.seeds:
+        for target in args.cell_types:
+            new = run(adata, target, seed)
+            rows += new
+            print(pd.DataFrame(new).round(3).to_string(index=False), flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(args.out / f"{name}.csv", index=False)
+    df = pd.DataFrame(rows)
+    script = Path(sys.argv[0]).name
+    parts = [
+        f"# {title}\n",
+        f"`python benchmarks/{script} {options}{' ' if options else ''}--seeds {' '.join(map(str, args.seeds))} "
+        "--cell-types "
+        + " ".join(f'"{t}"' for t in args.cell_types)
+        + f" --n-hvg {args.n_hvg}` ({time.perf_counter() - t0:.0f} s, 2-core CPU). What each row is: the "
+        "script's docstring. Each cell: mean over seeds (max − min).\n",
+    ]
+    parts += seed_tables(df, scores, args.cell_types)
+    (args.out / f"{name}.md").write_text("\n".join(parts))
+    print("\n".join(parts))
