@@ -14,7 +14,6 @@ from anndata import AnnData
 
 from .data import (
     InputError,
-    category_order,
     check_positive_int,
     check_seed,
     label_text,
@@ -92,7 +91,7 @@ def rank_genes_groups(
 
     if groupby not in adata.obs:
         raise InputError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-    categories = category_order(adata.obs[groupby])
+    categories = sorted(set(label_text(adata.obs[groupby])))  # those some cell has, as text
     wanted = (
         categories
         if isinstance(groups, str) and groups == "all"

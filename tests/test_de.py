@@ -126,6 +126,10 @@ def test_rank_genes_groups_writes_scanpys_layout(pbmc_model):
     assert df["pvals_adj"].between(0, 1).all()
     sc.pl.rank_genes_groups(adata, key="rank_genes_groups_scvae", n_genes=5, show=False)
     sc.pl.rank_genes_groups_dotplot(adata, key="rank_genes_groups_scvae", n_genes=3, show=False)
+    two = fitted[fitted.obs["cell_type"].isin([MONO, "CD19+ B"]).to_numpy()].copy()
+    two.obs["cell_type"] = two.obs["cell_type"].astype("category").cat.add_categories(["unused"])
+    tl.rank_genes_groups(two, model, "cell_type", n_samples=50, n_genes=5)  # groups="all": the cells' own groups
+    assert two.uns["rank_genes_groups_scvae"]["names"].dtype.names == tuple(sorted([MONO, "CD19+ B"]))
 
 
 @pytest.mark.parametrize(
