@@ -121,7 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     _model_dir_free(args.model_dir, args.force)
     adata, out = _read_cells(args.input, args.output, args.force)
-    key = _given(args, "key_added").get("key_added", LATENT_KEY)
+    key = getattr(args, "key_added", LATENT_KEY)
     model = m.fit(
         adata,
         layer=args.layer,
@@ -143,7 +143,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     model = _load(args.model_dir)
     adata, out = _read_cells(args.input, args.output, args.force)
-    key = _given(args, "key_added").get("key_added", LATENT_KEY)
+    key = getattr(args, "key_added", LATENT_KEY)
     _write_cells(adata, out, model.get_latent(adata), key, uns_record(model, key))
 
 

@@ -212,15 +212,15 @@ def predicted_obs(
     condition_key: str,
     stimulated: str,
     suffix: str,
+    numbered: bool = False,
     cell_type: tuple[str, str] | None = None,
 ) -> pd.DataFrame:
     """``obs`` of cells predicted from the cells ``source`` of ``adata``: their columns, with ``condition_key`` set
     to ``stimulated`` (and ``cell_type``, a (key, type) pair, if given), ``predicted=True``, ``source_cell``, and
-    names ``<source cell><suffix>`` (numbered if ``suffix`` is ``"-pred"``, as a cell may be a source twice)."""
+    names ``<source cell><suffix>``, followed by the position if ``numbered`` (a cell may be a source twice)."""
     obs = adata.obs.iloc[source].copy()
     obs["source_cell"] = obs.index.astype(str)
-    number = suffix == "-pred"
-    obs.index = pd.Index([f"{name}{suffix}{i if number else ''}" for i, name in enumerate(obs.index.astype(str))])
+    obs.index = pd.Index([f"{name}{suffix}{i if numbered else ''}" for i, name in enumerate(obs.index.astype(str))])
     for key, value in [(condition_key, stimulated), *([cell_type] if cell_type else [])]:
         obs[key] = pd.Categorical([value] * len(obs), categories=category_order(adata.obs[key]))
     obs["predicted"] = True

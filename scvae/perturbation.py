@@ -272,6 +272,7 @@ def predict_perturbation(
         condition_key=condition_key,
         stimulated=stimulated,
         suffix="-pred",
+        numbered=True,
         cell_type=(cell_type_key, target),
     )
     layer = "expected_frequency" if is_counts else "expected"

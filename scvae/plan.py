@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import AcceleratorRegistry
 
 from .data import InputError, check_bool, check_int, check_number, check_seed
 from .loaders import Minibatch
@@ -85,7 +86,8 @@ class Runtime:
             self.checkpoint_dir = Path(self.checkpoint_dir)
 
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+# Lightning's registered accelerators and the two names its Trainer also takes
+ACCELERATORS = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
 RUN_DEFAULTS = (
     "the defaults (accelerator='auto', devices='auto', strategy='auto') train on a GPU when PyTorch sees one and "
     "on the CPU otherwise"
@@ -98,13 +100,12 @@ def check_devices(accelerator: Any, devices: Any) -> None:
     if isinstance(accelerator, str):
         if accelerator not in ACCELERATORS:
             raise InputError(f"accelerator must be one of {list(ACCELERATORS)}, got {accelerator!r}; {RUN_DEFAULTS}")
-        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            mps = torch.backends.mps.is_available() and accelerator == "gpu"
-            if not mps:
-                raise InputError(
-                    f"accelerator={accelerator!r}, but PyTorch sees no GPU here (torch.cuda.is_available() is False: "
-                    "no GPU, or a CPU-only build of torch); use accelerator='cpu', or 'auto' for a GPU when there is one"
-                )
+        apple = accelerator == "gpu" and torch.backends.mps.is_available()  # "gpu" is Apple's GPU there
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not apple:
+            raise InputError(
+                f"accelerator={accelerator!r}, but PyTorch sees no GPU here (torch.cuda.is_available() is False: "
+                "no GPU, or a CPU-only build of torch); use accelerator='cpu', or 'auto' for a GPU when there is one"
+            )
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices != -1 and devices < 1:
         raise InputError(f"devices must be a positive number of devices, -1 (all) or 'auto', got {devices!r}")
 

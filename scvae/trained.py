@@ -148,7 +148,8 @@ class SCVAE:
         """p(x | z, c) for latent codes ``z`` and label codes ``codes`` (tensors on the model's device), scaled to
         ``library`` (cells × 1) for count likelihoods, else to 1 (the mean is then the expected frequency); the
         network in eval mode (call under ``torch.no_grad()``)."""
-        self.module.eval()
+        if self.module.training:  # once, not at every minibatch of a loop
+            self.module.eval()
         return self.module.generative(z, codes, library)
 
     def _decode_codes(self, adata: AnnData, transform_batch: str | dict[str, str] | None) -> np.ndarray:
