@@ -89,7 +89,7 @@ def _read_cells(inputs: list[str], output: str, force: bool):
     return open_files(inputs), out
 
 
-def _write_cells(cells, out: Path, latent, key_added: str, record: dict | None = None) -> None:
+def _write_cells(cells, out: Path, latent, key_added: str, record: dict) -> None:
     """Write ``cells`` with their latent space: the AnnData itself, or for a collection its obs and genes (the
     counts stay in the input files)."""
     import anndata as ad
@@ -98,20 +98,13 @@ def _write_cells(cells, out: Path, latent, key_added: str, record: dict | None =
     from .stores import is_collection
     from .trained import uns_key
 
-    if not is_collection(cells):
-        cells.obsm[key_added] = latent
-        if record is not None:
-            cells.uns[uns_key(key_added)] = record
-        cells.write_h5ad(out)
-        return
-    obs = cells.obs.copy()
-    obs.index = pd.Index(cells.obs_names).astype(str)
-    result = ad.AnnData(
-        obs=obs, var=pd.DataFrame(index=pd.Index(cells.var_names).astype(str)), obsm={key_added: latent}
-    )
-    if record is not None:
-        result.uns[uns_key(key_added)] = record
-    result.write_h5ad(out)
+    if is_collection(cells):
+        obs = cells.obs.copy()
+        obs.index = pd.Index(cells.obs_names).astype(str)
+        cells = ad.AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(cells.var_names).astype(str)))
+    cells.obsm[key_added] = latent
+    cells.uns[uns_key(key_added)] = record
+    cells.write_h5ad(out)
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -247,12 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
         elif name != "info":
             p.add_argument("input", help="input .h5ad (raw counts in X, or in --layer)")
+        if name != "info":
+            p.add_argument("-o", "--output", required=True, help=f"output {'.csv' if name == 'de' else '.h5ad'}")
+            p.add_argument(
+                "--model-dir",
+                required=name != "fit",
+                help="also save the trained model in this folder" if name == "fit" else "a saved model's folder",
+            )
+            p.add_argument(
+                "--force", action="store_true", help="overwrite OUTPUT (and fit's --model-dir) if they exist"
+            )
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings and errors only")
         return p
 
     f = add("fit", "train a model; write the input plus obsm['X_scvae'] and uns['scvae'] to OUTPUT", cmd_fit)
-    f.add_argument("-o", "--output", required=True, help="output .h5ad")
-    f.add_argument("--model-dir", help="also save the trained model in this folder")
     f.add_argument("--layer", help="read counts from adata.layers[LAYER] instead of X")
     f.add_argument("--batch-key", help="obs column of batches to correct for")
     f.add_argument("--condition-key", help="obs column of conditions (e.g. control/stimulated)")
@@ -262,17 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, **LIBRARY)
     f.add_argument("--accelerator", **LIBRARY, help="auto (a GPU if there is one), cpu or gpu (default: fit's)")
     f.add_argument("--key-added", **LIBRARY, help="obsm key of the latent (default: fit's)")
-    f.add_argument("--force", action="store_true", help="overwrite OUTPUT and --model-dir if they exist")
 
     e = add("embed", "embed new cells with a saved model; write them with obsm['X_scvae'] and uns['scvae']", cmd_embed)
-    e.add_argument("--model-dir", required=True)
-    e.add_argument("-o", "--output", required=True)
     e.add_argument("--key-added", **LIBRARY, help="obsm key of the latent (default: fit's)")
-    e.add_argument("--force", action="store_true")
 
     p = add("predict-perturbation", "predict a cell type's response to a stimulus; write predicted cells", cmd_predict)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("-o", "--output", required=True)
     for opt in ("--condition-key", "--control", "--stimulated", "--cell-type-key", "--target"):
         p.add_argument(opt, required=True)
     p.add_argument("--method", **LIBRARY, help="delta, counterfactual or transport (default: predict_perturbation's)")
@@ -282,11 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the decoder's error on the target's control cells in layers['expression'] and var['change']",
     )
     p.add_argument("--seed", type=int, **LIBRARY)
-    p.add_argument("--force", action="store_true")
 
     d = add("de", "differential expression between two groups of cells; write one row per gene to a .csv", cmd_de)
-    d.add_argument("--model-dir", required=True)
-    d.add_argument("-o", "--output", required=True, help="output .csv")
     d.add_argument("--groupby", required=True, help="obs column that defines the groups")
     d.add_argument("--group1", required=True, help="category of --groupby (group 1)")
     d.add_argument("--group2", help="category of --groupby to compare with (default: all other cells)")
@@ -297,7 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-samples", type=int, **LIBRARY)
     d.add_argument("--fdr", type=float, **LIBRARY)
     d.add_argument("--seed", type=int, **LIBRARY)
-    d.add_argument("--force", action="store_true")
 
     i = add("info", "print what a saved model was trained on", cmd_info)
     i.add_argument("model_dir", help="folder written by 'scvae fit --model-dir' or model.save")

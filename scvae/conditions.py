@@ -10,14 +10,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .data import (
     InputError,
     category_order,
+    check_bool,
     check_int,
-    check_positive_int,
     check_seed,
     label_text,
     label_texts,
@@ -53,7 +52,7 @@ def check_inputs(
     every cell as string arrays, and ``[control, stimulated, target]`` as text (:func:`scvae.data.label_texts`)."""
     if not isinstance(adata, AnnData):
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
-    check_positive_int("min_cells", min_cells)
+    check_int("min_cells", min_cells)
     if condition_key == cell_type_key:
         raise InputError(f"condition_key and cell_type_key must be different columns, both are {condition_key!r}")
     control, stimulated, target = label_texts([control, stimulated, target])
@@ -98,7 +97,7 @@ def type_groups(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The control and stimulated indices of every cell type the response is learnt from: {type: (control,
     stimulated)}, for the types not in ``exclude`` with at least ``min_cells`` cells in both conditions."""
-    check_positive_int("min_cells", min_cells)
+    check_int("min_cells", min_cells)
     excluded = {str(t) for t in exclude}
     groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped = []
@@ -180,15 +179,13 @@ def expression_values(block: np.ndarray, *, counts: bool, target_sum: float = 1e
     return np.log1p(block * (target_sum / np.where(sums > 0, sums, 1.0)))
 
 
-def expression_moments(
-    x: Any, rows: np.ndarray, *, counts: bool, target_sum: float = 1e4, chunk: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
+def expression_moments(x: Any, rows: np.ndarray, *, counts: bool, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance (``ddof=1``; 0 for one row) over ``rows`` of the matrix ``x`` of each gene's
     :func:`expression_values`. Read in chunks of ``chunk`` rows."""
     total = np.zeros(x.shape[1], dtype=np.float64)
     squares = np.zeros(x.shape[1], dtype=np.float64)
     for start in range(0, len(rows), chunk):
-        block = expression_values(to_dense_float(x, rows[start : start + chunk]), counts=counts, target_sum=target_sum)
+        block = expression_values(to_dense_float(x, rows[start : start + chunk]), counts=counts)
         total += block.sum(0)
         squares += np.square(block).sum(0)
     n = len(rows)
@@ -313,8 +310,7 @@ def linear_shift(
     cond, types, (control, stimulated, target) = check_inputs(
         adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
-    if not isinstance(balanced, (bool, np.bool_)):
-        raise InputError(f"balanced must be True or False, got {balanced!r}")
+    check_bool("balanced", balanced)
     if balanced:
         ctrl_idx, stim_idx, n = balanced_indices(
             cond,
@@ -339,8 +335,7 @@ def linear_shift(
         logx[np.concatenate(list(stim_idx.values()))].mean(0) - logx[np.concatenate(list(ctrl_idx.values()))].mean(0)
     ).ravel()
     source = np.flatnonzero((types == target) & (cond == control))
-    block = logx[source]
-    pred = (block.toarray() if sp.issparse(block) else np.asarray(block)) + delta[None, :]
+    pred = to_dense_float(logx, source) + delta[None, :]  # logx is float32 already
     obs = predicted_obs(adata, source, condition_key=condition_key, stimulated=stimulated, suffix="-shift")
     record = {
         "method": "linear_shift",

@@ -67,11 +67,6 @@ def check_key_added(value: Any) -> str:
     return value
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int, or an :class:`InputError` naming ``name`` unless it is an integer >= 1 (not a bool)."""
-    return check_int(name, value, 1)  # type: ignore[return-value]
-
-
 def check_number(
     name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, strict: bool = False
 ) -> float:
@@ -112,17 +107,12 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); it needs both")
-    if layer is None:
-        x = adata.X
-        where = "adata.X"
-    else:
-        if layer not in adata.layers:
-            raise InputError(
-                f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}); "
-                "pass layer=None to use adata.X"
-            )
-        x = adata.layers[layer]
-        where = f"adata.layers[{layer!r}]"
+    if layer is not None and layer not in adata.layers:
+        raise InputError(
+            f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}); "
+            "pass layer=None to use adata.X"
+        )
+    x, where = (adata.X, "adata.X") if layer is None else (adata.layers[layer], f"adata.layers[{layer!r}]")
     if x is None:
         raise InputError(f"{where} is empty (None); put the counts there or pass layer=")
     if is_backed_matrix(x):  # on disk (backed AnnData): read block by block, never whole
@@ -131,12 +121,8 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
         return x
     if sp.issparse(x):
         x = x if x.format == "csr" else sp.csr_matrix(x)
-    elif isinstance(x, np.ndarray):
-        pass
-    elif hasattr(x, "toarray"):
-        x = np.asarray(x.toarray())
-    else:
-        x = np.asarray(x)
+    elif not isinstance(x, np.ndarray):
+        x = np.asarray(x.toarray() if hasattr(x, "toarray") else x)
     if x.dtype.kind not in "biuf":
         raise InputError(f"{where} has dtype {x.dtype}; it must be numeric")
     return x

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import InputError, check_positive_int, check_seed, label_text, label_texts
+from .data import InputError, check_choice, check_int, check_number, check_seed, label_text, label_texts
 from .loaders import to_dense_float
 from .module import reparameterize
 from .trained import refuse_nonfinite
@@ -91,9 +91,7 @@ def _draw_rho(
 def _observed(x: Any, mask: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Mean counts, fraction of cells with a count and mean counts per 10,000 of each gene over ``mask``."""
     rows = np.flatnonzero(mask)
-    total = np.zeros(x.shape[1])
-    nonzero = np.zeros(x.shape[1])
-    normalized = np.zeros(x.shape[1])
+    total, nonzero, normalized = np.zeros((3, x.shape[1]))
     for start in range(0, len(rows), batch_size):
         xb = to_dense_float(x, rows[start : start + batch_size]).astype(np.float64)
         lib = xb.sum(1, keepdims=True)
@@ -205,19 +203,15 @@ def differential_expression(
     its complement.
     """
     seed = check_seed(seed)
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice("mode", mode, MODES)
     if not model.module.counts:
         raise InputError(
             f"differential expression needs a count likelihood (nb, zinb, poisson); this model's is {model.likelihood!r}"
         )
     for name, value in (("n_samples", n_samples), ("batch_size", batch_size), ("gene_chunk", gene_chunk)):
-        check_positive_int(name, value)
-    if not (0 < fdr < 1 and 0 < ci < 1 and delta >= 0 and pseudocount >= 0):
-        raise InputError(
-            f"need 0 < fdr < 1, 0 < ci < 1, delta >= 0 and pseudocount >= 0; got {fdr=}, {ci=}, "
-            f"{delta=}, {pseudocount=}"
-        )
+        check_int(name, value)
+    fdr, ci = (check_number(name, v, low=0.0, high=1.0, strict=True) for name, v in (("fdr", fdr), ("ci", ci)))
+    delta, pseudocount = check_number("delta", delta, low=0.0), check_number("pseudocount", pseudocount, low=0.0)
     in1 = _group_mask(adata, groupby, group1, "group1")
     in2 = _group_mask(adata, groupby, group2, "group2")
     if in2 is None:
@@ -236,11 +230,7 @@ def differential_expression(
             raise InputError("batch_correction=True needs a model fitted with batch_key")
         j = model.labels.keys.index(batch_key)
         present = np.unique(codes[in1 | in2, j])
-        decode = []
-        for b in present:
-            c = codes.copy()
-            c[:, j] = b
-            decode.append(c)
+        decode = [np.where(np.arange(codes.shape[1]) == j, b, codes).astype(codes.dtype) for b in present]
 
     rng = np.random.default_rng(seed)
     rows1 = rng.choice(np.flatnonzero(in1), n_samples, replace=True)
@@ -252,21 +242,14 @@ def differential_expression(
     refuse_nonfinite(rho2, "expression of group2")
 
     s = _summaries(rho1, rho2, mode=mode, delta=delta, pseudocount=pseudocount, ci=ci, chunk=gene_chunk)
-    if mode == "change":
-        proba_de = s["proba_up"] + s["proba_down"]
-    else:
-        proba_de = s["proba_gt"]
+    proba_de = s["proba_up"] + s["proba_down"] if mode == "change" else s["proba_gt"]
     proba_not_de = 1.0 - proba_de
     bayes_factor = np.log(proba_de + _EPS) - np.log(proba_not_de + _EPS)
     is_de = _fdr_calls(proba_de, fdr) if mode == "change" else np.abs(bayes_factor) > 3.0
     obs1, obs2 = _observed(x, in1, batch_size), _observed(x, in2, batch_size)
     df = pd.DataFrame(
         {
-            "lfc_mean": s["lfc_mean"],
-            "lfc_median": s["lfc_median"],
-            "lfc_std": s["lfc_std"],
-            "lfc_ci_low": s["lfc_ci_low"],
-            "lfc_ci_high": s["lfc_ci_high"],
+            **{k: s[k] for k in ("lfc_mean", "lfc_median", "lfc_std", "lfc_ci_low", "lfc_ci_high")},
             "proba_de": proba_de,
             "proba_not_de": proba_not_de,
             "proba_up": s["proba_up"] if mode == "change" else proba_de,

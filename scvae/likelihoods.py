@@ -173,8 +173,7 @@ class ZeroInflatedNB(NegativeBinomial):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return D.log_zinb(x, self.mu, self.theta, self.zi_logits)
 
-    def log_prob_sum(self, x: torch.Tensor, nonzero: torch.Tensor | None = None) -> torch.Tensor:
-        return self.log_prob(x).sum(-1)
+    log_prob_sum = Likelihood.log_prob_sum  # every entry, not NB's fused sum: zero inflation changes the zeros
 
     @property
     def mean(self) -> torch.Tensor:

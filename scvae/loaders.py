@@ -125,12 +125,8 @@ class TensorRows:
         self.host: np.ndarray | sp.csr_matrix | None = x
         self.shape = tuple(x.shape)
         self.indptr = self.indices = self.values = self.dense = None  # torch tensors, once on a device
-        self._device = torch.device("cpu")
+        self.device = torch.device("cpu")
         self._copies: dict[torch.device, TensorRows] = {}  # one copy per device, shared by every loader
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     @property
     def nbytes(self) -> int:
@@ -150,7 +146,7 @@ class TensorRows:
         new = TensorRows(self.host, self.duplicates)
         if device.type == "cpu":
             return new
-        new._device = device
+        new.device = device
         if sp.issparse(self.host):
             new.indptr = torch.from_numpy(self.host.indptr.astype(np.int64)).to(device)
             new.indices = _as_torch(self.host.indices).to(device, torch.int32)

@@ -26,8 +26,8 @@ from .data import (
     CategoryEncoder,
     InputError,
     align_genes,
+    check_int,
     check_key_added,
-    check_positive_int,
     obs_column,
     refuse_view,
 )
@@ -132,11 +132,9 @@ def map_query(
         obs_column(query, key, owner="query")  # every query cell needs a label
     matrix(query, model.spec.layer)  # a clear error for a missing layer before the genes
     align_genes(query, model.genes)
-    if max_epochs is not None:
-        check_positive_int("max_epochs", max_epochs)
     n = query.n_obs
     settings = TrainSettings(
-        max_epochs=max_epochs or default_max_epochs(n),
+        max_epochs=check_int("max_epochs", max_epochs, optional=True) or default_max_epochs(n),
         lr=lr,
         batch_size=batch_size,
         weight_decay=0.0,  # Adam's decay would move frozen entries of partly trainable weights

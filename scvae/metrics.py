@@ -11,9 +11,7 @@ from sklearn.neighbors import NearestNeighbors
 
 def _neighbours(rep: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k nearest other cells of each cell (Euclidean)."""
-    nn = NearestNeighbors(n_neighbors=k + 1).fit(rep)
-    idx = nn.kneighbors(rep, return_distance=False)
-    return idx[:, 1:]
+    return NearestNeighbors(n_neighbors=k + 1).fit(rep).kneighbors(rep, return_distance=False)[:, 1:]
 
 
 def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str], k: int = 15) -> float:

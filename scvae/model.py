@@ -18,8 +18,8 @@ from .data import (
     CategoryEncoder,
     DataSpec,
     InputError,
+    check_int,
     check_key_added,
-    check_positive_int,
     refuse_view,
     validate_matrix,
 )
@@ -247,9 +247,7 @@ def fit(
         n_importance=n_importance,
         adversarial_weight=adversarial_weight,
     )
-    if max_epochs is not None:
-        check_positive_int("max_epochs", max_epochs)
-    max_epochs = max_epochs or default_max_epochs(adata.n_obs)
+    max_epochs = check_int("max_epochs", max_epochs, optional=True) or default_max_epochs(adata.n_obs)
     settings = TrainSettings(
         max_epochs=max_epochs,
         lr=default_lr(likelihood) if lr is None else lr,

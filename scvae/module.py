@@ -34,7 +34,7 @@ from .kernels import Entries
 from .likelihoods import LIKELIHOODS, Likelihood
 from .loaders import Minibatch
 from .nn import MLP, NORMS, GaussianEncoder
-from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal
+from .priors import PRIORS, VampPrior, eval_mode, log_normal_diag, log_standard_normal, mixture_log_prob
 
 DISPERSIONS = ("gene", "gene-batch")
 OBJECTIVES = ("elbo", "iwae")
@@ -259,20 +259,16 @@ class VAE(nn.Module):
         encoder's batch-norm/dropout in evaluation mode."""
         if self.prior != "vamp":
             return None
+        u = self.vamp.pseudo_inputs
         n_cov = sum(self.n_categories) if self.encode_covariates else 0
-
-        def encode(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            cov = u.new_zeros(u.shape[0], n_cov) if n_cov else None
-            with eval_mode(self.encoder):
-                return self.encoder(u, cov)
-
-        return self.vamp.components(encode)
+        with eval_mode(self.encoder):
+            return self.encoder(u, u.new_zeros(u.shape[0], n_cov) if n_cov else None)
 
     def log_prior(self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """log p(z), summed over the latent axis; ``components`` may be passed to reuse the VampPrior's."""
         if self.prior != "vamp":
             return log_standard_normal(z)
-        return VampPrior.log_prob(z, components if components is not None else self.prior_components())
+        return mixture_log_prob(z, *(components if components is not None else self.prior_components()))
 
     @torch.no_grad()
     def init_pseudo_inputs(self, x: torch.Tensor) -> None:
@@ -359,8 +355,7 @@ class VAE(nn.Module):
         """
         objective = self.objective if objective is None else objective
         k = self.n_importance if n_importance is None else int(n_importance)
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        check_choice("objective", objective, OBJECTIVES)
         if objective == "elbo" and k == 1 and self.prior == "normal":
             # The default: one sample, closed-form KL.
             mean, logvar = self.inference(batch)

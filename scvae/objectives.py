@@ -1,14 +1,6 @@
-"""Bounds and estimators beyond the single-sample ELBO.
-
-- :func:`estimate_log_likelihood`: per-cell importance-sampling estimate of the marginal log-likelihood
-  log p(x) = log E_q[p(x, z) / q(z | x)] with the encoder's q(z | x) as proposal, for any trained
-  :class:`~scvae.module.VAE` (normal or VampPrior, any likelihood, conditioned or not). It is the IWAE bound with
-  K = ``n_samples``: a lower bound in expectation that rises with K towards log p(x), and is >= the ELBO in
-  expectation. Everything stays in log-space (``logsumexp``); samples are drawn in chunks so memory is bounded by
-  ``batch size x chunk x genes`` whatever K is.
-
-For count likelihoods p(x) is conditional on the observed library size (the decoder's mean is scaled by it), as
-in scVI; the estimates are in nats per cell.
+"""Importance-sampled log p(x) per cell: :func:`log_likelihood` for a trained model on AnnData, and
+:func:`estimate_log_likelihood` for a bare :class:`~scvae.module.VAE` on minibatches. For count likelihoods p(x)
+is conditional on the observed library size, as in scVI; the estimates are in nats per cell.
 """
 
 from __future__ import annotations
@@ -20,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import check_positive_int, check_seed
+from .data import check_int, check_seed
 from .loaders import Minibatch
 from .module import VAE
 from .trained import refuse_nonfinite
@@ -40,7 +32,8 @@ def estimate_log_likelihood(
     seed: int = 0,
     chunk_size: int = 100,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Importance-sampled log p(x) and a Monte Carlo ELBO, per cell.
+    """Importance-sampled log p(x) (the IWAE bound with K = ``n_samples``, as :func:`log_likelihood`) and a
+    Monte Carlo ELBO, per cell.
 
     Parameters
     ----------
@@ -61,22 +54,21 @@ def estimate_log_likelihood(
     same K samples (an unbiased ELBO estimate).
     """
     seed = check_seed(seed)
+    n_samples, chunk_size = check_int("n_samples", n_samples), check_int("chunk_size", chunk_size)
     module.eval()
     device = next(module.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(int(seed))
+    gen = torch.Generator(device=device).manual_seed(seed)
     components = module.prior_components()
     lls, elbos = [], []
     for batch in batches:
         posterior = module.inference(batch)
         parts, total = [], torch.zeros(batch.x.shape[0], dtype=torch.float64, device=device)
-        done = 0
-        while done < n_samples:
+        for done in range(0, n_samples, chunk_size):
             s = min(chunk_size, n_samples - done)
             weights = module.log_importance_weights(batch, s, generator=gen, components=components, posterior=posterior)
             lw = weights.log_weight.double()
             parts.append(torch.logsumexp(lw, dim=0))
             total += lw.sum(0)
-            done += s
         lls.append((torch.logsumexp(torch.stack(parts), dim=0) - math.log(n_samples)).cpu())
         elbos.append((total / n_samples).cpu())
     return torch.cat(lls).numpy(), torch.cat(elbos).numpy()
@@ -124,11 +116,7 @@ def log_likelihood(
     (log_likelihood, elbo), ``elbo`` the mean log weight over the same K samples. Raises ``FloatingPointError`` if
     an estimate is NaN or inf.
     """
-    seed = check_seed(seed)
-
-    n_samples = check_positive_int("n_samples", n_samples)
-    batch_size = check_positive_int("batch_size", batch_size)
-    chunk_size = check_positive_int("chunk_size", chunk_size)
+    batch_size = check_int("batch_size", batch_size)
     x, codes = model.read(adata)
     batches: Any = model.batches(x, codes, batch_size)
     ll, elbo = estimate_log_likelihood(model.module, batches, n_samples, seed=seed, chunk_size=chunk_size)

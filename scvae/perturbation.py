@@ -39,7 +39,7 @@ from .conditions import (
     transport_displacements,
     type_groups,
 )
-from .data import InputError, check_choice, check_int, check_number, check_positive_int, check_seed
+from .data import InputError, check_bool, check_choice, check_int, check_number, check_seed
 from .latent import decode, model_conditions_on, model_matrix, posterior_means, remove_decoder_bias, transported_shift
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,13 +174,12 @@ def predict_perturbation(
     """
     seed = check_seed(seed)
     check_choice("method", method, METHODS)
-    check_positive_int("n_neighbors", n_neighbors)
-    check_positive_int("interval_genes", interval_genes)
+    check_int("n_neighbors", n_neighbors)
+    check_int("interval_genes", interval_genes)
     if interval is not None:
         check_number("interval (a level, e.g. 0.9, or None)", interval, low=0.0, high=1.0, strict=True)
     check_int("n_cells", n_cells, optional=True)
-    if not isinstance(correct_bias, (bool, np.bool_)):
-        raise InputError(f"correct_bias must be True or False, got {correct_bias!r}")
+    check_bool("correct_bias", correct_bias)
     cond, types, (control, stimulated, target) = check_inputs(
         adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
@@ -189,7 +188,7 @@ def predict_perturbation(
     x = model_matrix(model, adata)
     codes = model.labels.encode(adata)
     rng = np.random.default_rng(seed)
-    source = np.flatnonzero((types == target) & (cond == control))
+    controls = source = np.flatnonzero((types == target) & (cond == control))
     if n_cells is not None:  # every control cell used equally often, the remainder drawn without replacement
         reps, rest = divmod(int(n_cells), len(source))
         source = np.concatenate([np.repeat(source, reps), np.sort(rng.choice(source, rest, replace=False))])
@@ -255,12 +254,10 @@ def predict_perturbation(
     if conditioned:
         j = model.labels.keys.index(condition_key)
         decode_codes[:, j] = model.labels.categories[condition_key].index(stimulated)
-    library = None
-    if model.module.counts:
-        library = np.asarray(x[source].sum(axis=1), dtype=np.float64).ravel()
+    is_counts = model.module.counts
+    library = np.asarray(x[source].sum(axis=1), dtype=np.float64).ravel() if is_counts else None
     counts, expected = decode(model, z, decode_codes, library, batch_size, seed)
     record["decoded_with_stimulated_label"] = bool(conditioned)
-    is_counts = model.module.counts
     values = expression_values(counts, counts=is_counts)
     if correct_bias:  # the decoder's error on these very cells, decoded without the shift
         values, record["bias"] = remove_decoder_bias(model, x, z_own, codes, source, library, values, batch_size, seed)
@@ -283,12 +280,9 @@ def predict_perturbation(
         layers={layer: expected, EXPRESSION_LAYER: values.astype(np.float32)},
         uns={UNS_KEY: record},
     )
-    control_mean = expression_moments(x, np.flatnonzero((types == target) & (cond == control)), counts=is_counts)[0]
+    control_mean = expression_moments(x, controls, counts=is_counts)[0]
     out.var["change"] = values.mean(0) - control_mean
     if interval is not None:
-        predict_kw = dict(
-            method=method, n_cells=n_cells, n_per_type=n_per_type, n_neighbors=n_neighbors, correct_bias=correct_bias
-        )
         half, calibration = change_intervals(
             model,
             adata,
@@ -302,7 +296,11 @@ def predict_perturbation(
             min_cells=min_cells,
             seed=seed,
             batch_size=batch_size,
-            **predict_kw,
+            method=method,
+            n_cells=n_cells,
+            n_per_type=n_per_type,
+            n_neighbors=n_neighbors,
+            correct_bias=correct_bias,
         )
         out.var["change_lower"] = out.var["change"] - half
         out.var["change_upper"] = out.var["change"] + half
@@ -383,7 +381,7 @@ def change_intervals(
     cond, types, (control, stimulated, target) = check_inputs(
         adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
-    check_positive_int("n_genes", n_genes)
+    check_int("n_genes", n_genes)
     check_number("level (e.g. 0.9)", level, low=0.0, high=1.0, strict=True)
     groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
     if len(groups) < 3:

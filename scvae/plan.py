@@ -61,9 +61,8 @@ class TrainSettings:
 @dataclass
 class Runtime:
     """How one run executes, not saved: Lightning's ``accelerator``, ``devices``, ``strategy`` and ``num_nodes``,
-    whether the data
-    live on the GPU (None: when they fit), the progress bar, and the checkpoint folder with the checkpoint read from
-    it to continue (``resume``, see :func:`read_checkpoint`)."""
+    whether the data live on the GPU (None: when they fit), the progress bar, and the checkpoint folder with the
+    checkpoint read from it to continue (``resume``, see :func:`read_checkpoint`)."""
 
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -78,7 +77,7 @@ class Runtime:
         self.num_nodes = check_int("num_nodes", self.num_nodes)
         check_devices(self.accelerator, self.devices)
         self.progress_bar = check_bool("progress_bar", self.progress_bar)
-        if self.data_on_device not in (None, True, False):
+        if self.data_on_device is not None and not isinstance(self.data_on_device, (bool, np.bool_)):  # not 0 or 1
             raise InputError(
                 f"data_on_device must be True, False or None (decide by free GPU memory), got {self.data_on_device!r}"
             )

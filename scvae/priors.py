@@ -24,7 +24,7 @@ Design choices (documented here once):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -85,15 +85,13 @@ class VampPrior(nn.Module):
         Number of mixture components ``K``.
     n_features
         Width of the encoder input (number of genes).
-    init_std
-        Standard deviation of the initial Gaussian pseudo-inputs (before :meth:`initialize`).
+
+    The pseudo-inputs start as N(0, 0.01²) draws until :meth:`initialize` sets them.
     """
 
-    def __init__(self, n_pseudo_inputs: int, n_features: int, init_std: float = 0.01) -> None:
+    def __init__(self, n_pseudo_inputs: int, n_features: int) -> None:
         super().__init__()
-        if n_pseudo_inputs < 1:
-            raise ValueError(f"n_pseudo_inputs must be positive, got {n_pseudo_inputs}")
-        self.pseudo_inputs = nn.Parameter(init_std * torch.randn(n_pseudo_inputs, n_features))
+        self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(n_pseudo_inputs, n_features))
 
     @torch.no_grad()
     def initialize(self, encoder_inputs: torch.Tensor) -> None:
@@ -107,14 +105,3 @@ class VampPrior(nn.Module):
         if encoder_inputs.shape != self.pseudo_inputs.shape:
             raise ValueError(f"expected shape {tuple(self.pseudo_inputs.shape)}, got {tuple(encoder_inputs.shape)}")
         self.pseudo_inputs.copy_(encoder_inputs.to(self.pseudo_inputs))
-
-    def components(
-        self, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means and log-variances ``(K, d)`` of the mixture: ``encode`` applied to the pseudo-inputs."""
-        return encode(self.pseudo_inputs)
-
-    @staticmethod
-    def log_prob(z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """log p(z) under the mixture with the given ``components`` (from :meth:`components`)."""
-        return mixture_log_prob(z, *components)

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .conditions import EXPRESSION_LAYER
-from .data import InputError, check_positive_int, check_seed, get_matrix, label_text, label_texts, log_normalize
+from .data import InputError, check_choice, check_int, check_seed, get_matrix, label_text, label_texts, log_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +138,8 @@ def rank_de_genes(
     group1, group2 = label_texts([group1, group2])
     if group1 == group2:
         raise InputError(f"group1 and group2 are the same group ({group1!r}); compare two different groups")
-    n = check_positive_int("n", n)
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    n = check_int("n", n)
+    check_choice("direction", direction, DIRECTIONS)
     if groupby not in adata.obs.columns:
         raise InputError(f"{groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]})")
     labels = label_text(adata.obs[groupby]).to_numpy()
@@ -159,12 +158,8 @@ def rank_de_genes(
     res = tmp.uns["rank_genes_groups"]
     names = np.asarray(res["names"][group1]).astype(str)
     scores = np.asarray(res["scores"][group1], dtype=np.float64)
-    if direction == "down":
-        order = np.argsort(scores, kind="stable")
-    elif direction == "abs":
-        order = np.argsort(-np.abs(scores), kind="stable")
-    else:
-        order = np.argsort(-scores, kind="stable")
+    key = {"down": scores, "abs": -np.abs(scores)}.get(direction, -scores)
+    order = np.argsort(key, kind="stable")
     return [str(g) for g in names[order[:n]]]
 
 
@@ -372,8 +367,8 @@ def evaluate_perturbation(
     (columns ``control``, ``real``, ``predicted``).
     """
     seed = check_seed(seed)
-    check_positive_int("n_pcs", n_pcs)
-    check_positive_int("max_cells", max_cells)
+    check_int("n_pcs", n_pcs)
+    check_int("max_cells", max_cells)
     genes = [str(g) for g in pred.var_names]
     _genes_in(real_stim, genes, "real_stim")
     _genes_in(real_ctrl, genes, "real_ctrl")

@@ -14,7 +14,7 @@ from anndata import AnnData
 
 from .data import (
     InputError,
-    check_positive_int,
+    check_int,
     check_seed,
     label_text,
     label_texts,
@@ -101,9 +101,9 @@ def rank_genes_groups(
     if unknown:
         raise InputError(f"{unknown} not among the categories of adata.obs[{groupby!r}] ({categories})")
     wanted = [g for g in wanted if g != reference]
-    fields: dict[str, dict[str, np.ndarray]] = {
-        k: {} for k in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj")
-    }
+    n_genes = check_int("n_genes", n_genes, optional=True)
+    dtypes = dict(names="O", scores="float32", logfoldchanges="float32", pvals="float64", pvals_adj="float64")
+    fields: dict[str, dict[str, np.ndarray]] = {k: {} for k in dtypes}
     for i, group in enumerate(wanted):
         df = differential_expression(
             model,
@@ -127,13 +127,6 @@ def rank_genes_groups(
         fields["logfoldchanges"][group] = df["lfc_mean"].to_numpy()[order].astype(np.float32)
         fields["pvals"][group] = not_up
         fields["pvals_adj"][group] = np.cumsum(not_up) / np.arange(1, len(order) + 1)
-    dtypes = {
-        "names": "O",
-        "scores": "float32",
-        "logfoldchanges": "float32",
-        "pvals": "float64",
-        "pvals_adj": "float64",
-    }
     result: dict[str, Any] = {
         "params": {
             "groupby": groupby,
@@ -206,12 +199,10 @@ def transfer_labels(
     """
     from sklearn.neighbors import NearestNeighbors
 
+    reps = []
     for what, adata in (("ref_adata", ref_adata), ("query_adata", query_adata)):
         if not isinstance(adata, AnnData):
             raise InputError(f"{what} must be an AnnData object, got {type(adata).__name__}")
-    refuse_view(query_adata, "query_adata")
-    reps = []
-    for what, adata in (("ref_adata", ref_adata), ("query_adata", query_adata)):
         if use_rep not in adata.obsm:
             raise InputError(
                 f"{what}.obsm has no {use_rep!r} (available: {list(adata.obsm.keys()) or 'none'}); embed the cells "
@@ -221,6 +212,7 @@ def transfer_labels(
         if rep.ndim != 2 or not np.isfinite(rep).all():
             raise InputError(f"{what}.obsm[{use_rep!r}] must be a finite cells × dimensions array")
         reps.append(rep)
+    refuse_view(query_adata, "query_adata")
     ref_rep, query_rep = reps
     if ref_rep.shape[1] != query_rep.shape[1]:
         raise InputError(
@@ -228,12 +220,12 @@ def transfer_labels(
             "query_adata; both must come from the same (mapped) model"
         )
     labels = obs_column(ref_adata, label_key, "label_key", owner="ref_adata")
-    check_positive_int("k", k)
+    check_int("k", k)
     if k > ref_adata.n_obs:
         raise InputError(f"k={k} is larger than the number of reference cells ({ref_adata.n_obs}); lower it")
 
     if isinstance(labels.dtype, pd.CategoricalDtype):
-        categories = [c for c in labels.cat.categories if (labels == c).any()]
+        categories = list(labels.cat.remove_unused_categories().cat.categories)
     else:
         labels = label_text(labels)
         categories = sorted(pd.unique(labels))
@@ -249,16 +241,12 @@ def transfer_labels(
     winner = share.argmax(1)
     uncertainty = 1.0 - share[np.arange(len(winner)), winner]
 
-    index = query_adata.obs_names.copy()
     out = pd.DataFrame(
-        {
-            label_key: pd.Categorical.from_codes(winner, categories=categories),
-            f"{label_key}_uncertainty": uncertainty,
-        },
-        index=index,
+        {label_key: pd.Categorical.from_codes(winner, categories=categories), f"{label_key}_uncertainty": uncertainty},
+        index=query_adata.obs_names.copy(),
     )
-    query_adata.obs[f"{key_added}{label_key}"] = pd.Categorical.from_codes(winner, categories=categories)
-    query_adata.obs[f"{key_added}{label_key}_uncertainty"] = out[f"{label_key}_uncertainty"].to_numpy()
+    for column in out:
+        query_adata.obs[f"{key_added}{column}"] = out[column].values
     logger.info(
         "transferred %r to %d query cells from their %d nearest reference cells; median uncertainty %.3f",
         label_key,

@@ -26,8 +26,8 @@ from .data import (
     DataSpec,
     InputError,
     align_genes,
+    check_int,
     check_number,
-    check_positive_int,
     check_seed,
     get_matrix,
     validate_matrix,
@@ -107,18 +107,16 @@ class SCVAE:
         if is_collection(adata):
             check_labels(adata, self.labels.keys)
             x = collection_matrix(adata, self.spec.layer, self.genes)  # each file's genes, in the model's order
-            validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where)
-            return x, self.labels.encode(adata, overrides)
-        x = get_matrix(adata, self.spec.layer)
-        idx = align_genes(adata, self.genes)
-        if idx is not None and is_backed_matrix(x):
-            raise InputError(
-                "adata is backed (on disk) and its genes are not the model's, in the model's order; selecting genes "
-                "would read the whole matrix. Load the model's genes into memory first: "
-                "adata = adata[:, model.genes].to_memory()"
-            )
-        if idx is not None:
-            x = x[:, idx]
+        else:
+            x = get_matrix(adata, self.spec.layer)
+            idx = align_genes(adata, self.genes)
+            if idx is not None and is_backed_matrix(x):
+                raise InputError(
+                    "adata is backed (on disk) and its genes are not the model's, in the model's order; selecting "
+                    "genes would read the whole matrix. Load the model's genes into memory first: "
+                    "adata = adata[:, model.genes].to_memory()"
+                )
+            x = x if idx is None else x[:, idx]
         validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where)
         return x, self.labels.encode(adata, overrides)
 
@@ -128,7 +126,7 @@ class SCVAE:
         """Consecutive minibatches of ``read``'s matrix and codes (of its ``rows``, default all, in order), as
         tensors on the model's device."""
         device = self.device
-        batch_size = check_positive_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size)
         for start in range(0, x.shape[0] if rows is None else len(rows), batch_size):
             r = slice(start, start + batch_size) if rows is None else rows[start : start + batch_size]
             xb = torch.from_numpy(to_dense_float(x, r)).to(device)
@@ -241,7 +239,7 @@ class SCVAE:
         cells × genes DataFrame (index: ``adata.obs_names``, columns: the model's genes), or the array.
         """
         seed = check_seed(seed)
-        n_samples = check_positive_int("n_samples", n_samples)
+        n_samples = check_int("n_samples", n_samples)
         library_size = check_number("library_size", library_size, low=0.0, strict=True)
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
@@ -292,7 +290,7 @@ class SCVAE:
         -------
         float32 array, cells × genes (``n_samples=1``) or ``n_samples`` × cells × genes."""
         seed = check_seed(seed)
-        n_samples = check_positive_int("n_samples", n_samples)
+        n_samples = check_int("n_samples", n_samples)
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
         device = self.device

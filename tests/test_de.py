@@ -130,6 +130,8 @@ def test_rank_genes_groups_writes_scanpys_layout(pbmc_model):
     two.obs["cell_type"] = two.obs["cell_type"].astype("category").cat.add_categories(["unused"])
     tl.rank_genes_groups(two, model, "cell_type", n_samples=50, n_genes=5)  # groups="all": the cells' own groups
     assert two.uns["rank_genes_groups_scvae"]["names"].dtype.names == tuple(sorted([MONO, "CD19+ B"]))
+    with pytest.raises(InputError, match="n_genes must be a positive integer"):
+        tl.rank_genes_groups(two, model, "cell_type", n_genes=-5)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +143,8 @@ def test_rank_genes_groups_writes_scanpys_layout(pbmc_model):
         (dict(groupby="cell_type", group1=MONO, mode="bayes"), "mode must be"),
         (dict(groupby="cell_type", group1=MONO, n_samples=0), "n_samples"),
         (dict(groupby="cell_type", group1=MONO, batch_correction=True), "batch_key"),
+        (dict(groupby="cell_type", group1=MONO, delta="0.5"), "delta must be a number"),
+        (dict(groupby="cell_type", group1=MONO, fdr=1.0), r"fdr must be a number in \(0, 1\)"),
     ],
 )
 def test_bad_arguments_are_refused(pbmc_model, kwargs, message):

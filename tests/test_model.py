@@ -250,6 +250,7 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
         ({"validation_size": 1.5}, "validation_size"),
         ({"dispersion": "gene-batch"}, "needs batch_key"),
         ({"data_on_device": "yes"}, "data_on_device must be True, False or None"),
+        ({"data_on_device": 1}, "data_on_device must be True, False or None"),
         ({"devices": 0}, "devices must be a positive number of devices"),
         ({"accelerator": "quantum"}, "accelerator must be one of"),
         ({"strategy": "nonsense"}, "Lightning cannot run with .*strategy='nonsense'"),

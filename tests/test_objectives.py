@@ -98,6 +98,9 @@ def test_importance_sampled_log_likelihood_matches_quadrature(prior):
     np.testing.assert_allclose(est, exact, atol=0.02)
     assert (elbo <= exact + 1e-6).all()  # the ELBO is a lower bound
     assert (exact - elbo).mean() > 0.01  # and not a tight one here, so the test has teeth
+    for bad in ({"n_samples": 0}, {"chunk_size": 0}):
+        with pytest.raises(InputError, match=f"{next(iter(bad))} must be a positive integer"):
+            estimate_log_likelihood(vae, [Minibatch(x)], **{"n_samples": 10, **bad})
 
 
 def test_mixture_log_prob_is_a_log_mean_exp():
