@@ -38,6 +38,27 @@ def held_out(adata: AnnData, target: str, n_hvg: int) -> tuple[AnnData, AnnData,
     return train, real_stim, real_ctrl, top
 
 
+def other_types(model, train: AnnData, target: str, seed: int, method: str = "delta") -> dict[str, tuple]:  # noqa: ANN001
+    """Each other type t with at least 10 cells per condition predicted from the rest (the same model, δ from the
+    types other than t and ``target``): {t: (real mean change, predicted ``var["change"]``, min(n control,
+    n stimulated))}, log-normalised means as ``var["change"]``."""
+
+    from scvae.conditions import expression_moments, type_groups
+    from scvae.latent import model_matrix
+
+    cond = train.obs[CONDITION].astype(str).to_numpy()
+    types = train.obs[CELL_TYPE].astype(str).to_numpy()
+    groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
+    x = model_matrix(model, train)
+    rest = train[types != target].copy()
+    out = {}
+    for t, (ctrl, stim) in groups.items():
+        real = expression_moments(x, stim, counts=True)[0] - expression_moments(x, ctrl, counts=True)[0]
+        p = model.predict_perturbation(rest, **LABELS, target=t, method=method, n_cells=None, seed=seed)
+        out[t] = (real, p.var["change"].to_numpy(), min(len(ctrl), len(stim)))
+    return out
+
+
 def score(
     preds: dict[str, tuple[AnnData, bool]],
     real_stim: AnnData,

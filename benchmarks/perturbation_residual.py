@@ -23,12 +23,10 @@ the condition, as ``perturbation_kang.py``'s ``cvae_transport``). Writes
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, parser, run_screen, score
-from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
+from _screens import LABELS, held_out, other_types, parser, run_screen, score
+from perturbation_kang import CONDITION
 
 import scvae
-from scvae.conditions import expression_moments, type_groups
-from scvae.latent import model_matrix
 from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "delta_corr_top", "delta_corr", "r2_top_change", "r2_top", "e_distance")
@@ -46,17 +44,9 @@ def run(adata, target: str, seed: int, n_hvg: int, base: str = "delta") -> list[
     model = scvae.model.fit(train, seed=seed, progress_bar=False, **fit_kw)
     n_cells = max(1000, real_ctrl.n_obs)
     pred = model.predict_perturbation(train, **LABELS, target=target, method=method, n_cells=n_cells, seed=seed)
-    cond = train.obs[CONDITION].astype(str).to_numpy()
-    types = train.obs[CELL_TYPE].astype(str).to_numpy()
-    groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
-    x = model_matrix(model, train)
-    rest = train[types != target].copy()
-    residuals, sizes = [], []
-    for t, (ctrl, stim) in groups.items():
-        real = expression_moments(x, stim, counts=True)[0] - expression_moments(x, ctrl, counts=True)[0]
-        p = model.predict_perturbation(rest, **LABELS, target=t, method=method, n_cells=None, seed=seed)
-        residuals.append(real - p.var["change"].to_numpy())
-        sizes.append(min(len(ctrl), len(stim)))
+    others = other_types(model, train, target, seed, method).values()
+    residuals = [real - predicted for real, predicted, _ in others]
+    sizes = [n for _, _, n in others]
     residuals, w = np.array(residuals), np.array(sizes, dtype=float)
     corrections = {
         "mean": residuals.mean(0),

@@ -24,11 +24,10 @@ against the real held-out cells, beside the balanced linear shift. Writes
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, parser, run_screen, score
-from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
+from _screens import LABELS, held_out, other_types, parser, run_screen, score
 
 import scvae
-from scvae.conditions import expression_moments, type_groups
+from scvae.conditions import expression_moments
 from scvae.latent import model_matrix
 from scvae.perturbation import linear_shift
 
@@ -48,16 +47,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
     pred = model.predict_perturbation(train, **LABELS, target=target, n_cells=n_cells, seed=seed)
-    cond = train.obs[CONDITION].astype(str).to_numpy()
-    types = train.obs[CELL_TYPE].astype(str).to_numpy()
-    groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
-    x = model_matrix(model, train)
-    rest = train[types != target].copy()
-    reals, preds_t = [], []
-    for t, (ctrl, stim) in groups.items():
-        reals.append(expression_moments(x, stim, counts=True)[0] - expression_moments(x, ctrl, counts=True)[0])
-        p = model.predict_perturbation(rest, **LABELS, target=t, n_cells=None, seed=seed)
-        preds_t.append(p.var["change"].to_numpy())
+    reals, preds_t, _ = zip(*other_types(model, train, target, seed).values())
     tops = [np.argsort(-np.abs(r), kind="stable")[:N_TOP] for r in reals]
     r_all = np.concatenate([r[i] for r, i in zip(reals, tops)])
     p_all = np.concatenate([p[i] for p, i in zip(preds_t, tops)])
