@@ -33,14 +33,11 @@ import scvae
 from scvae.conditions import type_groups
 from scvae.data import log_normalize
 from scvae.latent import model_matrix, posterior_means
+from scvae.loaders import to_dense_float
 from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "delta_corr_top", "delta_corr", "r2_top_change", "r2_top", "e_distance")
 KS = (30, 200)
-
-
-def dense(m) -> np.ndarray:  # noqa: ANN001
-    return np.asarray(m.todense() if hasattr(m, "todense") else m, dtype=np.float32)
 
 
 def cells(like: AnnData, values: np.ndarray) -> AnnData:
@@ -66,7 +63,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     types = train.obs[CELL_TYPE].astype(str).to_numpy()
     groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
     x, codes = model_matrix(model, train), model.labels.encode(train)
-    logx = dense(log_normalize(train))
+    logx = to_dense_float(log_normalize(train), slice(None))
     source = np.flatnonzero((types == target) & (cond == CONTROL))
     z = posterior_means(model, x, codes, np.arange(train.n_obs), 1024)
     base = train[source]
