@@ -30,7 +30,7 @@ from anndata import AnnData
 from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
 
 import scvae
-from scvae.conditions import type_groups
+from scvae.conditions import transport_pairs, type_groups
 from scvae.data import log_normalize
 from scvae.latent import model_matrix, posterior_means
 from scvae.loaders import to_dense_float
@@ -45,8 +45,6 @@ def cells(like: AnnData, values: np.ndarray) -> AnnData:
 
 
 def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial.distance import cdist
     from sklearn.neighbors import NearestNeighbors
 
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
@@ -79,15 +77,10 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
 
     # gene transport: OT pairs in the latent space, displacements in gene space
     anchors, moves = [], []
-    for i, (c, s) in enumerate(groups.values()):  # as scvae.conditions.transport_displacements, keeping the rows
-        rng = np.random.default_rng(seed + i)
-        m = min(len(c), len(s), 500)
-        c_sub, s_sub = np.sort(rng.choice(c, m, replace=False)), np.sort(rng.choice(s, m, replace=False))
-        rows, cols = linear_sum_assignment(
-            cdist(z[c_sub].astype(np.float64), z[s_sub].astype(np.float64), "sqeuclidean")
-        )
-        anchors.append(z[c_sub[rows]])
-        moves.append(logx[s_sub[cols]] - logx[c_sub[rows]])
+    for i, (c, s) in enumerate(groups.values()):  # the pairs of method="transport" (same seeds)
+        pc, ps = transport_pairs(z[c], z[s], seed=seed + i)
+        anchors.append(z[c[pc]])
+        moves.append(logx[s[ps]] - logx[c[pc]])
     anchors, moves = np.vstack(anchors), np.vstack(moves)
     for k in KS:
         _, idx = NearestNeighbors(n_neighbors=k).fit(anchors).kneighbors(z[source])

@@ -225,11 +225,11 @@ def predicted_obs(
 
 
 # -- optimal transport ---------------------------------------------------------------------------------------
-def transport_displacements(
+def transport_pairs(
     z_ctrl: np.ndarray, z_stim: np.ndarray, *, max_cells: int = 500, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pair control and stimulated latent codes of one cell type by optimal transport; returns the paired control
-    codes and their displacements (z_stim[paired] − z_ctrl).
+    """Pair control and stimulated latent codes of one cell type by optimal transport; returns the paired rows of
+    ``z_ctrl`` and of ``z_stim`` (two index arrays of equal length).
 
     Both sets are subsampled (seeded) to the same size, the smaller of the two and ``max_cells``, and matched one
     to one by the exact assignment that minimises the total squared Euclidean distance (optimal transport
@@ -239,10 +239,22 @@ def transport_displacements(
 
     rng = np.random.default_rng(seed)
     m = min(len(z_ctrl), len(z_stim), int(max_cells))
-    a = z_ctrl[np.sort(rng.choice(len(z_ctrl), m, replace=False))].astype(np.float64)
-    b = z_stim[np.sort(rng.choice(len(z_stim), m, replace=False))].astype(np.float64)
-    rows, cols = linear_sum_assignment(cdist(a, b, "sqeuclidean"))
-    return a[rows], b[cols] - a[rows]
+    ctrl = np.sort(rng.choice(len(z_ctrl), m, replace=False))
+    stim = np.sort(rng.choice(len(z_stim), m, replace=False))
+    rows, cols = linear_sum_assignment(
+        cdist(z_ctrl[ctrl].astype(np.float64), z_stim[stim].astype(np.float64), "sqeuclidean")
+    )
+    return ctrl[rows], stim[cols]
+
+
+def transport_displacements(
+    z_ctrl: np.ndarray, z_stim: np.ndarray, *, max_cells: int = 500, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The control codes paired by :func:`transport_pairs` and their displacements (z_stim[paired] − z_ctrl), as
+    float64."""
+    ctrl, stim = transport_pairs(z_ctrl, z_stim, max_cells=max_cells, seed=seed)
+    a = z_ctrl[ctrl].astype(np.float64)
+    return a, z_stim[stim].astype(np.float64) - a
 
 
 def neighbour_shift(anchors: np.ndarray, moves: np.ndarray, z: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, int]:

@@ -122,6 +122,7 @@ def test_transport_gives_each_cell_its_own_response(which, request, data, top, n
 def test_transport_displacements_pair_points_optimally():
     from itertools import permutations
 
+    from scvae.conditions import transport_pairs
     from scvae.perturbation import transport_displacements
 
     rng = np.random.default_rng(0)
@@ -133,6 +134,10 @@ def test_transport_displacements_pair_points_optimally():
     assert cost == pytest.approx(best)
     anchors, moves = transport_displacements(a, b[:4], max_cells=10)  # the larger set is subsampled
     assert anchors.shape == moves.shape == (4, 2)
+    ctrl, stim = transport_pairs(a, b[:4], max_cells=10)  # the same pairs, as rows of each set
+    np.testing.assert_array_equal(a[ctrl], anchors)
+    np.testing.assert_array_equal(b[:4][stim] - a[ctrl], moves)
+    assert sorted(stim) == [0, 1, 2, 3] and len(set(ctrl)) == 4
 
 
 def test_linear_shift_unbalanced(data):
