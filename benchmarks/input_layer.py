@@ -19,6 +19,7 @@ Writes ``input_layer.csv`` and ``.md`` to ``--out`` (default ``benchmarks/result
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -134,7 +135,7 @@ def main() -> None:
     df = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "input_layer.csv", index=False)
-    cmd = "python benchmarks/input_layer.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/input_layer.py " + shlex.join(sys.argv[1:])
     text = (
         f"# The encoder's sparse input layer vs the dense product\n\nTraining steps of batch 128 (NB, n_latent=10, "
         f"n_hidden=128, one layer), {args.blocks} blocks of {args.steps} steps per variant, alternating, "

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 import warnings
@@ -206,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         runs = pd.read_csv(args.out / f"{args.name}.csv")
-        command = args.command or " ".join(sys.argv[1:]).replace(" --report-only", "")
+        command = args.command or shlex.join(sys.argv[1:]).replace(" --report-only", "")
         write_report(runs, args.out / f"{args.name}.md", command, args.scvae_args)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -254,7 +255,7 @@ def main() -> None:
     if args.scvae_args:
         runs["scvae_args"] = json.dumps(args.scvae_args)
     runs.to_csv(args.out / f"{args.name}.csv", index=False)
-    write_report(runs, args.out / f"{args.name}.md", " ".join(sys.argv[1:]), args.scvae_args)
+    write_report(runs, args.out / f"{args.name}.md", shlex.join(sys.argv[1:]), args.scvae_args)
 
 
 def versus(summary: pd.DataFrame) -> pd.DataFrame:

@@ -109,7 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--n-samples", type=int, default=1000, help="importance samples for log p(x)")
-    parser.add_argument("--max-epochs", type=int, default=0, help="0: scvae's default (early stopping either way)")
+    parser.add_argument(
+        "--max-epochs", type=int, default=0, help="0: scvae's default (final weights, no early stopping)"
+    )
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this size)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

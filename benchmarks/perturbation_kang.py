@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = p.parse_args(argv)
     out = args.out or RESULTS / ("perturbation_kang" if args.n_hvg > 0 else "perturbation_kang_all_genes")
     methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]
-    command = " ".join(sys.argv[1:] if argv is None else argv).replace(" --report-only", "")
+    command = shlex.join(sys.argv[1:] if argv is None else argv).replace(" --report-only", "")
     if args.report_only:
         results = pd.read_csv(out.with_suffix(".csv"))
         out.with_suffix(".md").write_text(report(results, methods, command, float("nan"), vars(args)))

@@ -76,6 +76,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -687,7 +688,7 @@ def main() -> None:
     if not threads and len(ok):
         threads = int(ok["torch_threads"].iloc[0])
     warm = args.kl_warmup_epochs if args.kl_warmup_epochs is not None else min(args.epochs // 4, 50)
-    cmd = "python benchmarks/speed_vs_scvi.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/speed_vs_scvi.py " + shlex.join(sys.argv[1:])
     header = (
         "# Speed and scale: scvae vs scvi-tools\n\n"
         f"Same model for both (NB, gene dispersion, n_latent=10, n_hidden=128, n_layers=1, batch one-hot into "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import statistics
 import sys
 import time
@@ -286,7 +287,7 @@ def main() -> None:
         f"- scvae bare step beyond the decoder's three products, the input layer and the likelihood: "
         f"{med['scvae bare step'] - med['decoder matmuls'] - med['input layer'] - med['likelihood']:.2f} ms"
     )
-    cmd = "python benchmarks/step_profile.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/step_profile.py " + shlex.join(sys.argv[1:])
     text = (
         f"# One training step, part by part\n\n{args.cells} synthetic cells × 2,000 genes, batch size "
         f"{args.batch_size}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; medians over "

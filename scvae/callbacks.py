@@ -47,6 +47,11 @@ class BestWeights(pl.Callback):
         self.wait = int(resume.get("wait", 0))
         self.diverged_at: int | None = None
 
+    def kept(self) -> str:
+        """Which weights are returned, for a log message."""
+        which = "the best" if self.settings.early_stopping else "the last complete"
+        return f"{which} epoch's weights (epoch {self.best_epoch})"
+
     def on_train_epoch_end(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         row = plan.close_epoch()
         if self.monitor not in row:  # an epoch cut short (Ctrl-C) has no validation pass to judge it by
@@ -143,7 +148,7 @@ class StopOnInterrupt(pl.Callback):
         if self.requested:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("interrupt received: stopping after this minibatch and keeping the best weights so far")
+        logger.warning("interrupt received: stopping after this minibatch (Ctrl-C again to stop at once)")
 
     def on_train_start(self, trainer: pl.Trainer, plan: TrainingPlan) -> None:
         if threading.current_thread() is threading.main_thread():

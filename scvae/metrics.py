@@ -16,7 +16,17 @@ def _neighbours(rep: np.ndarray, k: int) -> np.ndarray:
 
 def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str], k: int = 15) -> float:
     """Leave-one-out k-NN classification accuracy: the fraction of cells whose label is the majority label of
-    their ``k`` nearest neighbours in ``rep`` (ties go to the first label in sorted order)."""
+    their ``k`` nearest neighbours in ``rep`` (ties go to the first label in sorted order).
+
+    Parameters
+    ----------
+    rep
+        Cells × dimensions, e.g. ``adata.obsm["X_scvae"]`` (Euclidean distances).
+    labels
+        One label per cell, e.g. ``adata.obs["cell_type"]``.
+    k
+        Number of neighbours (the cell itself excluded).
+    """
     codes, _ = pd.factorize(np.asarray(labels), sort=True)
     nbr = codes[_neighbours(np.asarray(rep), k)]
     counts = np.zeros((len(codes), codes.max() + 1), dtype=np.int64)
@@ -40,7 +50,19 @@ def batch_mixing(
     With ``labels`` (cell types): the expected fraction is taken within the cell's own type,
     1 - n(type, batch) / n(type), so that a cell type that only some batches have is not asked to mix with the
     others. Cells whose type has fewer than ``min_cells`` cells, or is present in one batch only, are left out
-    of the mean (their neighbours are still any cells)."""
+    of the mean (their neighbours are still any cells).
+
+    Parameters
+    ----------
+    rep
+        Cells × dimensions, e.g. ``adata.obsm["X_scvae"]`` (Euclidean distances).
+    batches
+        One batch label per cell.
+    k
+        Number of neighbours (the cell itself excluded).
+    labels, min_cells
+        Cell types, and the fewest cells a type needs to count (see above).
+    """
     rep = np.asarray(rep)
     codes, _ = pd.factorize(np.asarray(batches))
     if codes.max(initial=-1) < 1:
@@ -62,7 +84,17 @@ def batch_mixing(
 
 def ilisi(rep: np.ndarray, batches: np.ndarray | pd.Series | Sequence[str], k: int = 30) -> float:
     """Median local inverse Simpson index of batches over each cell's ``k``-neighbourhood (itself included):
-    1 when neighbourhoods hold one batch, up to the number of batches when they are evenly mixed."""
+    1 when neighbourhoods hold one batch, up to the number of batches when they are evenly mixed.
+
+    Parameters
+    ----------
+    rep
+        Cells × dimensions, e.g. ``adata.obsm["X_scvae"]`` (Euclidean distances).
+    batches
+        One batch label per cell.
+    k
+        Number of neighbours (besides the cell itself).
+    """
     codes, _ = pd.factorize(np.asarray(batches))
     nbr = np.concatenate([np.arange(len(codes))[:, None], _neighbours(np.asarray(rep), k)], axis=1)
     counts = np.zeros((len(codes), codes.max() + 1))

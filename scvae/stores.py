@@ -65,7 +65,18 @@ def _lazy_anndata(group: Any, path: Path, write: str) -> AnnData:
 
 def open_zarr(path: str | Path) -> AnnData:
     """An AnnData zarr store (written by ``adata.write_zarr``) with ``obs``, ``var`` and ``uns`` in memory and
-    ``X`` and the layers left on disk, read lazily; the store is opened read-only."""
+    ``X`` and the layers left on disk, read lazily; the store is opened read-only.
+
+    Parameters
+    ----------
+    path
+        The store's folder.
+
+    Returns
+    -------
+    An in-memory AnnData whose ``X`` and layers read from the store; results written to it (``obsm``, ``uns``)
+    stay in memory (save them with ``adata.write_zarr`` to a new path).
+    """
     import zarr
 
     path = Path(path)
@@ -111,7 +122,21 @@ def open_files(paths: Sequence[str | Path], *, label: str = "file", keys: Sequen
     """Several .h5ad files or zarr stores (``X`` and the layers left on disk) as one ``AnnCollection``: the genes
     all files share (in the first file's order), the ``obs`` columns all files share, and ``obs[label]``, the file
     each cell came from (``keys``: its names; default the file names without suffix). Nothing is read but ``obs``
-    and ``var``."""
+    and ``var``.
+
+    Parameters
+    ----------
+    paths
+        The .h5ad files and zarr stores, in order.
+    label
+        Name of the ``obs`` column that records each cell's file (use it as ``fit``'s ``batch_key``).
+    keys
+        The values of ``obs[label]``, one per file; default the file names without their suffix.
+
+    Returns
+    -------
+    An ``AnnCollection`` to pass to :func:`scvae.model.fit` or a trained model's methods; it holds no results.
+    """
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no files given; pass the paths of the .h5ad files or zarr stores to read")

@@ -37,7 +37,7 @@ from scvae.objectives import log_likelihood  # noqa: E402
 logging.basicConfig(level=logging.WARNING)
 torch.set_num_threads(1)  # these models are small: one thread is fastest on a CPU
 FAST = os.environ.get("SCVAE_TUTORIAL_FAST") == "1"  # CI smoke test: few epochs, few samples
-EPOCHS = 5 if FAST else None  # None: scvae's default, with early stopping
+EPOCHS = 5 if FAST else None  # None: scvae's default for the number of cells (final weights)
 K_LL = 20 if FAST else 1000
 FIG = Path(__file__).resolve().parent / "figures"
 FIG.mkdir(exist_ok=True)
@@ -166,16 +166,15 @@ plt.close()
 
 # %% [markdown]
 # ## Take-aways
-# - β > 1 compresses (lower KL) and loses reconstruction of the training cells; β < 1 spends more KL (in our run
-#   without reconstructing the training cells better: the kept epochs differ). On held-out cells of this small
-#   data set (560 training cells) β > 1 acts as a regulariser and even raises log p(x), while β < 1 overfits.
+# - β > 1 compresses (lower KL) and loses reconstruction of the training cells; β < 1 spends more KL and
+#   reconstructs them better (in our run −596.8 against −601.5 nats per cell for β = 1). On held-out cells of this
+#   small data set (560 training cells) β > 1 acts as a regulariser and even raises log p(x), while β < 1 overfits.
 # - The importance-sampled log p(x) is a tighter bound than the ELBO, tightening with K; use it (K ≈ 1000) to
 #   compare models, never the ELBO of models trained with different objectives.
-# - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here: +7.4 ± 1.3 nats per cell over two
-#   seeds in the benchmark with fit's defaults (`benchmarks/results/objectives_priors.md`, where β = 2 and 4 give
-#   +4.7 and +9.9 and β = 0.5 −4.4). IWAE training fits the training cells better but, with so few cells, that
-#   does not carry over to held-out cells: K = 5 −5.7 and K = 20 −8.0 nats per cell there. On the larger Kang
-#   data (2,204 training cells, `benchmarks/results/objectives_kang.md`, fit's defaults, 5 seeds) the VampPrior
-#   gains +4.2 nats per cell over the standard VAE on every seed (its own seed-to-seed sd is 0.7), and IWAE again
-#   loses (K = 5 −4.3, K = 20 −7.9). With `early_stopping=True` IWAE K = 5 gains +0.8 over the early-stopped
-#   standard VAE (3 of 3 seeds): train IWAE with early stopping.
+# - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here: +7.4 ± 1.3 nats per cell over two seeds in
+#   the benchmark with fit's defaults (`benchmarks/results/objectives_priors.md`, where β = 2 and 4 give +4.7 and +9.9
+#   and β = 0.5 −4.4). IWAE training does not help held-out cells of so small a data set: K = 5 −5.7 and K = 20 −8.0
+#   nats per cell. On the larger Kang data (2,204 training cells, `benchmarks/results/objectives_kang.md`, fit's
+#   defaults, 5 seeds) the VampPrior gains +4.2 ± 0.6 nats per cell over the standard VAE on every seed (the standard
+#   VAE's seed-to-seed sd is 0.7), and IWAE again loses (K = 5 −4.3, K = 20 −7.9). With `early_stopping=True` IWAE K = 5
+#   gains +0.8 over the early-stopped standard VAE (3 of 3 seeds): train IWAE with early stopping.

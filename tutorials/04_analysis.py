@@ -50,7 +50,7 @@ except NameError:  # running as a notebook
 FIGURES = HERE / "figures"
 FIGURES.mkdir(parents=True, exist_ok=True)
 FAST = os.environ.get("SCVAE_TUTORIAL_FAST") == "1"
-EPOCHS = 5 if FAST else None  # None: scvae's default for the number of cells, with early stopping
+EPOCHS = 5 if FAST else None  # None: scvae's default for the number of cells (final weights)
 WORK = Path(tempfile.mkdtemp(prefix="scvae_tutorial_"))
 SCVAE = [shutil.which("scvae")] if shutil.which("scvae") else [sys.executable, "-m", "scvae.cli"]
 
