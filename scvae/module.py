@@ -308,8 +308,9 @@ class VAE(nn.Module):
             Give the encoder the doubly reparameterised gradient of the IWAE bound (Tucker et al. 2019) instead of
             the standard one, whose signal-to-noise ratio falls as K grows: log q(z | x) is evaluated with
             q's parameters detached (z keeps its path), and the gradient reaching z from
-            ``logsumexp(log_weight)`` is multiplied once more by the normalised weight. The values returned are
-            unchanged; only gradients differ. Meant for the IWAE loss only.
+            ``logsumexp(log_weight)`` is multiplied by ``(1 - kl_weight) + kl_weight * w``, ``w`` the normalised
+            weight (``w`` itself for the true weights; the mixture keeps the gradient unbiased during KL warm-up).
+            The values returned are unchanged; only gradients differ. Meant for the IWAE loss only.
         """
         x, codes, nonzero = batch
         mean, logvar = posterior if posterior is not None else self.inference(batch)
@@ -325,8 +326,11 @@ class VAE(nn.Module):
         log_pz = self.log_prior(z, components)
         log_weight = log_px_z + kl_weight * (log_pz - log_qz)
         if dreg and z.requires_grad:
+            # The score term that DReG replaces carries kl_weight: the path gradient w·∂log w/∂z becomes
+            # w·((1 - kl_weight) + kl_weight·w)·∂log w/∂z (w²·… for the true weights, Tucker et al. eq. 5).
             w = torch.softmax(log_weight.detach(), dim=0).unsqueeze(-1)  # normalised weights (S, B, 1)
-            z.register_hook(lambda grad: grad * w)
+            factor = (1.0 - kl_weight) + kl_weight * w
+            z.register_hook(lambda grad: grad * factor)
         return Weights(log_weight, log_px_z, log_pz, log_qz, z, mean, logvar)
 
     def loss(
@@ -371,7 +375,7 @@ class VAE(nn.Module):
             kl = kl_normal_standard(terms.mean, terms.logvar)
         else:
             kl = (terms.log_qz - terms.log_pz).mean(0)
-        # (With DReG, the hook on z also scales the adversary's gradient of each sample by its normalised weight.)
+        # (With DReG, the hook on z also scales the adversary's gradient of each sample, as the bound's.)
         flat_codes = None if batch.codes is None else batch.codes.repeat(k, 1)
         adversarial = self.adversarial_loss(terms.z.reshape(-1, self.n_latent), flat_codes)
         if objective == "elbo":
@@ -388,7 +392,7 @@ def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) 
 
 def kl_normal_standard(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, diag exp(logvar)) || N(0, I)), summed over the last axis."""
-    return 0.5 * (torch.exp(logvar) + mean**2 - 1.0 - logvar).sum(-1)
+    return 0.5 * (torch.expm1(logvar) - logvar + mean**2).sum(-1)  # expm1: no cancellation near the prior
 
 
 class _ReverseGradient(torch.autograd.Function):

@@ -9,6 +9,7 @@ import torch
 from scvae import distributions as D
 from scvae import kernels as K
 from scvae import likelihoods as L
+from scvae.module import kl_normal_standard
 
 RNG = np.random.default_rng(0)
 
@@ -260,3 +261,73 @@ def test_fused_nb_gives_an_explicit_zero_in_an_empty_cell_its_value():
     ref = D.log_nb(x, x.sum(1, keepdim=True) * torch.softmax(logits, -1), torch.ones(3)).sum(-1)
     torch.testing.assert_close(out, ref)
     assert out[0] == 0 and torch.isfinite(logits.grad).all()
+
+
+def _mp_log_nb(x, mu, theta):
+    """log NB(x; mu, theta) to 50 digits, and its derivative in theta."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+
+    def f(th):
+        x_, mu_ = mp.mpf(x), mp.mpf(mu)
+        return (
+            mp.loggamma(x_ + th) - mp.loggamma(th) - mp.loggamma(x_ + 1)
+            + th * mp.log(th / (th + mu_)) + x_ * mp.log(mu_ / (th + mu_))
+        )  # fmt: skip
+
+    th = mp.mpf(theta)
+    return float(f(th)), float(mp.diff(f, th))
+
+
+def test_nb_float64_is_exact_relative_to_the_poisson_terms_and_zeros_in_float32():
+    """Against mpmath, relative to the size of the Poisson's own terms (x log mu, mu, lgamma(x + 1)) rather than
+    to lgamma(x + theta): float64 to 1e-9 up to theta = 1e6; a zero count, where the lgammas cancel exactly,
+    keeps its (tiny) log-probability in float32 too."""
+    grid = [
+        (x, mu, theta)
+        for x in (0.0, 1.0, 3.0, 100.0, 1e4)
+        for mu in (1e-6, 0.5, 90.0, 1e4)
+        for theta in (1e-3, 0.7, 39.0, 1e3, 1e5, 1e6)
+    ]
+    x, mu, theta = (np.array(v) for v in zip(*grid))
+    ref = np.array([_mp_log_nb(*p)[0] for p in grid])
+    scale = np.abs(x * np.log(mu)) + mu + sps.gammaln(x + 1) + np.abs(ref)
+    got64 = D.log_nb(_t(x), _t(mu), _t(theta)).numpy()
+    assert np.max(np.abs(got64 - ref) / scale) < 1e-9  # lgamma(theta) · eps: 8e-11 at theta = 1e6
+    zero = x == 0
+    got32 = D.log_nb(*(_t(v[zero], torch.float32) for v in (x, mu, theta))).double().numpy()
+    np.testing.assert_allclose(got32, ref[zero], rtol=1e-6)
+
+
+def test_nb_theta_gradient_against_mpmath_in_both_paths():
+    """d log p / d theta, down to O(1/theta²) at large theta: the plain form (autograd) and the fused kernel
+    (hand-written backward) against mpmath's derivative, in float64."""
+    pts = [(3.0, 2.5, 1e4), (0.0, 2.5, 1e4), (7.0, 0.3, 1e3), (40.0, 35.0, 3e3), (2.0, 1.0, 45.0), (2.0, 1.0, 5.0)]
+    ref = np.array([_mp_log_nb(*p)[1] for p in pts])
+    x, mu, th = (_t([p[i] for p in pts]) for i in range(3))
+    theta = th.clone().requires_grad_()
+    D.log_nb(x, mu, theta).sum().backward()
+    np.testing.assert_allclose(theta.grad.numpy(), ref, rtol=1e-5, atol=1e-14)
+    # the fused kernel: one cell per point, two genes (the second with frequency 1 - mu / library)
+    lib = torch.full((len(pts), 1), 1e6, dtype=torch.float64)
+    logits = torch.stack([torch.log(mu / 1e6), torch.log1p(-mu / 1e6)], dim=1)
+    theta = torch.stack([th, torch.ones_like(th)], dim=1).requires_grad_()
+    K.log_nb_softmax_sum(torch.stack([x, torch.zeros_like(x)], dim=1), logits, lib, theta).sum().backward()
+    np.testing.assert_allclose(theta.grad[:, 0].numpy(), ref, rtol=1e-5, atol=1e-14)
+
+
+def test_bernoulli_and_kl_near_their_cancellations():
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    # Bernoulli: a likely outcome keeps its (tiny) log-probability, -log1p(exp(-l))
+    logits = np.array([20.0, 30.0, 50.0, -30.0])
+    got = D.log_bernoulli(_t([1.0, 1.0, 1.0, 0.0]), _t(logits)).numpy()
+    np.testing.assert_allclose(got, -np.log1p(np.exp(-np.abs(logits))), rtol=1e-12)
+    # KL of a posterior next to the prior: positive, and right to the rounding of logvar's own size (exact:
+    # (e^v - 1 - v) / 2 + m² / 2; e^v - 1 - v cancelled to a negative value in float32)
+    logvar = _t([[-1e-6], [1e-4], [1e-9], [-0.3]], torch.float32)
+    kl = kl_normal_standard(torch.zeros_like(logvar), logvar).double().numpy()
+    v = logvar.double().numpy().ravel()
+    exact = np.array([float((mp.expm1(mp.mpf(float(a))) - mp.mpf(float(a))) / 2) for a in v])
+    assert (kl >= 0).all()
+    assert np.all(np.abs(kl - exact) <= 1e-7 * np.abs(v))
