@@ -65,6 +65,8 @@ def _check_output(inp: str, out: str, force: bool, suffix: str = ".h5ad") -> Pat
         raise CommandError(f"{out} exists; pass --force to overwrite it")
     if o.suffix != suffix:
         raise CommandError(f"output {out} must end in {suffix}")
+    if not o.resolve().parent.is_dir():  # checked now, not after training
+        raise CommandError(f"the folder of the output {out} does not exist; create it first (mkdir -p)")
     return o
 
 
@@ -95,8 +97,8 @@ def _write_cells(cells, out: Path, latent, key_added: str, record: dict) -> None
     import anndata as ad
     import pandas as pd
 
+    from .data import uns_key
     from .stores import is_collection
-    from .trained import uns_key
 
     if is_collection(cells):
         obs = cells.obs.copy()
@@ -311,12 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.progress = not args.quiet and sys.stderr.isatty()
     from .data import InputError
+    from .plan import TrainingDiverged
 
     try:
         args.func(args)
     except (CommandError, InputError, FileNotFoundError, FileExistsError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         sys.stderr.write(f"scvae: error: {msg}\n")
+        return 2
+    except (TrainingDiverged, FloatingPointError) as err:  # the run failed on these data: one line, as bad input
+        sys.stderr.write(f"scvae: error: {err}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("scvae: interrupted\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,10 +60,25 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def check_key_added(value: Any) -> str:
-    """``key_added`` as given, or an :class:`InputError` unless it is a non-empty string."""
+def uns_key(key_added: str) -> str:
+    """Where a run that writes ``obsm[key_added]`` records itself in ``uns``: ``key_added`` without a leading
+    ``"X_"`` (``"X_scvae"``, the default, records in ``uns["scvae"]``), so that runs written under different keys
+    keep their own records."""
+    return key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
+
+
+def check_key_added(value: Any, adata: Any = None) -> str:
+    """``key_added`` as given, or an :class:`InputError` unless it is a non-empty string whose record slot,
+    ``adata.uns[uns_key(value)]``, is free or holds an earlier run's record under the same key (so that, e.g.,
+    ``key_added="X_pca"`` does not replace Scanpy's ``uns["pca"]``)."""
     if not isinstance(value, str) or not value:
         raise InputError(f"key_added must be a non-empty string (the obsm key to write), got {value!r}")
+    held = getattr(adata, "uns", {}).get(uns_key(value))
+    if held is not None and not (isinstance(held, Mapping) and held.get("key_added") == value):
+        raise InputError(
+            f"key_added={value!r} would record the run in adata.uns[{uns_key(value)!r}], which holds something "
+            "else; choose another key_added (e.g. 'X_scvae')"
+        )
     return value
 
 
@@ -109,8 +124,8 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
         raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); it needs both")
     if layer is not None and layer not in adata.layers:
         raise InputError(
-            f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}); "
-            "pass layer=None to use adata.X"
+            f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}); add it "
+            f"(adata.layers[{layer!r}] = counts), or train on adata.X with fit(..., layer=None)"
         )
     x, where = (adata.X, "adata.X") if layer is None else (adata.layers[layer], f"adata.layers[{layer!r}]")
     if x is None:
@@ -171,9 +186,13 @@ def _check_values(chunk: np.ndarray, counts: bool, likelihood: str, where: str) 
     if chunk.dtype.kind == "f":
         if not np.isfinite(chunk).all():
             raise InputError(
-                f"{where} contains NaN or infinite values; remove or impute them before fitting "
+                f"{where} contains NaN or infinite values; remove or impute them first "
                 "(e.g. keep the genes whose values are all finite, X being the matrix named here: "
                 "adata = adata[:, np.isfinite(np.asarray(X.sum(0))).ravel()].copy())"
+            )
+        if chunk.dtype.itemsize > 4 and (np.abs(chunk) > np.finfo(np.float32).max).any():
+            raise InputError(
+                f"{where} has values beyond float32's range (3.4e38), which become infinite in training; rescale them"
             )
     if counts:
         if (chunk < 0).any():
@@ -330,6 +349,12 @@ def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "
     return col
 
 
+def as_label_list(value: Any) -> list[str]:
+    """One label or a list of labels (a string, a number, or a list/array of them) as a list of label texts."""
+    many = isinstance(value, (list, tuple, set, np.ndarray, pd.Index, pd.Series))
+    return label_texts(list(value) if many else [value])
+
+
 @dataclass
 class DataSpec:
     """What a model reads from AnnData, saved with it (nothing is registered on ``adata``): its genes in order,
@@ -381,8 +406,16 @@ def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float
     Cells × genes, float32: a CSR matrix if the input is sparse, else a dense ndarray.
     """
     target_sum = check_number("target_sum", target_sum, low=0.0, strict=True)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     parts = []
     for block in _blocks(get_matrix(adata, layer)):  # an on-disk matrix block by block, never whole
+        for chunk in _values(block):  # finite and non-negative (counts or any amounts); integers not required
+            _check_values(chunk, False, "", where)
+            if (chunk < 0).any():
+                raise InputError(
+                    f"{where} has negative values; log-normalisation needs counts (or other non-negative "
+                    "amounts): pass the raw counts (layer='counts' if they are in a layer)"
+                )
         totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
         scale = target_sum / np.where(totals > 0, totals, 1.0)
         if sp.issparse(block):

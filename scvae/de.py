@@ -34,7 +34,17 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import InputError, check_choice, check_int, check_number, check_seed, label_text, label_texts
+from .data import (
+    InputError,
+    as_label_list,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+    label_text,
+    obs_column,
+)
 from .loaders import to_dense_float
 from .module import reparameterize
 from .trained import refuse_nonfinite
@@ -51,10 +61,8 @@ _EPS = 1e-8  # keeps Bayes factors of probabilities 0 or 1 finite
 def _group_mask(adata: AnnData, groupby: str, group: str | Sequence[str] | None, what: str) -> np.ndarray | None:
     if group is None:
         return None
-    if groupby not in adata.obs:
-        raise InputError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-    labels = label_text(adata.obs[groupby])
-    wanted = label_texts([group] if isinstance(group, str) else group)
+    labels = label_text(obs_column(adata, groupby, "groupby"))
+    wanted = as_label_list(group)
     unknown = [g for g in wanted if g not in set(labels)]
     if unknown:
         raise InputError(
@@ -212,6 +220,8 @@ def differential_expression(
         check_int(name, value)
     fdr, ci = (check_number(name, v, low=0.0, high=1.0, strict=True) for name, v in (("fdr", fdr), ("ci", ci)))
     delta, pseudocount = check_number("delta", delta, low=0.0), check_number("pseudocount", pseudocount, low=0.0)
+    if group1 is None:
+        raise InputError("group1 is None; give the category (or list of categories) of adata.obs[groupby] to test")
     in1 = _group_mask(adata, groupby, group1, "group1")
     in2 = _group_mask(adata, groupby, group2, "group2")
     if in2 is None:
@@ -225,7 +235,7 @@ def differential_expression(
     x, codes = model.read(adata)
     decode = [codes]
     batch_key = model.spec.batch_key
-    if batch_correction:
+    if check_bool("batch_correction", batch_correction):
         if batch_key is None:
             raise InputError("batch_correction=True needs a model fitted with batch_key")
         j = model.labels.keys.index(batch_key)

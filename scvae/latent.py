@@ -18,7 +18,7 @@ from .conditions import (
     transport_displacements,
     type_groups,
 )
-from .data import InputError, align_genes, get_matrix
+from .data import InputError
 from .trained import refuse_nonfinite
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,13 +50,9 @@ def model_conditions_on(model: SCVAE, condition_key: str, control: str, stimulat
 
 
 def model_matrix(model: SCVAE, adata: AnnData) -> Any:
-    """The model's genes of ``adata``, in the model's order (the layer the model was trained on)."""
-    x = get_matrix(adata, model.spec.layer)
-    try:
-        idx = align_genes(adata, model.genes)
-    except InputError as err:
-        raise InputError(f"adata's genes do not match the model's: {err}") from err
-    return x if idx is None else x[:, idx]
+    """The model's genes of ``adata``, in the model's order (the layer the model was trained on), checked for the
+    model's likelihood as :meth:`SCVAE.read` checks them (counts for a count model, no NaN, no empty cells)."""
+    return model.read(adata)[0]
 
 
 @torch.no_grad()

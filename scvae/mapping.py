@@ -112,7 +112,7 @@ def map_query(
         raise InputError(f"query must be an AnnData object, got {type(query).__name__}; e.g. sc.read_h5ad(path)")
     if isinstance(query, AnnData):
         refuse_view(query, "query")
-    key_added = check_key_added(key_added)
+    key_added = check_key_added(key_added, query)
     runtime = Runtime(accelerator=accelerator, devices=1, progress_bar=progress_bar)  # checks them too
     keys = model.labels.keys
     if not keys:

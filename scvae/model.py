@@ -117,19 +117,16 @@ def fit(
         encoder learns to defeat it, so z keeps less of the batch and of the condition (which still reach the
         decoder). Default (None): 3 when either key is given, else 0 (none); 0 turns it off. Covariates are
         not touched. Batches mix further for the same cell-type separation
-        (``benchmarks/results/integration.md``, ``integration_ablation.md``), and label swapping and latent
-        arithmetic start from codes with less of the condition in them
-        (``benchmarks/results/perturbation_kang.md``).
+        (``benchmarks/results/integration.md``, ``integration_ablation.md``).
     max_epochs
         Default: about 3 million cell passes, between 20 and 200 epochs (200 for up to 15,000 cells).
     batch_size, lr, weight_decay
         Minibatch size and Adam's learning rate and weight decay. Default ``lr``: 4e-3 for the count likelihoods
-        (``nb``, ``zinb``, ``poisson``), 1e-3 for ``gaussian`` and ``bernoulli`` (4e-3 was measured for counts;
-        ``bernoulli`` kept the bundled PBMCs' cell types less well with it). For counts 4e-3
-        (scvi-tools: 1e-3) takes the latent space nearly as far in 200 epochs as 1e-3 does in 400, in half the
-        time (``benchmarks/results/integration_ablation.md``). Larger minibatches run more cells per second on
-        large data (``benchmarks/results/speed_vs_scvi_batch256.md``); raise ``lr`` with them. If training
-        diverges, lower ``lr``.
+        (``nb``, ``zinb``, ``poisson``), 1e-3 for ``gaussian`` and ``bernoulli`` (4e-3 was measured for counts
+        only). For counts 4e-3 (scvi-tools: 1e-3) takes the latent space nearly as far in 200 epochs as 1e-3 does
+        in 400, in half the time (``benchmarks/results/integration_ablation.md``). Larger minibatches run more
+        cells per second on large data (``benchmarks/results/speed_vs_scvi_batch256.md``); raise ``lr`` with
+        them. If training diverges, lower ``lr``.
     beta, kl_warmup_epochs, kl_warmup_steps
         Weight of the KL term, reached linearly over ``kl_warmup_epochs`` (default: a quarter of
         ``max_epochs``, at most 50; 0 for none). ``kl_warmup_steps`` (minibatches), if given, replaces
@@ -179,7 +176,8 @@ def fit(
     checkpoint_dir, resume
         Write a checkpoint to ``checkpoint_dir`` after every epoch; with ``resume=True``, continue the run saved
         there (same data and settings; ``max_epochs`` counts from the start of that run). Ctrl-C during training
-        stops cleanly after the current minibatch and keeps the best weights so far, with or without checkpoints.
+        stops cleanly after the current minibatch and keeps the weights of the last complete epoch (with
+        ``early_stopping=True``, the best so far), with or without checkpoints.
 
     Returns
     -------
@@ -200,7 +198,7 @@ def fit(
         )
     if isinstance(adata, AnnData):
         refuse_view(adata)
-    key_added = check_key_added(key_added)
+    key_added = check_key_added(key_added, adata)
     x = matrix(adata, layer)  # refuses an empty AnnData or a missing layer before anything else is built
     if isinstance(covariate_keys, str):
         covariate_keys = [covariate_keys]

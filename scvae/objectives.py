@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import check_int, check_seed
+from .data import check_bool, check_int, check_seed
 from .loaders import Minibatch
 from .module import VAE
 from .trained import refuse_nonfinite
@@ -116,7 +116,7 @@ def log_likelihood(
     (log_likelihood, elbo), ``elbo`` the mean log weight over the same K samples. Raises ``FloatingPointError`` if
     an estimate is NaN or inf.
     """
-    batch_size = check_int("batch_size", batch_size)
+    batch_size, return_elbo = check_int("batch_size", batch_size), check_bool("return_elbo", return_elbo)
     x, codes = model.read(adata)
     batches: Any = model.batches(x, codes, batch_size)
     ll, elbo = estimate_log_likelihood(model.module, batches, n_samples, seed=seed, chunk_size=chunk_size)

@@ -47,7 +47,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         self.max_epochs = check_int("max_epochs", self.max_epochs)
         self.lr = check_number("lr", self.lr, low=0.0, strict=True)
-        self.batch_size = check_int("batch_size", self.batch_size)
+        self.batch_size = check_int("batch_size", self.batch_size, 2)  # one cell: no batch statistics to learn from
         self.weight_decay = check_number("weight_decay", self.weight_decay, low=0.0)
         self.beta = check_number("beta", self.beta, low=0.0)
         self.kl_warmup_epochs = check_int("kl_warmup_epochs", self.kl_warmup_epochs, 0)

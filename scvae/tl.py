@@ -14,10 +14,10 @@ from anndata import AnnData
 
 from .data import (
     InputError,
+    as_label_list,
     check_int,
     check_seed,
     label_text,
-    label_texts,
     log_normalize,
     obs_column,
     refuse_view,
@@ -89,18 +89,16 @@ def rank_genes_groups(
     seed = check_seed(seed)
     from .de import differential_expression
 
-    if groupby not in adata.obs:
-        raise InputError(f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
-    categories = sorted(set(label_text(adata.obs[groupby])))  # those some cell has, as text
-    wanted = (
-        categories
-        if isinstance(groups, str) and groups == "all"
-        else label_texts([groups] if isinstance(groups, str) else groups)
-    )
+    categories = sorted(set(label_text(obs_column(adata, groupby, "groupby"))))  # those some cell has, as text
+    wanted = categories if isinstance(groups, str) and groups == "all" else as_label_list(groups)
+    if not (isinstance(reference, str) and reference == "rest"):
+        reference = as_label_list(reference)[0]
     unknown = [g for g in wanted + ([] if reference == "rest" else [reference]) if g not in categories]
     if unknown:
         raise InputError(f"{unknown} not among the categories of adata.obs[{groupby!r}] ({categories})")
     wanted = [g for g in wanted if g != reference]
+    if not wanted:
+        raise InputError(f"no groups to rank besides the reference {reference!r}; give groups= other categories")
     n_genes = check_int("n_genes", n_genes, optional=True)
     dtypes = dict(names="O", scores="float32", logfoldchanges="float32", pvals="float64", pvals_adj="float64")
     fields: dict[str, dict[str, np.ndarray]] = {k: {} for k in dtypes}
@@ -221,6 +219,8 @@ def transfer_labels(
         )
     labels = obs_column(ref_adata, label_key, "label_key", owner="ref_adata")
     check_int("k", k)
+    if not isinstance(key_added, str) or not key_added:  # "" would overwrite the query's own obs[label_key]
+        raise InputError(f"key_added must be a non-empty string (the prefix of the obs columns), got {key_added!r}")
     if k > ref_adata.n_obs:
         raise InputError(f"k={k} is larger than the number of reference cells ({ref_adata.n_obs}); lower it")
 

@@ -103,19 +103,12 @@ def train(
         finally:
             interrupt.restore()
     if interrupt.requested:
-        logger.warning(
-            "training interrupted at epoch %d; kept the best weights, from epoch %d",
-            len(plan.history),
-            best.best_epoch,
-        )
+        logger.warning("training interrupted at epoch %d; kept %s", len(plan.history), best.kept())
     if best.diverged_at is not None:
         if best.best_state is None:
             raise TrainingDiverged(f"training diverged (loss became NaN/inf) at epoch {best.diverged_at}; {CAUSES}")
         logger.warning(
-            "training diverged (loss became NaN/inf) at epoch %d; kept the best weights, from epoch %d; %s",
-            best.diverged_at,
-            best.best_epoch,
-            CAUSES,
+            "training diverged (loss became NaN/inf) at epoch %d; kept %s; %s", best.diverged_at, best.kept(), CAUSES
         )
     return plan.history, best
 
@@ -143,7 +136,8 @@ def fit_module(
     val_size = settings.validation_size if n * settings.validation_size >= 3 else 0.0
     train_idx, val_idx = split_indices(n, val_size, settings.seed)
     if len(train_idx) < 3:
-        raise InputError(f"{owner} has {n} cells; at least a handful are needed to train")
+        held = f" ({len(val_idx)} held out by validation_size={val_size}: lower it)" if len(val_idx) else ""
+        raise InputError(f"{owner} has {n} cells{held}; at least a handful are needed to train")
     settings = replace(settings, validation_size=val_size, batch_size=min(settings.batch_size, len(train_idx)))
     start_epoch = runtime.resume["epoch"] if runtime.resume else 0
     with torch.random.fork_rng(devices=cuda_devices(runtime.accelerator)):

@@ -26,10 +26,12 @@ from .data import (
     DataSpec,
     InputError,
     align_genes,
+    check_bool,
     check_int,
     check_number,
     check_seed,
     get_matrix,
+    uns_key,
     validate_matrix,
 )
 from .likelihoods import Likelihood
@@ -73,8 +75,7 @@ class SCVAE:
         record: TrainingRecord | None = None,
         history: pd.DataFrame | None = None,
     ) -> None:
-        self.module, self.spec, self.settings = module, spec, settings
-        self.record = record or TrainingRecord()
+        self.module, self.spec, self.settings, self.record = module, spec, settings, record or TrainingRecord()
         self.history = history if history is not None else pd.DataFrame()
         self.labels = CategoryEncoder(spec.categories)
 
@@ -183,7 +184,7 @@ class SCVAE:
         Returns
         -------
         float32 array, cells × ``n_latent``, in the order of ``adata``'s cells."""
-        seed = check_seed(seed)
+        seed, give_mean = check_seed(seed), check_bool("give_mean", give_mean)
         x, codes = self.read(adata)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         # written into one array made up front: no pile of small per-batch arrays between the large temporaries
@@ -238,14 +239,13 @@ class SCVAE:
         -------
         cells × genes DataFrame (index: ``adata.obs_names``, columns: the model's genes), or the array.
         """
-        seed = check_seed(seed)
+        seed, return_numpy = check_seed(seed), check_bool("return_numpy", return_numpy)
         n_samples = check_int("n_samples", n_samples)
         library_size = check_number("library_size", library_size, low=0.0, strict=True)
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        expr = np.empty(x.shape, dtype=np.float32)  # filled batch by batch: no second copy from concatenating
-        device = self.device
+        expr, device = np.empty(x.shape, dtype=np.float32), self.device  # filled batch by batch, no second copy
         for start, batch, mean, logvar in self.encoded(x, codes, batch_size):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
             acc = torch.zeros(batch.x.shape, device=device)
@@ -316,7 +316,8 @@ class SCVAE:
             A folder, created if needed.
         overwrite
             Replace a model already in a non-empty ``path`` (otherwise: ``FileExistsError``)."""
-        path = Path(path)
+        if (path := Path(path)).exists() and not path.is_dir():
+            raise FileExistsError(f"{path} is a file; a model is saved as a folder: give a folder's path")
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace the model there")
         path.mkdir(parents=True, exist_ok=True)
@@ -367,13 +368,6 @@ def module_config(spec: DataSpec, **arch: Any) -> ModuleConfig:
     )
 
 
-def uns_key(key_added: str) -> str:
-    """Where a run that writes ``obsm[key_added]`` records itself in ``uns``: ``key_added`` without a leading
-    ``"X_"`` (``"X_scvae"``, the default, records in ``uns["scvae"]``), so that runs written under different keys
-    keep their own records."""
-    return key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
-
-
 def uns_record(model: SCVAE, key_added: str) -> dict[str, Any]:
     """The run's settings in a form AnnData can write to .h5ad (no None, no gene or category lists)."""
     record: dict[str, Any] = {"version": __version__, "key_added": key_added}
@@ -396,7 +390,14 @@ def _from_format1(config: dict[str, Any]) -> tuple[DataSpec, ModuleConfig, Train
 
 def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
     """Load a model saved with :meth:`SCVAE.save` (this format, or format 1 of scvae 0.1.0). Only tensors are
-    read (``weights_only``): no pickled objects are ever executed."""
+    read (``weights_only``): no pickled objects are ever executed.
+
+    Parameters
+    ----------
+    path
+        The folder :meth:`SCVAE.save` wrote.
+    map_location
+        Device for the weights: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …"""
     path = Path(path)
     cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not cfg_file.is_file() or not w_file.is_file():

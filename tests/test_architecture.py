@@ -40,6 +40,7 @@ LAYERS = {
     "pl": 7,
     "cli": 7,
     "__init__": 8,
+    "__main__": 8,  # python -m scvae: the command line
 }
 FEATURES = [name for name, layer in LAYERS.items() if layer == 6]
 

@@ -63,6 +63,7 @@ def test_embed_and_info(trained, capsys):
         (["fit", "{norm}", "-o", "o.h5ad"], "non-integer values"),
         (["fit", "{data}", "-o", "{data}"], "the output file is the input file"),
         (["fit", "{data}", "-o", "{exists}"], "pass --force"),
+        (["fit", "{data}", "-o", "no_dir/o.h5ad"], "does not exist; create it first"),
         (["embed", "{kang}", "--model-dir", "{model}", "-o", "o.h5ad"], "genes are missing"),
         (["info", "no_such_model"], "does not exist"),
         (
@@ -176,3 +177,8 @@ def test_the_command_line_leaves_every_default_to_the_library():
         x for opt in ("condition-key", "control", "stimulated", "cell-type-key", "target") for x in (f"--{opt}", "x")
     ]
     assert _given(parser.parse_args(pred), "method", "seed") == {}
+
+
+def test_python_dash_m_scvae_is_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "scvae", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("scvae ")

@@ -235,7 +235,8 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
     ("kwargs", "message"),
     [
         ({"n_latent": 0}, "n_latent must be a positive integer"),
-        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 2"),
+        ({"batch_size": 1}, "batch_size must be an integer >= 2"),
         ({"key_added": None}, "key_added must be a non-empty string"),
         ({"batch_key": ["cell_type"]}, "batch_key must be the name of one obs column"),
         ({"early_stopping": "no"}, "early_stopping must be True or False"),

@@ -430,8 +430,18 @@ def test_bad_data(vae, cvae, data):
     cond, types = train.obs["condition"].astype(str).to_numpy(), train.obs["cell_type"].astype(str).to_numpy()
     with pytest.raises(InputError, match="no cell type other than \\['B'\\] has at least 600 cells"):
         type_groups(cond, types, control="control", stimulated="stimulated", exclude=["B"], min_cells=600)
-    with pytest.raises(InputError, match="genes do not match the model's"):
+    with pytest.raises(InputError, match="5 of the model's 1000 genes are missing from adata.var_names"):
         vae.predict_perturbation(train[:, 5:].copy(), target=TARGET, **LABELS)
+    logged = train.copy()
+    logged.X = scvae.tl.log_normalize(train)
+    with pytest.raises(InputError, match="non-integer values, but likelihood='nb' models raw counts"):
+        vae.predict_perturbation(logged, target=TARGET, **LABELS)
+    negative = train.copy()
+    negative.X = negative.X.toarray() if hasattr(negative.X, "toarray") else negative.X.copy()
+    negative.X[0, 0] = -1
+    for fn in (vae.predict_perturbation, linear_shift):
+        with pytest.raises(InputError, match="negative values"):
+            fn(negative, target=TARGET, **LABELS)
     nan = _with(train, condition=train.obs["condition"].astype(object).where(np.arange(train.n_obs) > 0))
     with pytest.raises(InputError, match="missing values"):
         vae.predict_perturbation(nan, target=TARGET, **LABELS)

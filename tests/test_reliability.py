@@ -145,14 +145,14 @@ def test_any_valid_count_layout_trains_and_leaves_adata_unchanged(adata, use_bat
 
 
 @settings(max_examples=40, deadline=None)
-@given(adata=count_anndata(), bad=st.sampled_from(["nan", "inf", "negative", "fraction", "empty_cell"]))
+@given(adata=count_anndata(), bad=st.sampled_from(["nan", "inf", "negative", "fraction", "empty_cell", "huge"]))
 def test_any_corrupted_value_is_refused_before_training(adata, bad):
     x = adata.X.toarray().astype(np.float64) if sp.issparse(adata.X) else adata.X.astype(np.float64)
     i, j = adata.n_obs // 2, adata.n_vars // 2
     if bad == "empty_cell":
         x[i] = 0
     else:
-        x[i, j] = {"nan": np.nan, "inf": np.inf, "negative": -3.0, "fraction": 1.5}[bad]
+        x[i, j] = {"nan": np.nan, "inf": np.inf, "negative": -3.0, "fraction": 1.5, "huge": 1e40}[bad]
     adata.X = sp.csr_matrix(x) if sp.issparse(adata.X) else x
     with pytest.raises(InputError):
         scvae.model.fit(adata, max_epochs=1, batch_size=8, progress_bar=False)
@@ -164,3 +164,45 @@ def test_interrupt_handler_is_not_left_behind_after_an_error(pbmc):
     with pytest.raises(scvae.train.TrainingDiverged):
         scvae.model.fit(pbmc, max_epochs=2, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_odd_arguments_and_labels_get_errors_that_name_the_fix(pbmc_model, tmp_path):
+    """What a Scanpy user may hand over besides the data: missing labels in a groupby column, labels given as
+    numbers or None, no groups left to rank, a string for a True/False option, a file where a folder goes, an
+    empty prefix that would overwrite the query's own labels, too few cells left after the validation split."""
+    model, adata = pbmc_model
+    adata = adata.copy()
+    adata.obs["coded"] = pd.factorize(adata.obs["cell_type"])[0]  # integer-coded labels
+    adata.obs["partial"] = adata.obs["cell_type"].astype(object).where(np.arange(adata.n_obs) >= 10)
+    de_args = dict(groupby="partial", group1="Dendritic", n_samples=2)
+    with pytest.raises(InputError, match=r"adata.obs\['partial'\] has 10 missing values"):
+        model.differential_expression(adata, **de_args)
+    with pytest.raises(InputError, match="has 10 missing values"):
+        scvae.tl.rank_genes_groups(adata, model, "partial", n_samples=2)
+    by_number = model.differential_expression(adata, groupby="coded", group1=1, n_samples=2)
+    by_text = model.differential_expression(adata, groupby="coded", group1="1", n_samples=2)
+    pd.testing.assert_frame_equal(by_number, by_text)
+    with pytest.raises(InputError, match="group1 is None"):
+        model.differential_expression(adata, groupby="coded", group1=None)
+    with pytest.raises(InputError, match="no groups to rank besides the reference '1'"):
+        scvae.tl.rank_genes_groups(adata, model, "coded", groups=[1], reference=1, n_samples=2)
+    with pytest.raises(InputError, match="give_mean must be True or False, got 'no'"):
+        model.get_latent(adata, give_mean="no")
+    with pytest.raises(InputError, match="batch_correction must be True or False"):
+        model.differential_expression(adata, groupby="coded", group1=1, batch_correction="no")
+    (tmp_path / "model.pt").write_text("")
+    with pytest.raises(FileExistsError, match="is a file; a model is saved as a folder"):
+        model.save(tmp_path / "model.pt")
+    query = adata[:50].copy()
+    query.obsm["X_scvae"] = model.get_latent(query)
+    adata.obsm["X_scvae"] = model.get_latent(adata)
+    with pytest.raises(InputError, match="key_added must be a non-empty string"):
+        scvae.tl.transfer_labels(adata, query, label_key="cell_type", key_added="")
+    assert list(query.obs["cell_type"]) == list(adata.obs["cell_type"][:50])  # the query's labels as they were
+    small = adata[:200].copy()
+    small.uns["pca"] = {"variance_ratio": np.ones(3)}  # Scanpy's record of a PCA
+    with pytest.raises(InputError, match=r"would record the run in adata.uns\['pca'\], which holds something else"):
+        scvae.model.fit(small, key_added="X_pca", max_epochs=1, progress_bar=False)
+    assert list(small.uns["pca"]) == ["variance_ratio"] and "X_pca" not in small.obsm
+    with pytest.raises(InputError, match=r"held out by validation_size=0.99: lower it"):
+        scvae.model.fit(adata[:200].copy(), validation_size=0.99, max_epochs=1, progress_bar=False)

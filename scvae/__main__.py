@@ -1,0 +1,5 @@
+"""``python -m scvae``: the command line (:mod:`scvae.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())
