@@ -88,6 +88,35 @@ def decode(
     return torch.cat(draws).numpy(), torch.cat(expected).numpy()
 
 
+def decoder_bias(
+    model: SCVAE,
+    x: Any,
+    z_own: np.ndarray,
+    codes: np.ndarray,
+    source: np.ndarray,
+    library: np.ndarray | None,
+    batch_size: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's bias on the ``source`` cells, per gene on the scored scale: their codes ``z_own`` decoded
+    without a shift, against their real mean; and that bias shrunk where it is within the sampling noise."""
+    counts = model.module.counts
+    own, _ = decode(model, z_own, codes[source], library, batch_size, seed + 1)
+    bias = expression_values(own, counts=counts).mean(0) - expression_moments(x, source, counts=counts)[0]
+    cells = np.unique(source)
+    noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
+    return bias, bias * (np.square(bias) / (np.square(bias) + noise + 1e-12))
+
+
+def subtract_bias(values: np.ndarray, shrunk: np.ndarray, *, counts: bool) -> np.ndarray:
+    """``values`` (predicted cells on the scored scale) less the shrunk bias of :func:`decoder_bias`."""
+    if counts:  # log-normalised values stay >= 0: a gene too high is scaled down, one too low shifted up
+        mean = values.mean(0)
+        ratio = np.maximum(mean - shrunk, 0.0) / np.where(mean > 0, mean, 1.0)
+        return np.where(shrunk > 0, values * ratio, values - shrunk)
+    return values - shrunk
+
+
 def remove_decoder_bias(
     model: SCVAE,
     x: Any,
@@ -99,21 +128,10 @@ def remove_decoder_bias(
     batch_size: int,
     seed: int,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """``values`` (predicted cells on the scored scale) less the decoder's bias on the ``source`` cells: their
-    codes ``z_own`` decoded without a shift, against their real mean, shrunk where it is within the sampling noise
-    (``correct_bias`` of :func:`scvae.perturbation.predict_perturbation`); and a record of the bias."""
-    counts = model.module.counts
-    own, _ = decode(model, z_own, codes[source], library, batch_size, seed + 1)
-    bias = expression_values(own, counts=counts).mean(0) - expression_moments(x, source, counts=counts)[0]
-    cells = np.unique(source)
-    noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
-    shrunk = bias * (np.square(bias) / (np.square(bias) + noise + 1e-12))
-    if counts:  # log-normalised values stay >= 0: a gene too high is scaled down, one too low shifted up
-        mean = values.mean(0)
-        ratio = np.maximum(mean - shrunk, 0.0) / np.where(mean > 0, mean, 1.0)
-        values = np.where(shrunk > 0, values * ratio, values - shrunk)
-    else:
-        values = values - shrunk
+    """``values`` less the decoder's bias on the ``source`` cells (:func:`decoder_bias`, :func:`subtract_bias`;
+    ``correct_bias`` of :func:`scvae.perturbation.predict_perturbation`); and a record of the bias."""
+    bias, shrunk = decoder_bias(model, x, z_own, codes, source, library, batch_size, seed)
+    values = subtract_bias(values, shrunk, counts=model.module.counts)
     return values, {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
 
 

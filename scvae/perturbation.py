@@ -185,8 +185,7 @@ def predict_perturbation(
     )
     conditioned = model_conditions_on(model, condition_key, control, stimulated, needed=method == "counterfactual")
 
-    x = model_matrix(model, adata)
-    codes = model.labels.encode(adata)
+    x, codes = model.read(adata)
     rng = np.random.default_rng(seed)
     controls = source = np.flatnonzero((types == target) & (cond == control))
     if n_cells is not None:  # every control cell used equally often, the remainder drawn without replacement
