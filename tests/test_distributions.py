@@ -1,5 +1,6 @@
 """The likelihoods against scipy.stats, on random and extreme parameters, in float64 and float32."""
 
+import mpmath as mp
 import numpy as np
 import pytest
 import scipy.special as sps
@@ -265,7 +266,6 @@ def test_fused_nb_gives_an_explicit_zero_in_an_empty_cell_its_value():
 
 def _mp_log_nb(x, mu, theta):
     """log NB(x; mu, theta) to 50 digits, and its derivative in theta."""
-    mp = pytest.importorskip("mpmath")
     mp.mp.dps = 50
 
     def f(th):
@@ -317,7 +317,6 @@ def test_nb_theta_gradient_against_mpmath_in_both_paths():
 
 
 def test_bernoulli_and_kl_near_their_cancellations():
-    mp = pytest.importorskip("mpmath")
     mp.mp.dps = 40
     # Bernoulli: a likely outcome keeps its (tiny) log-probability, -log1p(exp(-l))
     logits = np.array([20.0, 30.0, 50.0, -30.0])
