@@ -11,6 +11,13 @@ import pytest
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 
 
+def _result(out: Path, devices: int, files: list[Path]) -> dict:
+    result = json.loads(out.read_text())
+    if files:
+        result["rows_read"] = [json.loads(Path(f"{out}.rank{r}").read_text())["rows_read"] for r in range(devices)]
+    return result
+
+
 def _run(tmp_path: Path, devices: int, lr: float, files: list[Path] = (), torchrun: bool = False) -> dict:
     """Train with ``devices`` CPU processes: started by Lightning, or by ``torchrun`` (the README's recipe)."""
     out = tmp_path / f"ddp_{devices}_{len(files)}.json"
@@ -26,16 +33,34 @@ def _run(tmp_path: Path, devices: int, lr: float, files: list[Path] = (), torchr
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
-    if files:
-        result["rows_read"] = [json.loads(Path(f"{out}.rank{r}").read_text())["rows_read"] for r in range(devices)]
-    return result
+    return _result(out, devices, files)
+
+
+def _one_process(tmp_path: Path, lr: float, monkeypatch, files: list[Path] = ()) -> dict:  # noqa: ANN001
+    """The single-process reference, trained in this process by the same script (no interpreter to start);
+    what the script changes here (the loader's block size and read counter, torch's threads) is put back."""
+    import torch
+
+    import scvae.loaders
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import ddp_fit
+
+    monkeypatch.setattr(scvae.loaders.BackedRows, "read", scvae.loaders.BackedRows.read)
+    monkeypatch.setattr(scvae.loaders, "BLOCK_ROWS", scvae.loaders.BLOCK_ROWS)
+    monkeypatch.setattr(ddp_fit, "ROWS_READ", [0])
+    out, threads = tmp_path / f"ddp_1_{len(files)}.json", torch.get_num_threads()
+    try:
+        ddp_fit.main(str(out), 1, lr, list(map(str, files)))
+    finally:
+        torch.set_num_threads(threads)
+    return _result(out, 1, files)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
-def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
-    one = _run(tmp_path, 1, 1e-3)
+def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path, monkeypatch):
+    one = _one_process(tmp_path, 1e-3, monkeypatch)
     # each process takes batch_size cells per step: twice the cells per step, half the steps per epoch; the
     # learning rate is doubled with them (the linear scaling rule), as fit's docstring advises
     two = _run(tmp_path, 2, 2e-3)
@@ -48,7 +73,7 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
-def test_ddp_on_a_collection_of_files_reads_each_rank_its_own_share(tmp_path):
+def test_ddp_on_a_collection_of_files_reads_each_rank_its_own_share(tmp_path, monkeypatch):
     """Two processes started by torchrun on three backed files (read in blocks of 50 rows): each reads its own
     share of the blocks, not the whole matrix, and the model is as good as the single-process one. Measured (700 cells, 40 epochs): one
     process 30,760 rows; two 21,347 and 17,861: each a half, plus the one validation minibatch that both ranks
@@ -59,7 +84,7 @@ def test_ddp_on_a_collection_of_files_reads_each_rank_its_own_share(tmp_path):
     files = [tmp_path / f"part{i}.h5ad" for i in range(3)]
     for path, rows in zip(files, (slice(0, 250), slice(250, 500), slice(500, None))):
         adata[rows].copy().write_h5ad(path)
-    one = _run(tmp_path, 1, 1e-3, files)
+    one = _one_process(tmp_path, 1e-3, monkeypatch, files)
     two = _run(tmp_path, 2, 2e-3, files, torchrun=True)
     assert two["world_size"] == 2
     single = one["rows_read"][0]
