@@ -114,20 +114,27 @@ def refuse_view(adata: AnnData, name: str = "adata") -> None:
         )
 
 
-def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
-    """The cells × genes matrix (``adata.X`` or ``adata.layers[layer]``) as CSR or a dense ndarray.
+def data_location(layer: str | None, name: str = "adata") -> str:
+    """Where the data are, as the user would write it in an error message: ``adata.X`` or
+    ``adata.layers['counts']``, with the caller's own name for the AnnData (``query``, ``real_stim``)."""
+    return f"{name}.X" if layer is None else f"{name}.layers[{layer!r}]"
+
+
+def get_matrix(adata: AnnData, layer: str | None, name: str = "adata") -> Matrix:
+    """The cells × genes matrix (``adata.X`` or ``adata.layers[layer]``) as CSR or a dense ndarray; messages call
+    the AnnData ``name``.
 
     CSR and dense arrays are returned without a copy; other sparse formats are converted."""
     if not isinstance(adata, AnnData):
-        raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
+        raise InputError(f"{name}: expected an AnnData object, got {type(adata).__name__}")
     if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(f"adata is empty ({adata.n_obs} cells × {adata.n_vars} genes); it needs both")
+        raise InputError(f"{name} is empty ({adata.n_obs} cells × {adata.n_vars} genes); it needs both")
     if layer is not None and layer not in adata.layers:
         raise InputError(
-            f"layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}); add it "
-            f"(adata.layers[{layer!r}] = counts), or train on adata.X with fit(..., layer=None)"
+            f"layer {layer!r} is not in {name}.layers (available: {list(adata.layers.keys()) or 'none'}); add it "
+            f"({name}.layers[{layer!r}] = counts), or train on {name}.X with fit(..., layer=None)"
         )
-    x, where = (adata.X, "adata.X") if layer is None else (adata.layers[layer], f"adata.layers[{layer!r}]")
+    x, where = (adata.X if layer is None else adata.layers[layer]), data_location(layer, name)
     if x is None:
         raise InputError(f"{where} is empty (None); put the counts there or pass layer=")
     if is_backed_matrix(x):  # on disk (backed AnnData): read block by block, never whole
@@ -209,24 +216,25 @@ def _check_values(chunk: np.ndarray, counts: bool, likelihood: str, where: str) 
 
 
 # -- genes ---------------------------------------------------------------------------------------------------
-def align_genes(adata: AnnData, genes: Sequence[str]) -> np.ndarray | None:
-    """Column indices of ``adata`` that give the model's ``genes`` in order, or None if they already match."""
+def align_genes(adata: AnnData, genes: Sequence[str], name: str = "adata") -> np.ndarray | None:
+    """Column indices of ``adata`` (called ``name`` in messages) that give the model's ``genes`` in order, or None
+    if they already match."""
     names = pd.Index(adata.var_names).astype(str)  # the model keeps gene names as strings
     if len(names) == len(genes) and (names == pd.Index(genes)).all():
         return None
     if not names.is_unique:
-        raise InputError("adata.var_names are not unique; call adata.var_names_make_unique() first")
+        raise InputError(f"{name}.var_names are not unique; call {name}.var_names_make_unique() first")
     idx = names.get_indexer(pd.Index(genes))
     missing = [g for g, i in zip(genes, idx) if i < 0]
     if missing:
         raise InputError(
-            f"{len(missing)} of the model's {len(genes)} genes are missing from adata.var_names "
+            f"{len(missing)} of the model's {len(genes)} genes are missing from {name}.var_names "
             f"(e.g. {missing[:5]}); the model needs the genes it was trained on (any order; extra genes are "
             "ignored)"
         )
     extra = len(names) - len(genes)
     if extra:
-        logger.info("using the model's %d genes; %d other genes in adata are ignored", len(genes), extra)
+        logger.info("using the model's %d genes; %d other genes in %s are ignored", len(genes), extra, name)
     return idx
 
 
@@ -265,8 +273,9 @@ class CategoryEncoder:
             cats[key] = category_order(col, present_only=True)
         return cls(cats)
 
-    def encode(self, adata: AnnData, overrides: dict[str, str] | None = None) -> np.ndarray:
-        """(cells, n_keys) int64 codes; ``overrides`` sets a key to one category for every cell."""
+    def encode(self, adata: AnnData, overrides: dict[str, str] | None = None, name: str = "adata") -> np.ndarray:
+        """(cells, n_keys) int64 codes; ``overrides`` sets a key to one category for every cell; messages call the
+        AnnData ``name``."""
         overrides = overrides or {}
         unknown = set(overrides) - set(self.categories)
         if unknown:
@@ -283,13 +292,13 @@ class CategoryEncoder:
                     raise InputError(f"{value!r} is not a category of {key!r}; the model knows {order}")
                 codes[:, j] = lookup[value]
                 continue
-            names, cell_codes = label_codes(obs_column(adata, key))  # by category, not cell by cell
+            names, cell_codes = label_codes(obs_column(adata, key, owner=name))  # by category, not cell by cell
             present = np.bincount(cell_codes, minlength=len(names)) > 0
             unseen = sorted(c for c, p in zip(names, present) if p and c not in lookup)
             mapped = np.array([lookup.get(c, -1) for c in names], dtype=np.int64)[cell_codes]
             if unseen:
                 raise InputError(
-                    f"adata.obs[{key!r}] has categories the model never saw: {unseen[:5]}; the model knows "
+                    f"{name}.obs[{key!r}] has categories the model never saw: {unseen[:5]}; the model knows "
                     f"{order}. Map them to known categories, or train on data that includes them"
                 )
             codes[:, j] = mapped
@@ -368,10 +377,9 @@ class DataSpec:
     condition_key: str | None = None
     covariate_keys: list[str] = field(default_factory=list)
 
-    @property
-    def where(self) -> str:
-        """Where the data are, as the user would write it in an error message."""
-        return "adata.X" if self.layer is None else f"adata.layers[{self.layer!r}]"
+    def where(self, name: str = "adata") -> str:
+        """Where the data are, as the user would write it in an error message (``name``: the AnnData's)."""
+        return data_location(self.layer, name)
 
     def index(self, key: str | None) -> int | None:
         """Position of label ``key`` among the labels, or None when the model has no such label."""
@@ -405,10 +413,17 @@ def log_normalize(adata: AnnData, *, layer: str | None = None, target_sum: float
     -------
     Cells × genes, float32: a CSR matrix if the input is sparse, else a dense ndarray.
     """
+    return normalized_matrix(adata, layer=layer, target_sum=target_sum)
+
+
+def normalized_matrix(
+    adata: AnnData, *, layer: str | None = None, target_sum: float = 1e4, name: str = "adata"
+) -> np.ndarray | sp.csr_matrix:
+    """:func:`log_normalize`, with error messages that call the AnnData ``name`` (the caller's argument)."""
     target_sum = check_number("target_sum", target_sum, low=0.0, strict=True)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    where = data_location(layer, name)
     parts = []
-    for block in _blocks(get_matrix(adata, layer)):  # an on-disk matrix block by block, never whole
+    for block in _blocks(get_matrix(adata, layer, name)):  # an on-disk matrix block by block, never whole
         for chunk in _values(block):  # finite and non-negative (counts or any amounts); integers not required
             _check_values(chunk, False, "", where)
             if (chunk < 0).any():

@@ -130,8 +130,8 @@ def map_query(
         )
     for key in keys:
         obs_column(query, key, owner="query")  # every query cell needs a label
-    matrix(query, model.spec.layer)  # a clear error for a missing layer before the genes
-    align_genes(query, model.genes)
+    matrix(query, model.spec.layer, "query")  # a clear error for a missing layer before the genes
+    align_genes(query, model.genes, "query")
     n = query.n_obs
     settings = TrainSettings(
         max_epochs=check_int("max_epochs", max_epochs, optional=True) or default_max_epochs(n),
@@ -168,7 +168,9 @@ def map_query(
         module = VAE(config)
     masks = _transplant(ref_state, module, [len(v) for v in ref_categories.values()], config.n_categories)
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    x, codes = SCVAE(module, spec).read(query)  # genes aligned and validated for the likelihood; new code layout
+    x, codes = SCVAE(module, spec).read(
+        query, name="query"
+    )  # genes aligned and validated for the likelihood; new code layout
 
     history, best_epoch = pd.DataFrame(), 0
     if not masks:

@@ -263,7 +263,7 @@ def fit(
         raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
     runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir, num_nodes=num_nodes)
 
-    validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where)
+    validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where())
     codes = labels.encode(adata)
 
     fingerprint = {"data": asdict(spec), "module": asdict(arch), "training": asdict(settings)}

@@ -21,18 +21,27 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .conditions import EXPRESSION_LAYER
-from .data import InputError, check_choice, check_int, check_seed, get_matrix, label_text, label_texts, log_normalize
+from .data import (
+    InputError,
+    check_choice,
+    check_int,
+    check_seed,
+    get_matrix,
+    label_text,
+    label_texts,
+    normalized_matrix,
+)
 
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("up", "down", "abs")
 
 
-def _expression(adata: AnnData, normalized: bool, layer: str | None) -> np.ndarray | sp.csr_matrix:
+def _expression(adata: AnnData, normalized: bool, layer: str | None, name: str = "adata") -> np.ndarray | sp.csr_matrix:
     if normalized:
-        x = get_matrix(adata, layer)
+        x = get_matrix(adata, layer, name)
         return x.astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)
-    return log_normalize(adata, layer=layer)
+    return normalized_matrix(adata, layer=layer, name=name)
 
 
 def _prediction_source(pred: AnnData, pred_normalized: bool) -> tuple[str | None, bool]:
@@ -47,7 +56,7 @@ def prediction_matrix(pred: AnnData, pred_normalized: bool = False) -> np.ndarra
     output of :func:`scvae.perturbation.predict_perturbation`, already log-normalised and corrected for the
     decoder's bias), else ``pred.X`` log-normalised (or as it is, with ``pred_normalized=True``)."""
     layer, normalized = _prediction_source(pred, pred_normalized)
-    return _expression(pred, normalized, layer)
+    return _expression(pred, normalized, layer, "pred")
 
 
 def gene_means(adata: AnnData, *, layer: str | None = None, normalized: bool = False) -> pd.Series:
@@ -374,7 +383,7 @@ def evaluate_perturbation(
     _genes_in(real_ctrl, genes, "real_ctrl")
     stim, ctrl = real_stim[:, genes], real_ctrl[:, genes]
     x_pred = prediction_matrix(pred, pred_normalized)
-    x_stim, x_ctrl = log_normalize(stim), log_normalize(ctrl)
+    x_stim, x_ctrl = normalized_matrix(stim, name="real_stim"), normalized_matrix(ctrl, name="real_ctrl")
     names = pd.Index(genes)
     means = pd.DataFrame(
         {
@@ -386,7 +395,9 @@ def evaluate_perturbation(
     )
     if top_genes is None:
         both = AnnData(
-            X=sp.vstack([sp.csr_matrix(get_matrix(stim, None)), sp.csr_matrix(get_matrix(ctrl, None))]),
+            X=sp.vstack(
+                [sp.csr_matrix(get_matrix(stim, None, "real_stim")), sp.csr_matrix(get_matrix(ctrl, None, "real_ctrl"))]
+            ),
             obs=pd.DataFrame(
                 {"group": ["stimulated"] * stim.n_obs + ["control"] * ctrl.n_obs},
                 index=pd.Index([str(i) for i in range(stim.n_obs + ctrl.n_obs)]),

@@ -186,12 +186,12 @@ def _part(adata: AnnData, layer: str | None, name: str) -> Any:
     """The counts of one file of a collection, left on disk."""
     where = "X" if layer is None else f"layers[{layer!r}]"
     if layer is None and adata.X is not None:
-        return get_matrix(adata, None)
+        return get_matrix(adata, None, name)
     if layer is not None and adata.isbacked and f"layers/{layer}" in adata.file:
         # a backed file's layers are held in memory by anndata; read this one from disk instead
         return _lazy(adata.file[f"layers/{layer}"], f"{name}: {where}")
     if layer is not None and not adata.isbacked and layer in adata.layers:
-        return get_matrix(adata, layer)
+        return get_matrix(adata, layer, name)
     raise InputError(f"{name} has no {where}; every file needs the counts in the same place (X, or the same layer)")
 
 
@@ -212,9 +212,10 @@ def collection_matrix(collection: AnnCollection, layer: str | None, genes: Seque
     return Stacked(parts, columns, names)
 
 
-def matrix(cells: AnnData | AnnCollection, layer: str | None) -> Any:
-    """The cells × genes matrix of an AnnData (:func:`scvae.data.get_matrix`) or of a collection."""
-    return collection_matrix(cells, layer) if is_collection(cells) else get_matrix(cells, layer)
+def matrix(cells: AnnData | AnnCollection, layer: str | None, name: str = "adata") -> Any:
+    """The cells × genes matrix of an AnnData (:func:`scvae.data.get_matrix`, messages calling it ``name``) or of
+    a collection."""
+    return collection_matrix(cells, layer) if is_collection(cells) else get_matrix(cells, layer, name)
 
 
 def check_labels(cells: AnnData | AnnCollection, keys: Sequence[str]) -> None:

@@ -102,24 +102,27 @@ class SCVAE:
         )
 
     # -- reading AnnData -------------------------------------------------------------------------------------
-    def read(self, adata: AnnData, overrides: dict[str, str] | None = None) -> tuple[Any, np.ndarray]:
+    def read(
+        self, adata: AnnData, overrides: dict[str, str] | None = None, *, name: str = "adata"
+    ) -> tuple[Any, np.ndarray]:
         """The model's genes of ``adata``, in the model's order and validated for its likelihood, and the label
-        codes of every cell (``overrides``: {label: category} to encode every cell with)."""
+        codes of every cell (``overrides``: {label: category} to encode every cell with); messages call the
+        AnnData ``name`` (the caller's argument, e.g. ``"query"``)."""
         if is_collection(adata):
             check_labels(adata, self.labels.keys)
             x = collection_matrix(adata, self.spec.layer, self.genes)  # each file's genes, in the model's order
         else:
-            x = get_matrix(adata, self.spec.layer)
-            idx = align_genes(adata, self.genes)
+            x = get_matrix(adata, self.spec.layer, name)
+            idx = align_genes(adata, self.genes, name)
             if idx is not None and is_backed_matrix(x):
                 raise InputError(
-                    "adata is backed (on disk) and its genes are not the model's, in the model's order; selecting "
+                    f"{name} is backed (on disk) and its genes are not the model's, in the model's order; selecting "
                     "genes would read the whole matrix. Load the model's genes into memory first: "
-                    "adata = adata[:, model.genes].to_memory()"
+                    f"{name} = {name}[:, model.genes].to_memory()"
                 )
             x = x if idx is None else x[:, idx]
-        validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where)
-        return x, self.labels.encode(adata, overrides)
+        validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where(name))
+        return x, self.labels.encode(adata, overrides, name)
 
     def batches(
         self, x: Any, codes: np.ndarray, batch_size: int, rows: np.ndarray | None = None

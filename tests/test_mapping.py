@@ -290,7 +290,10 @@ def test_bad_input_is_refused_with_a_useful_message(small):
     nan.obs["batch"] = nan.obs["batch"].astype(object)
     nan.obs.iloc[3, nan.obs.columns.get_loc("batch")] = np.nan
     cases.append((model, nan, "missing values"))
-    cases.append((model, query[:, 5:].copy(), "genes are missing"))
+    cases.append((model, query[:, 5:].copy(), "genes are missing from query.var_names"))
+    halves = query.copy()
+    halves.X = halves.X * 0.5
+    cases.append((model, halves, "^query.X has non-integer values"))
     cases.append((model, query[:50], "view"))
     for m, q, message in cases:
         keys = set(q.obsm)

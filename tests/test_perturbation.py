@@ -410,6 +410,18 @@ def test_change_intervals_refuses_a_level_outside_0_1(vae, data, level):
         change_intervals(vae, data["train"], target=TARGET, level=level, **LABELS)
 
 
+def test_messages_name_the_argument_that_holds_the_bad_data(data):
+    """evaluate_perturbation takes three AnnData objects: an error says which one is at fault."""
+    stim, ctrl = data["stim"], data["ctrl"]
+    for which in ("real_stim", "real_ctrl", "pred"):
+        args = {"pred": ctrl.copy(), "real_stim": stim.copy(), "real_ctrl": ctrl.copy()}
+        bad = args[which]
+        bad.X = bad.X.toarray() if hasattr(bad.X, "toarray") else bad.X.copy()
+        bad.X[0, 0] = np.nan
+        with pytest.raises(InputError, match=f"^{which}\\.X contains NaN"):
+            tl.evaluate_perturbation(args["pred"], args["real_stim"], args["real_ctrl"])
+
+
 def test_bad_data(vae, cvae, data):
     import anndata as ad
 
