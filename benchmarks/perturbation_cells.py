@@ -15,8 +15,9 @@ log-normalised scale, the decoder's bias removed) is carried by three sets of ce
   × the decoder's expected frequencies at z + δ minus at z, the cell's posterior mean z), recentred gene by gene
   so that the mean change is c again.
 
-The last two have the same gene means as ``delta`` (so the same Pearson-delta and R²): only the cells differ,
-which is what the E-distance scores. Beside them the balanced linear shift. Writes
+The last two have the same gene means as ``delta`` (so the same Pearson-delta, R² and E-distance, which with
+squared distances compares the centres only): only the cells differ, which is what the energy distance (Euclidean)
+scores. Beside them the balanced linear shift. Writes
 ``benchmarks/results/perturbation_cells.{csv,md}`` (mean over seeds, spread max − min). A screen.
 """
 

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .loaders import Minibatches, place_on
-from .plan import TrainingPlan, TrainSettings
+from .plan import TrainingPlan
+from .settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 

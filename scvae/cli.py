@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.progress = not args.quiet and sys.stderr.isatty()
     from .data import InputError
-    from .plan import TrainingDiverged
+    from .settings import TrainingDiverged
 
     try:
         args.func(args)

@@ -32,8 +32,8 @@ from .data import (
     refuse_view,
 )
 from .module import VAE
+from .settings import Runtime, TrainSettings, default_max_epochs, home_device
 from .stores import check_labels, is_collection, matrix
-from .train import Runtime, TrainSettings, default_max_epochs, fit_module, home_device
 from .trained import LATENT_KEY, SCVAE, TrainingRecord, write_latent
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,8 @@ def map_query(
             sum(int(m.sum()) for m in masks.values()),
             sum(p.numel() for p in module.parameters()),
         )
+        from .train import fit_module  # Lightning is imported when a model trains, not with scvae
+
         module, settings, history, best_epoch = fit_module(
             lambda rows: module, x, codes, settings, runtime, trainable=masks, owner="query"
         )

@@ -26,8 +26,8 @@ from .data import (
 from .likelihoods import COUNT_LIKELIHOODS
 from .loaders import to_dense_float
 from .module import VAE, ModuleConfig
+from .settings import Runtime, TrainSettings, default_lr, default_max_epochs
 from .stores import check_labels, is_collection, matrix
-from .train import Runtime, TrainSettings, default_lr, default_max_epochs, fit_module, read_checkpoint
 from .trained import LATENT_KEY, SCVAE, TrainingRecord, load, module_config, write_latent
 
 __all__ = ["SCVAE", "fit", "load"]
@@ -265,6 +265,8 @@ def fit(
 
     validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where())
     codes = labels.encode(adata)
+
+    from .train import fit_module, read_checkpoint  # Lightning is imported when a model trains, not with scvae
 
     fingerprint = {"data": asdict(spec), "module": asdict(arch), "training": asdict(settings)}
     if resume:

@@ -20,10 +20,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .callbacks import BestWeights, Checkpoint, DataOnDevice, EpochBar, StopOnInterrupt, read_checkpoint
 from .data import InputError, split_indices
-from .likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS
+from .likelihoods import LIKELIHOODS
 from .loaders import make_loaders, to_dense_float
 from .module import VAE
-from .plan import RUN_DEFAULTS, Runtime, TrainingDiverged, TrainingPlan, TrainSettings
+from .plan import TrainingPlan
+from .settings import RUN_DEFAULTS, Runtime, TrainingDiverged, TrainSettings, cuda_devices, home_device
 
 __all__ = [
     "Runtime",
@@ -207,16 +208,6 @@ def _trainable_entries(module: VAE, masks: dict[str, torch.Tensor] | None):
         module.freeze_batchnorm = False
 
 
-def default_max_epochs(n_cells: int) -> int:
-    """About 3 million cell passes, between 20 and 200 epochs."""
-    return int(np.clip(round(3e6 / max(n_cells, 1)), 20, 200))
-
-
-def default_lr(likelihood: str) -> float:
-    """Adam's learning rate when none is given: 4e-3 for count likelihoods (measured for them), else 1e-3."""
-    return 4e-3 if likelihood in COUNT_LIKELIHOODS else 1e-3
-
-
 def _trainer(runtime: Runtime, max_epochs: int, callbacks: list[pl.Callback]) -> pl.Trainer:
     """Lightning's trainer for ``runtime``, its refusals of the run settings turned into an :class:`InputError`
     that names them."""
@@ -240,13 +231,3 @@ def _trainer(runtime: Runtime, max_epochs: int, callbacks: list[pl.Callback]) ->
             f"Lightning cannot run with accelerator={runtime.accelerator!r}, devices={runtime.devices!r}, "
             f"strategy={runtime.strategy!r}, num_nodes={runtime.num_nodes}: {err} ({RUN_DEFAULTS})"
         ) from err
-
-
-def home_device(accelerator: str) -> str:
-    """Where a trained model is kept for inference: the GPU when training could use one, else the CPU."""
-    return "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
-
-
-def cuda_devices(accelerator: str) -> list[int]:
-    """The CUDA devices whose random state training may touch (for ``torch.random.fork_rng``)."""
-    return list(range(torch.cuda.device_count())) if home_device(accelerator) == "cuda" else []

@@ -3,7 +3,7 @@ new cells with the same genes, and saves to / loads from a folder (:func:`load`)
 
 Nothing is registered on ``adata``: what the model reads (genes, the layer, label columns and their category
 orders) is its :class:`~scvae.data.DataSpec`; the network is built from its :class:`~scvae.module.ModuleConfig`;
-how it was trained is its :class:`~scvae.train.TrainSettings`. All three are saved in ``scvae.json`` beside the
+how it was trained is its :class:`~scvae.settings.TrainSettings`. All three are saved in ``scvae.json`` beside the
 weights.
 """
 
@@ -37,8 +37,8 @@ from .data import (
 from .likelihoods import Likelihood
 from .loaders import Minibatch, is_backed_matrix, to_dense_float
 from .module import VAE, ModuleConfig, reparameterize
+from .settings import TrainSettings
 from .stores import check_labels, collection_matrix, is_collection
-from .train import TrainSettings
 from .version import __version__
 
 logger = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ LAYERS = {
     "nn": 2,
     "priors": 2,
     "module": 3,
+    "settings": 4,
     "plan": 4,
     "callbacks": 4,
     "train": 4,

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 import scvae
+import scvae.train  # the training side, which `import scvae` leaves out until a model trains
 from scvae.data import InputError
 from scvae.metrics import knn_accuracy
 
@@ -320,11 +321,11 @@ def test_normalised_data_view_and_nan_are_refused_without_changing_adata(pbmc):
 
 
 def test_divergence_is_reported_and_nan_never_written(pbmc):
-    with pytest.raises(scvae.train.TrainingDiverged, match="lr"):
+    with pytest.raises(scvae.settings.TrainingDiverged, match="lr"):
         scvae.model.fit(pbmc, max_epochs=3, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
     assert "X_scvae" not in pbmc.obsm
     # a blow-up that stays finite (ELBO near -1e17 per cell here) is refused too, against the no-latent model
-    with pytest.raises(scvae.train.TrainingDiverged, match="far below .* without a latent space"):
+    with pytest.raises(scvae.settings.TrainingDiverged, match="far below .* without a latent space"):
         scvae.model.fit(pbmc, max_epochs=3, lr=1e3, progress_bar=False)
     assert "X_scvae" not in pbmc.obsm and "scvae" not in pbmc.uns
     model = scvae.model.fit(pbmc, max_epochs=1, lr=1e-6, progress_bar=False)  # barely trained is not diverged

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scvae
+import scvae.callbacks  # the training side, which `import scvae` leaves out until a model trains
 from scvae.data import InputError
 
 
@@ -44,7 +45,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_weights(pbmc, tmp_path):
     # checkpoint recorded them, not the last minibatches' (of the epoch cut short) nor the last epoch's.
     history = model.history.dropna(subset=["elbo_validation"])
     best = int(history["epoch"].iloc[int(np.argmax(history["elbo_validation"].to_numpy()))])
-    saved = scvae.train.read_checkpoint(tmp_path)
+    saved = scvae.callbacks.read_checkpoint(tmp_path)
     assert model.record.best_epoch == saved["best_epoch"] == best >= 1
     state = model.module.state_dict()
     assert set(state) == set(saved["best_state"])
@@ -161,7 +162,7 @@ def test_any_corrupted_value_is_refused_before_training(adata, bad):
 
 def test_interrupt_handler_is_not_left_behind_after_an_error(pbmc):
     previous = signal.getsignal(signal.SIGINT)
-    with pytest.raises(scvae.train.TrainingDiverged):
+    with pytest.raises(scvae.settings.TrainingDiverged):
         scvae.model.fit(pbmc, max_epochs=2, lr=1e12, progress_bar=False, norm="none", dropout=0.0)
     assert signal.getsignal(signal.SIGINT) is previous
 
