@@ -121,3 +121,25 @@ def run_screen(
     parts += seed_tables(df, scores, args.cell_types)
     (args.out / f"{name}.md").write_text("\n".join(parts))
     print("\n".join(parts))
+
+
+def screen_main(
+    doc: str,
+    run: Callable[[AnnData, str, int, int], list[dict]],
+    *,
+    seeds: list[int],
+    name: str,
+    title: str,
+    scores: Sequence[str],
+) -> None:
+    """The command line of a screen with no options of its own: the common arguments (:func:`parser`, default
+    ``seeds``), then ``run(adata, target, seed, n_hvg)`` for every seed and cell type (:func:`run_screen`)."""
+    args = parser(doc, seeds).parse_args()
+    run_screen(
+        args,
+        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
+        name=name,
+        title=title,
+        options="",
+        scores=scores,
+    )

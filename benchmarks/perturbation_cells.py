@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from _screens import LABELS, held_out, parser, run_screen, score
+from _screens import LABELS, held_out, score, screen_main
 from anndata import AnnData
 
 import scvae
@@ -71,13 +71,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
 
 
 def main() -> None:
-    args = parser(__doc__, [0]).parse_args()
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0],
         name="perturbation_cells",
         title="Screen: the model's predicted change carried by decoded cells or by the real control cells",
-        options="",
         scores=SCORES,
     )
 

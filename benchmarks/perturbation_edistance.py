@@ -24,7 +24,7 @@ Writes ``benchmarks/results/perturbation_edistance.{csv,md}``. A diagnostic: it 
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, parser, run_screen
+from _screens import LABELS, held_out, screen_main
 from sklearn.utils.extmath import randomized_svd
 
 import scvae
@@ -72,13 +72,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
 
 
 def main() -> None:
-    args = parser(__doc__, [0]).parse_args()
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0],
         name="perturbation_edistance",
         title="Diagnostic: where the E-distance of `delta` and of the linear shift comes from",
-        options="",
         scores=SCORES,
     )
 

@@ -25,7 +25,7 @@ screen: ``predict_perturbation`` does not do this.
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, parser, run_screen, score
+from _screens import LABELS, held_out, score, screen_main
 from anndata import AnnData
 from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
 
@@ -90,13 +90,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
 
 
 def main() -> None:
-    args = parser(__doc__, [0]).parse_args()
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0],
         name="perturbation_neighbours",
         title="Screen: the real response of the most similar cells of other types, in gene space",
-        options="",
         scores=SCORES,
     )
 

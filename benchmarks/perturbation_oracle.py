@@ -28,7 +28,7 @@ nothing here is a method a user can run, since it reads the cells it predicts.
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, parser, run_screen, score
+from _screens import LABELS, held_out, score, screen_main
 from anndata import AnnData
 from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
 from scipy.optimize import minimize
@@ -108,13 +108,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
 
 
 def main() -> None:
-    args = parser(__doc__, [0, 1, 2]).parse_args()
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0, 1, 2],
         name="perturbation_oracle",
         title="Diagnostic: the model given the target's real stimulated cells (an upper bound for latent shifts)",
-        options="",
         scores=SCORES,
     )
 

@@ -24,7 +24,7 @@ against the real held-out cells, beside the balanced linear shift. Writes
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, other_types, parser, run_screen, score
+from _screens import LABELS, held_out, other_types, score, screen_main
 
 import scvae
 from scvae.conditions import expression_moments
@@ -76,13 +76,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
 
 
 def main() -> None:
-    args = parser(__doc__, [0, 1, 2]).parse_args()
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0, 1, 2],
         name="perturbation_scale",
         title="Screen: the model's predicted change stretched by a scale learnt on the other cell types",
-        options="",
         scores=SCORES,
     )
 
