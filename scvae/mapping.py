@@ -168,9 +168,8 @@ def map_query(
         module = VAE(config)
     masks = _transplant(ref_state, module, [len(v) for v in ref_categories.values()], config.n_categories)
     initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    x, codes = SCVAE(module, spec).read(
-        query, name="query"
-    )  # genes aligned and validated for the likelihood; new code layout
+    # genes aligned and validated for the likelihood; the new code layout
+    x, codes = SCVAE(module, spec).read(query, name="query")
 
     history, best_epoch = pd.DataFrame(), 0
     if not masks:
