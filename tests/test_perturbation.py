@@ -78,7 +78,7 @@ def no_change(data, top) -> dict:
 
 # -- quality -------------------------------------------------------------------------------------------------------
 def test_delta_beats_no_change_on_held_out_type(vae, data, top, no_change):
-    pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
+    pred = vae.predict_perturbation(data["train"], target=TARGET, method="delta", **LABELS)
     res = tl.evaluate_perturbation(pred, data["stim"], data["ctrl"], top_genes=top)
     # measured (seed 0, 60 epochs): no change 0.57 (top-100) / 0.79 (all); delta 0.79 / 0.85, Δ corr. 0.69
     assert res["r2_top"] > no_change["r2_top"] + 0.15
@@ -188,7 +188,7 @@ def test_a_zero_shift_predicts_no_change_once_the_decoders_bias_is_removed(vae, 
     same = ad.concat([ctrl, copy_])
     same.obs["condition"] = pd.Categorical(same.obs["condition"], categories=["control", "stimulated"])
     n = int((ctrl.obs["cell_type"] == "CD4 T").sum())  # every cell in both conditions
-    kw = dict(target=TARGET, n_cells=3000, n_per_type=n, **LABELS)
+    kw = dict(target=TARGET, method="delta", n_cells=3000, n_per_type=n, **LABELS)
     plain = vae.predict_perturbation(same, correct_bias=False, **kw)
     fixed = vae.predict_perturbation(same, **kw)
     rec = fixed.uns["scvae_perturbation"]
@@ -214,7 +214,7 @@ def test_a_zero_shift_predicts_no_change_once_the_decoders_bias_is_removed(vae, 
 
 
 def test_output_structure_and_record(vae, data):
-    pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
+    pred = vae.predict_perturbation(data["train"], target=TARGET, method="delta", **LABELS)
     n_ctrl = data["ctrl"].n_obs
     assert pred.shape == (n_ctrl, len(vae.genes))
     assert list(pred.var_names) == vae.genes
@@ -240,7 +240,8 @@ def test_seeded_and_n_cells(vae, data):
     b = vae.predict_perturbation(data["train"], target=TARGET, seed=1, **LABELS)
     c = vae.predict_perturbation(data["train"], target=TARGET, seed=2, **LABELS)
     assert (a.X != b.X).nnz == 0 and (a.X != c.X).nnz > 0
-    small = vae.predict_perturbation(data["train"], target=TARGET, n_cells=20, n_per_type=50, **LABELS)
+    assert a.uns["scvae_perturbation"]["method"] == "transport"  # the default
+    small = vae.predict_perturbation(data["train"], target=TARGET, method="delta", n_cells=20, n_per_type=50, **LABELS)
     assert small.n_obs == 20 and small.uns["scvae_perturbation"]["n_per_type"] == 50
     many = vae.predict_perturbation(data["train"], target=TARGET, n_cells=500, **LABELS)
     assert many.n_obs == 500 and many.obs_names.is_unique
