@@ -40,7 +40,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
-    pred = model.predict_perturbation(train, **LABELS, target=target, n_cells=n_cells, seed=seed)
+    pred = model.predict_perturbation(train, **LABELS, target=target, method="delta", n_cells=n_cells, seed=seed)
     change = pred.var["change"].to_numpy()
     ctrl_log = np.asarray(tl.log_normalize(real_ctrl).toarray(), dtype=np.float64)
 

@@ -52,7 +52,9 @@ def top_corr(change: np.ndarray, real: np.ndarray, k: int = 100) -> float:
 def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
-    pred = model.predict_perturbation(train, **LABELS, target=target, n_cells=max(1000, real_ctrl.n_obs), seed=seed)
+    pred = model.predict_perturbation(
+        train, **LABELS, target=target, method="delta", n_cells=max(1000, real_ctrl.n_obs), seed=seed
+    )
 
     x, codes = model_matrix(model, train), model.labels.encode(train)
     cond, types = (train.obs[k].astype(str).to_numpy() for k in (CONDITION, CELL_TYPE))
