@@ -7,9 +7,9 @@ Three ways to predict, each decoding the target cell type's control cells into "
   moved by δ in latent space and decoded.
 - ``method="counterfactual"``: for a cVAE conditioned on the condition, the target's control cells are encoded
   with their own (control) label and decoded with the stimulated label.
-- ``method="transport"`` (the default): a response that depends on the cell's state. On each other cell type, control and
-  stimulated latent codes are paired by optimal transport (as CellOT and scPRAM do), which gives every paired
-  control cell its own displacement; each target control cell then moves by the mean displacement of its
+- ``method="transport"`` (the default): a response that depends on the cell's state. On each other cell type,
+  control and stimulated latent codes are paired by optimal transport (as CellOT and scPRAM do), which gives every
+  paired control cell its own displacement; each target control cell then moves by the mean displacement of its
   nearest such control cells, so cells that sit near monocytes respond like monocytes, and so on.
 
 :func:`linear_shift` is the gene-space baseline: the same balanced difference of means, taken on log-normalised
@@ -90,8 +90,8 @@ def predict_perturbation(
         ``condition_key`` (``scvae.model.fit(..., condition_key=...)``).
     adata
         Cells with the model's genes (any order; extra genes are ignored), holding the target's control cells
-        and, for ``"delta"`` and ``"transport"``, other cell types in both conditions. Stimulated cells of the target, if any, are
-        not used. Not modified.
+        and, for ``"delta"`` and ``"transport"``, other cell types in both conditions. Stimulated cells of the
+        target, if any, are not used. Not modified.
     condition_key, control, stimulated
         The ``obs`` column of the condition and its control and stimulated categories.
     cell_type_key, target
