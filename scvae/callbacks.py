@@ -32,12 +32,16 @@ class BestWeights(pl.Callback):
     and puts the best weights back at the end. Without (the default): every epoch runs and the final weights are
     returned, as scvi-tools does; on small data the validation ELBO peaks long before the latent space has finished
     separating biology from batch, so the ELBO-best weights integrate batches less well
-    (``benchmarks/results/integration_ablation.md``). Either way, a loss that becomes NaN/inf stops training at
-    once and the last weights kept (best, or latest finite) are put back.
+    (``benchmarks/results/integration_ablation.md``). With ``settings.weight_averaging`` > 0 as well, the weights
+    returned are the running mean of those at the end of each of the last epochs (stochastic weight averaging
+    at the training learning rate; batch norm's running statistics are averaged too). Either way, a loss that
+    becomes NaN/inf stops training at once and the last weights kept (best, or latest finite) are put back.
 
     Not Lightning's ``EarlyStopping``: that one stops but returns the last weights, counts patience through the
     KL warm-up, and its ``check_finite`` leaves NaN weights in the model; putting the best ones back would need
-    ``ModelCheckpoint`` writing to disk every epoch."""
+    ``ModelCheckpoint`` writing to disk every epoch. Not Lightning's ``StochasticWeightAveraging`` either: that
+    one also anneals the learning rate to its own ``swa_lrs`` and runs an extra pass over the data for batch norm,
+    and it keeps its average outside the checkpoints this class writes."""
 
     def __init__(self, monitor: str, settings: TrainSettings, resume: dict[str, Any] | None = None) -> None:
         self.monitor, self.settings = monitor, settings
@@ -46,10 +50,14 @@ class BestWeights(pl.Callback):
         self.best_epoch = int(resume.get("best_epoch", 0))
         self.best_state: dict[str, torch.Tensor] | None = resume.get("best_state")
         self.wait = int(resume.get("wait", 0))
+        self.averaged = int(resume.get("averaged", 0))  # epochs in the running mean held by best_state
         self.diverged_at: int | None = None
 
     def kept(self) -> str:
         """Which weights are returned, for a log message."""
+        if self.averaged > 1:
+            first = self.best_epoch - self.averaged + 1
+            return f"the average of the weights of epochs {first}-{self.best_epoch}"
         which = "the best" if self.settings.early_stopping else "the last complete"
         return f"{which} epoch's weights (epoch {self.best_epoch})"
 
@@ -65,9 +73,20 @@ class BestWeights(pl.Callback):
             self.diverged_at = int(row["epoch"])
             trainer.should_stop = True
             return
-        if not self.settings.early_stopping:  # the latest finite weights are the ones returned
-            self.best_state = copy.deepcopy(plan.module.state_dict())
-            self.best, self.best_epoch = value, int(row["epoch"])
+        if not self.settings.early_stopping:  # the latest finite weights, or the mean of the last epochs' weights
+            epoch, state = int(row["epoch"]), plan.module.state_dict()
+            n_average = round(self.settings.weight_averaging * self.settings.max_epochs)
+            if n_average < 2 or epoch <= self.settings.max_epochs - n_average + 1 or self.best_state is None:
+                self.best_state, self.averaged = copy.deepcopy(state), 1
+            else:
+                self.averaged += 1
+                for name, value_now in state.items():
+                    mean = self.best_state[name]
+                    if mean.is_floating_point():
+                        mean += (value_now.detach() - mean) / self.averaged
+                    else:  # batch norm's step count
+                        mean.copy_(value_now)
+            self.best, self.best_epoch = value, epoch
             return
         # During KL warm-up the bound is not yet what is optimised: keep the latest weights, do not count.
         warming = plan.kl_weight() < plan.settings.beta
@@ -122,6 +141,7 @@ class Checkpoint(pl.Callback):
             "best_epoch": self.best.best_epoch,
             "best_state": {k: v.cpu() for k, v in (self.best.best_state or {}).items()} or None,
             "wait": self.best.wait,
+            "averaged": self.best.averaged,
         }
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / "checkpoint.pt.tmp"

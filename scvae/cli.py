@@ -201,8 +201,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     if not model.history.empty and best > 0:
         last = model.history.iloc[best - 1]
         elbo = last.get("elbo_validation", last.get("elbo_train"))
-        which = "best validation ELBO" if model.settings and model.settings.early_stopping else "final"
-        lines.append(f"weights kept: epoch {best}, {which} (ELBO per cell {elbo:.2f})")
+        settings = model.settings
+        if settings and settings.weight_averaging and not settings.early_stopping:
+            kept = f"averaged over the last {settings.weight_averaging:g} of the epochs; last epoch {best}"
+        else:
+            kept = f"epoch {best}, {'best validation ELBO' if settings and settings.early_stopping else 'final'}"
+        lines.append(f"weights kept: {kept} (ELBO per cell {elbo:.2f})")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

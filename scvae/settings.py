@@ -25,7 +25,9 @@ class TrainSettings:
     """How a model is trained, checked once here and saved with it; the names are :func:`scvae.model.fit`'s.
 
     ``kl_warmup_steps`` (minibatches), when given, replaces ``kl_warmup_epochs``; ``validation_size`` is the
-    fraction of cells held out for the validation ELBO (0 when that would be under 3 cells)."""
+    fraction of cells held out for the validation ELBO (0 when that would be under 3 cells); without early
+    stopping, the weights returned are the average of those at the end of each of the last ``weight_averaging``
+    (a fraction) of ``max_epochs`` (0: the final weights)."""
 
     max_epochs: int
     lr: float
@@ -35,6 +37,7 @@ class TrainSettings:
     kl_warmup_epochs: int = 0
     kl_warmup_steps: int | None = None
     early_stopping: bool = False
+    weight_averaging: float = 0.0
     patience: int = 20
     validation_size: float = 0.1
     seed: int = 0
@@ -48,6 +51,12 @@ class TrainSettings:
         self.kl_warmup_epochs = check_int("kl_warmup_epochs", self.kl_warmup_epochs, 0)
         self.kl_warmup_steps = check_int("kl_warmup_steps", self.kl_warmup_steps, 0, optional=True)
         self.early_stopping = check_bool("early_stopping", self.early_stopping)
+        self.weight_averaging = check_number("weight_averaging", self.weight_averaging, low=0.0, high=1.0)
+        if self.early_stopping and self.weight_averaging > 0:
+            raise InputError(
+                "weight_averaging averages the last epochs' weights, but early_stopping=True returns the best "
+                "epoch's: set one of them, not both"
+            )
         self.patience = check_int("patience", self.patience)
         self.validation_size = check_number("validation_size", self.validation_size, low=0.0, high=1.0)
         self.seed = check_seed(self.seed)

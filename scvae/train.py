@@ -111,6 +111,8 @@ def train(
         logger.warning(
             "training diverged (loss became NaN/inf) at epoch %d; kept %s; %s", best.diverged_at, best.kept(), CAUSES
         )
+    if best.diverged_at is None and not interrupt.requested:
+        logger.info("kept %s", best.kept())
     return plan.history, best
 
 

@@ -203,9 +203,10 @@ def test_conditional_model_decodes_counterfactually_and_checks_categories():
     adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
     model = scvae.model.fit(adata, batch_key="batch", dispersion="gene-batch", max_epochs=15, progress_bar=False)
     assert model.spec.categories["batch"] == sorted(adata.obs["batch"].unique())
-    # a batch key brings the adversarial batch classifier by default; it is recorded and saved with the weights
-    assert model.module.config.adversarial_weight == 3.0 and model.module.adversarial_indices == (0,)
-    assert adata.uns["scvae"]["adversarial_weight"] == 3.0
+    # a batch key brings the adversarial batch classifier and weight averaging by default; both are recorded
+    assert model.module.config.adversarial_weight == 5.0 and model.module.adversarial_indices == (0,)
+    assert adata.uns["scvae"]["adversarial_weight"] == 5.0
+    assert model.settings.weight_averaging == adata.uns["scvae"]["weight_averaging"] == 0.25
     as_drop = model.get_normalized_expression(adata, transform_batch="Dropseq_3cl", return_numpy=True)
     own = model.get_normalized_expression(adata, return_numpy=True)
     drop = (adata.obs["batch"] == "Dropseq_3cl").to_numpy()
@@ -440,7 +441,7 @@ def test_adversarial_classifier_mixes_batches_further_on_real_data():
             scvae.metrics.batch_mixing(z, a.obs["batch"], labels=a.obs["cell_type"]),
             knn_accuracy(z, a.obs["cell_type"]),
         )
-        assert model.module.config.adversarial_weight == (0.0 if weight == 0.0 else 3.0)
+        assert model.module.config.adversarial_weight == (0.0 if weight == 0.0 else 5.0)
     # measured: mixing 0.906 without, 0.938 with; 15-NN accuracy 0.981 and 0.979
     assert scores[None][0] > scores[0.0][0] + 0.02, scores
     assert scores[None][1] > scores[0.0][1] - 0.02, scores

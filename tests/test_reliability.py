@@ -207,3 +207,33 @@ def test_odd_arguments_and_labels_get_errors_that_name_the_fix(pbmc_model, tmp_p
     assert list(small.uns["pca"]) == ["variance_ratio"] and "X_pca" not in small.obsm
     with pytest.raises(InputError, match=r"held out by validation_size=0.99: lower it"):
         scvae.model.fit(adata[:200].copy(), validation_size=0.99, max_epochs=1, progress_bar=False)
+
+
+def test_weight_averaging_returns_the_mean_of_the_last_epochs_weights():
+    from types import SimpleNamespace
+
+    from scvae.settings import TrainSettings
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    settings = TrainSettings(max_epochs=8, lr=1e-3, weight_averaging=0.5)  # epochs 5-8
+    best = scvae.callbacks.BestWeights("elbo_train", settings)
+    trainer = SimpleNamespace(should_stop=False)
+    for epoch in range(1, 9):
+        with torch.no_grad():
+            net[0].weight.fill_(float(epoch))
+            net[1].running_mean.fill_(10.0 * epoch)
+            net[1].num_batches_tracked.fill_(epoch)
+        row = {"epoch": float(epoch), "elbo_train": -float(epoch)}
+        best.on_train_epoch_end(trainer, SimpleNamespace(close_epoch=lambda row=row: row, module=net))
+    best.on_train_end(trainer, SimpleNamespace(module=net))
+    assert torch.allclose(net[0].weight, torch.full((1, 2), 6.5))  # mean of 5, 6, 7, 8
+    assert float(net[1].running_mean) == pytest.approx(65.0)
+    assert int(net[1].num_batches_tracked) == 8
+    assert best.averaged == 4 and best.best_epoch == 8
+    assert best.kept() == "the average of the weights of epochs 5-8"
+    assert not trainer.should_stop
+
+    with pytest.raises(InputError, match="early_stopping=True returns the best"):
+        TrainSettings(max_epochs=8, lr=1e-3, weight_averaging=0.25, early_stopping=True)
+    with pytest.raises(InputError, match=r"weight_averaging must be a number in \[0, 1\)"):
+        TrainSettings(max_epochs=8, lr=1e-3, weight_averaging=1.0)

@@ -38,8 +38,10 @@ print(adata.obs[["batch", "tech"]].value_counts().sort_index())
 # %% [markdown]
 # ## Train
 # One call. `batch_key` makes it a conditional VAE: the batch is given to encoder and decoder, so the latent
-# space need not encode it. Training runs a fixed number of epochs (scaled to the number of cells) and keeps the
-# final weights: the latent space goes on shedding batch long after the validation ELBO has stopped improving.
+# space need not encode it, and an adversarial classifier pushes what is left of the batch out of it. Training
+# runs a fixed number of epochs (scaled to the number of cells) and, with a `batch_key`, returns the average of the
+# weights over the last quarter of them: the latent space goes on shedding batch long after the validation ELBO
+# has stopped improving, and the average varies less from seed to seed than the final weights do.
 
 # %%
 model = scvae.model.fit(adata, batch_key="batch", seed=0, max_epochs=30 if FAST else None)
