@@ -189,9 +189,9 @@ def test_label_transfer_is_accurate_and_its_uncertainty_flags_the_errors(mapping
     unc = out["cell_type_uncertainty"].to_numpy()
     assert ((unc >= 0) & (unc < 1)).all()
     acc = _accuracy(query)
-    assert acc >= 0.85  # measured 0.947 (CPU, torch 2.13)
+    assert acc >= 0.85  # measured 0.951 (CPU, torch 2.13)
     right = (out["cell_type"].astype(str) == query.obs["cell_type"].astype(str)).to_numpy()
-    assert unc[~right].mean() > unc[right].mean() + 0.05  # measured 0.20 vs 0.001
+    assert unc[~right].mean() > unc[right].mean() + 0.05  # measured 0.32 vs 0.004
 
 
 def test_query_mixes_with_the_reference(mapping):
@@ -206,8 +206,9 @@ def test_query_mixes_with_the_reference(mapping):
     both = ad.concat([ref[shared], mapping["query_unmapped"]])
     pca = PCA(10, random_state=0).fit_transform(log_normalize(both).toarray())
     control = batch_mixing(pca, origin)
-    # Measured: query 0.62, the reference's own plates 0.86 (with its adversarial batch classifier; 0.58 and 0.54
-    # without). The query's new batch entries are learnt without an adversary, so it mixes less than the plates.
+    # Measured: query 0.67, the reference's own plates 0.86 (with fit's adversarial batch classifier and weight
+    # averaging; 0.58 and 0.54 without either, measured before averaging). The query's new batch entries are learnt
+    # without an adversary, so it mixes less than the plates.
     assert mixing >= 0.5 and plates >= 0.75
     assert control < 0.1  # measured 0.003
 

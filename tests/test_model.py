@@ -442,7 +442,7 @@ def test_adversarial_classifier_mixes_batches_further_on_real_data():
             knn_accuracy(z, a.obs["cell_type"]),
         )
         assert model.module.config.adversarial_weight == (0.0 if weight == 0.0 else 5.0)
-    # measured: mixing 0.906 without, 0.938 with; 15-NN accuracy 0.981 and 0.979
+    # measured (both with fit's weight averaging): mixing 0.896 without, 0.937 with; 15-NN accuracy 0.980 and 0.984
     assert scores[None][0] > scores[0.0][0] + 0.02, scores
     assert scores[None][1] > scores[0.0][1] - 0.02, scores
 
