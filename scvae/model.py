@@ -313,8 +313,9 @@ def fit(
     return model
 
 
-# Settings that may differ between a run and its resumption.
-_RESUMABLE = ("max_epochs", "early_stopping", "patience")
+# Settings that may differ between a run and its resumption (they change when training stops or which weights it
+# returns, not what it fits; a checkpoint written before weight averaging existed has no such setting).
+_RESUMABLE = ("max_epochs", "early_stopping", "patience", "weight_averaging")
 
 
 def _check_checkpoint_matches(checkpoint: dict[str, Any], fingerprint: dict[str, Any], checkpoint_dir: Any) -> None:

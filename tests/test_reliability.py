@@ -66,6 +66,13 @@ def test_a_run_resumes_from_its_checkpoint(pbmc, tmp_path):
         scvae.model.fit(pbmc, max_epochs=8, n_latent=5, progress_bar=False, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         scvae.model.fit(pbmc, max_epochs=8, progress_bar=False, checkpoint_dir=tmp_path / "none", resume=True)
+    # a checkpoint written before weight averaging existed (no such setting, no running-mean count) still resumes
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["training"]["weight_averaging"], state["averaged"]
+    torch.save(state, path)
+    older = scvae.model.fit(pbmc, max_epochs=9, progress_bar=False, checkpoint_dir=tmp_path, resume=True)
+    assert list(older.history["epoch"]) == list(range(1, 10))
 
 
 _FRESH = """
