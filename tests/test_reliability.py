@@ -244,3 +244,14 @@ def test_weight_averaging_returns_the_mean_of_the_last_epochs_weights():
         TrainSettings(max_epochs=8, lr=1e-3, weight_averaging=0.25, early_stopping=True)
     with pytest.raises(InputError, match=r"weight_averaging must be a number in \[0, 1\)"):
         TrainSettings(max_epochs=8, lr=1e-3, weight_averaging=1.0)
+
+
+def test_early_stopping_with_a_batch_key_returns_the_best_weights_unaveraged(pbmc):
+    pbmc.obs["half"] = np.where(np.arange(pbmc.n_obs) % 2, "a", "b")
+    model = scvae.model.fit(pbmc, batch_key="half", early_stopping=True, max_epochs=3, progress_bar=False)
+    assert model.settings.early_stopping and model.settings.weight_averaging == 0.0
+    assert scvae.model.fit(pbmc, batch_key="half", max_epochs=3, progress_bar=False).settings.weight_averaging == 0.25
+    with pytest.raises(InputError, match="set one of them, not both"):
+        scvae.model.fit(
+            pbmc, batch_key="half", early_stopping=True, weight_averaging=0.25, max_epochs=3, progress_bar=False
+        )
