@@ -44,12 +44,11 @@ def other_types(model, train: AnnData, target: str, seed: int, method: str = "de
     n stimulated))}, log-normalised means as ``var["change"]``."""
 
     from scvae.conditions import expression_moments, type_groups
-    from scvae.latent import model_matrix
 
     cond = train.obs[CONDITION].astype(str).to_numpy()
     types = train.obs[CELL_TYPE].astype(str).to_numpy()
     groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
-    x = model_matrix(model, train)
+    x = model.read(train)[0]
     rest = train[types != target].copy()
     out = {}
     for t, (ctrl, stim) in groups.items():

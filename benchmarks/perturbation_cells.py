@@ -30,7 +30,7 @@ from anndata import AnnData
 
 import scvae
 from scvae import tl
-from scvae.latent import decode, model_matrix, posterior_means
+from scvae.latent import decode, posterior_means
 from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "delta_corr_top", "r2_top_change", "r2_top", "e_distance", "energy_distance")
@@ -45,7 +45,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     ctrl_log = np.asarray(tl.log_normalize(real_ctrl).toarray(), dtype=np.float64)
 
     # each control cell's own decoded change, from its posterior mean z and z + δ
-    x = model_matrix(model, real_ctrl)
+    x = model.read(real_ctrl)[0]
     codes = model.labels.encode(real_ctrl)
     z = posterior_means(model, x, codes, np.arange(real_ctrl.n_obs), 1024)
     delta = np.asarray(pred.uns["scvae_perturbation"]["delta"], dtype=np.float32)

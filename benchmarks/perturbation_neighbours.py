@@ -32,7 +32,7 @@ from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
 import scvae
 from scvae.conditions import transport_pairs, type_groups
 from scvae.data import log_normalize
-from scvae.latent import model_matrix, posterior_means
+from scvae.latent import posterior_means
 from scvae.loaders import to_dense_float
 from scvae.perturbation import linear_shift
 
@@ -60,7 +60,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     cond = train.obs[CONDITION].astype(str).to_numpy()
     types = train.obs[CELL_TYPE].astype(str).to_numpy()
     groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
-    x, codes = model_matrix(model, train), model.labels.encode(train)
+    x, codes = model.read(train)
     logx = to_dense_float(log_normalize(train), slice(None))
     source = np.flatnonzero((types == target) & (cond == CONTROL))
     z = posterior_means(model, x, codes, np.arange(train.n_obs), 1024)

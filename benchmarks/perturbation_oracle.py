@@ -35,7 +35,7 @@ from scipy.optimize import minimize
 
 import scvae
 from scvae.conditions import expression_moments, expression_values
-from scvae.latent import decode, decoder_bias, model_matrix, posterior_means, subtract_bias
+from scvae.latent import decode, decoder_bias, posterior_means, subtract_bias
 from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "delta_corr_top", "r2_top_change", "e_distance", "trained_recon")
@@ -56,9 +56,9 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
         train, **LABELS, target=target, method="delta", n_cells=max(1000, real_ctrl.n_obs), seed=seed
     )
 
-    x, codes = model_matrix(model, train), model.labels.encode(train)
+    x, codes = model.read(train)
     cond, types = (train.obs[k].astype(str).to_numpy() for k in (CONDITION, CELL_TYPE))
-    x_s, codes_s = model_matrix(model, real_stim), model.labels.encode(real_stim)
+    x_s, codes_s = model.read(real_stim)
 
     def encoded(xm, cm, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = posterior_means(model, xm, cm, rows, BATCH)

@@ -28,7 +28,6 @@ from _screens import LABELS, held_out, other_types, score, screen_main
 
 import scvae
 from scvae.conditions import expression_moments
-from scvae.latent import model_matrix
 from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "r2_top_change", "r2_top", "r2_all", "e_distance", "slope_target", "alpha")
@@ -57,7 +56,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     }
 
     stim_mean, ctrl_mean = (
-        expression_moments(model_matrix(model, a), np.arange(a.n_obs), counts=True)[0] for a in (real_stim, real_ctrl)
+        expression_moments(model.read(a)[0], np.arange(a.n_obs), counts=True)[0] for a in (real_stim, real_ctrl)
     )
     real_change = stim_mean - ctrl_mean
     slope_target = slope(real_change, pred.var["change"].to_numpy())

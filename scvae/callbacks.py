@@ -190,7 +190,7 @@ class StopOnInterrupt(pl.Callback):
 
 class DataOnDevice(pl.Callback):
     """Moves the minibatch loaders' data to the device the model trains on, once, when it fits (see
-    :func:`scvae.loaders.place_on`)."""
+    :func:`scvae.loaders.place_on`). Lightning has no such callback: it moves each minibatch as it is used."""
 
     def __init__(self, loaders: list[Any], resident: bool | None) -> None:
         self.loaders, self.resident = loaders, resident

@@ -1,5 +1,5 @@
-"""The model side of perturbation prediction: the model's genes of an AnnData, posterior means of z for groups of
-cells, decoding latent codes into cells, and the latent shift of ``method="transport"``
+"""The model side of perturbation prediction: posterior means of z for groups of cells, decoding latent codes into
+cells, the decoder's bias on cells it reconstructs, and the latent shift of ``method="transport"``
 (:func:`scvae.perturbation.predict_perturbation`). Only the model's public core is used."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from anndata import AnnData
 
 from .conditions import (
     expression_moments,
@@ -47,12 +46,6 @@ def model_conditions_on(model: SCVAE, condition_key: str, control: str, stimulat
         kind = "batch" if model.spec.batch_key == condition_key else "covariate"
         logger.info("the model is conditioned on %r as a %s label", condition_key, kind)
     return True
-
-
-def model_matrix(model: SCVAE, adata: AnnData) -> Any:
-    """The model's genes of ``adata``, in the model's order (the layer the model was trained on), checked for the
-    model's likelihood as :meth:`SCVAE.read` checks them (counts for a count model, no NaN, no empty cells)."""
-    return model.read(adata)[0]
 
 
 @torch.no_grad()
@@ -115,24 +108,6 @@ def subtract_bias(values: np.ndarray, shrunk: np.ndarray, *, counts: bool) -> np
         ratio = np.maximum(mean - shrunk, 0.0) / np.where(mean > 0, mean, 1.0)
         return np.where(shrunk > 0, values * ratio, values - shrunk)
     return values - shrunk
-
-
-def remove_decoder_bias(
-    model: SCVAE,
-    x: Any,
-    z_own: np.ndarray,
-    codes: np.ndarray,
-    source: np.ndarray,
-    library: np.ndarray | None,
-    values: np.ndarray,
-    batch_size: int,
-    seed: int,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """``values`` less the decoder's bias on the ``source`` cells (:func:`decoder_bias`, :func:`subtract_bias`;
-    ``correct_bias`` of :func:`scvae.perturbation.predict_perturbation`); and a record of the bias."""
-    bias, shrunk = decoder_bias(model, x, z_own, codes, source, library, batch_size, seed)
-    values = subtract_bias(values, shrunk, counts=model.module.counts)
-    return values, {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
 
 
 def transported_shift(

@@ -25,7 +25,6 @@ from anndata import AnnData
 from .data import (
     CategoryEncoder,
     InputError,
-    align_genes,
     check_int,
     check_key_added,
     obs_column,
@@ -33,7 +32,7 @@ from .data import (
 )
 from .module import VAE
 from .settings import Runtime, TrainSettings, default_max_epochs, home_device
-from .stores import check_labels, is_collection, matrix
+from .stores import check_labels, is_collection
 from .trained import LATENT_KEY, SCVAE, TrainingRecord, write_latent
 
 logger = logging.getLogger(__name__)
@@ -130,8 +129,6 @@ def map_query(
         )
     for key in keys:
         obs_column(query, key, owner="query")  # every query cell needs a label
-    matrix(query, model.spec.layer, "query")  # a clear error for a missing layer before the genes
-    align_genes(query, model.genes, "query")
     n = query.n_obs
     settings = TrainSettings(
         max_epochs=check_int("max_epochs", max_epochs, optional=True) or default_max_epochs(n),

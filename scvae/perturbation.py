@@ -40,7 +40,14 @@ from .conditions import (
     type_groups,
 )
 from .data import InputError, check_bool, check_choice, check_int, check_number, check_seed
-from .latent import decode, model_conditions_on, model_matrix, posterior_means, remove_decoder_bias, transported_shift
+from .latent import (
+    decode,
+    decoder_bias,
+    model_conditions_on,
+    posterior_means,
+    subtract_bias,
+    transported_shift,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -263,7 +270,9 @@ def predict_perturbation(
     record["decoded_with_stimulated_label"] = bool(conditioned)
     values = expression_values(counts, counts=is_counts)
     if correct_bias:  # the decoder's error on these very cells, decoded without the shift
-        values, record["bias"] = remove_decoder_bias(model, x, z_own, codes, source, library, values, batch_size, seed)
+        bias, shrunk = decoder_bias(model, x, z_own, codes, source, library, batch_size, seed)
+        values = subtract_bias(values, shrunk, counts=is_counts)
+        record["bias"] = {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
     record["bias_corrected"] = bool(correct_bias)
 
     obs = predicted_obs(
@@ -393,7 +402,7 @@ def change_intervals(
             f"cell types besides {target!r} with {min_cells} or more cells in both {control!r} and {stimulated!r} "
             f"(found {len(groups)}: {list(groups)}); use interval=None or lower min_cells"
         )
-    x = model_matrix(model, adata)
+    x = model.read(adata)[0]
     counts = model.module.counts
     real, noise = [], []  # per type: real change, and its sampling variance
     for ctrl, stim in groups.values():
