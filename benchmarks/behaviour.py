@@ -7,7 +7,8 @@ A refactor that should not change behaviour is checked by running this before an
     python benchmarks/behaviour.py --out /tmp/before.json      # on the old commit
     python benchmarks/behaviour.py --compare /tmp/before.json  # on the new one: lists what changed
 
-Writes benchmarks/results/behaviour.json (the hashes of the current code) unless --out says otherwise.
+Writes benchmarks/results/behaviour.json (the hashes of the current code) unless --out says otherwise, with the
+commit and CPU that wrote it under ``_run`` (and, with --compare, the file compared with and what changed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import argparse
 import hashlib
 import json
 import logging
+import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -114,17 +117,37 @@ def main() -> None:
     print(f"{len(out)} fits in {time.time() - t0:.0f} s")
     for name, values in out.items():
         print(f"{name:24s} " + "  ".join(f"{k}={v}" for k, v in values.items()))
+    out["_run"] = run_record()
     if args.compare:
         before = json.loads(args.compare.read_text())
         changed = [
             f"{n}.{k}: {before[n].get(k)} -> {v}"
             for n, vals in out.items()
+            if n != "_run"
             for k, v in vals.items()
             if n not in before or before[n].get(k) != v
         ]
         print("identical to", args.compare) if not changed else print("changed:\n  " + "\n  ".join(changed))
+        out["_run"]["compared_with"] = {"file": str(args.compare), "run": before.get("_run"), "changed": changed}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def run_record() -> dict[str, str]:
+    """Which code and machine wrote the fingerprints: hashes repeat on one machine, not across CPUs."""
+    here = Path(__file__).resolve().parents[1]  # the repository
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True).stdout.strip()
+
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), "")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (" + uncommitted changes" if git("status", "--porcelain", "scvae") else ""),
+        "machine": f"{platform.machine()} {cpu or platform.processor()}".strip(),
+        "torch": torch.__version__,
+    }
 
 
 if __name__ == "__main__":
