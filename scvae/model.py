@@ -161,7 +161,8 @@ def fit(
         averaging); 0 for the final weights. Default (None): 0.25 with a ``batch_key``, else 0. The final weights
         of a run at lr 4e-3 differ from seed to seed in how they split cell types; their average much less so:
         on Kang with all genes (adversarial weight 3, seeds 0-2) scIB bio conservation ran 0.725-0.729 against
-        0.718-0.745 for the final weights. With weight 5 as well, scvae's scIB total is ahead of scVI's beyond
+        0.718-0.745 for the final weights (``benchmarks/results/integration_ablation/averaging_adversarial_3.md``,
+        ``integration_all_genes_scvae.md``). With weight 5 as well, scvae's scIB total is ahead of scVI's beyond
         the seed spread on all four cases of ``benchmarks/results/integration_ablation.md``.
     seed
         Seeds weights, minibatch order, the validation split and sampling. The caller's random state
