@@ -115,11 +115,11 @@ def predict_perturbation(
         ``n_neighbors`` nearest paired control cells, and is decoded (with the stimulated label if the model
         is conditioned on ``condition_key``). Which to use: ``"transport"`` (the default) on a VAE trained with
         fit's defaults. On Kang (IFN-β, 7 held-out cell types, seeds 0–2, ``benchmarks/results/perturbation_kang.md``
-        and ``perturbation_kang_all_genes.md``) its mean Pearson-delta over the top-100 changed genes is 0.940 on
+        and ``perturbation_kang_all_genes.md``) its mean Pearson-delta over the top-100 changed genes is 0.941 on
         2,000 HVGs and 0.945 on all genes, against 0.938 and 0.937 for ``"delta"``, 0.878 and 0.887 for
         :func:`linear_shift` and 0.974 and 0.976 for two halves of the real cells. Run by run (same model and
-        cells, ``benchmarks/results/perturbation_paired.md``) it is level with ``"delta"`` on the HVGs and ahead
-        on all genes in 20 of 21 runs, and closer to the real cells on the E-distance (mean 47 against 54 on the
+        cells, ``benchmarks/results/perturbation_paired.md``) it is slightly ahead of ``"delta"`` on the HVGs (in 16 of
+        21 runs, by 0.003 on average) and ahead on all genes in 20 of 21 runs, and closer to the real cells on the E-distance (mean 47 against 55 on the
         HVGs; the linear shift, 74, is still closer for the T and B cells).
     n_cells
         Number of predicted cells: default one per control cell of the target. Otherwise each control cell is
@@ -138,7 +138,7 @@ def predict_perturbation(
         the rest and widened by the sampling error of the observed change (see :func:`change_intervals`). It
         needs at least three other cell types with ``min_cells`` cells in both conditions, and costs one more
         prediction per such type. On Kang (as above, 2,000 HVGs, ``"transport"``) a 90 % interval covers 90 % of
-        the top-100 changed genes' real change on average over the seven types, 87–91 % on each (mean of three
+        the top-100 changed genes' real change on average over the seven types, 88–92 % on each (mean of three
         seeds).
     interval_genes
         The intervals are calibrated on each other type's ``interval_genes`` genes of largest real change.
@@ -154,8 +154,8 @@ def predict_perturbation(
         so a gene the decoder reconstructs too high or too low in the target's control cells is not reported as
         changed.
         On Kang (as above) this raises the mean Pearson-delta over the top-100 changed genes of ``"delta"``
-        from 0.932 to 0.938 (the same models and draws without and with it), most on the small types (NK 0.894 →
-        0.918); the smallest, DC (30 control cells), loses 0.006. ``X`` is not affected.
+        from 0.932 to 0.938 (the same models and draws without and with it), most on the small types (NK 0.900 →
+        0.923); the smallest, DC (30 control cells), loses 0.006. ``X`` is not affected.
     seed
         Seeds the balanced draw, the choice of control cells and the sampling of counts.
     batch_size

@@ -17,7 +17,7 @@
 # codes are paired by optimal transport, which gives each paired control cell its own move; each CD4 T control
 # cell then moves as its nearest paired control cells do, and is decoded into counts. (`method="delta"`, scGen's
 # latent arithmetic, moves every cell by one δ = mean z(stimulated) − mean z(control) over the other types; the
-# benchmark finds the two level on 2,000 HVGs and `"transport"` ahead on all genes and on the E-distance:
+# benchmark finds `"transport"` slightly ahead on 2,000 HVGs and ahead on all genes and on the E-distance:
 # `benchmarks/results/perturbation_paired.md`.)
 #
 # Runs headless in under a minute on two CPU cores (benchmarks/results/docs_timing.md); `SCVAE_TUTORIAL_FAST=1`

@@ -167,13 +167,14 @@ plt.close()
 # %% [markdown]
 # ## Take-aways
 # - β > 1 compresses (lower KL) and loses reconstruction of the training cells; β < 1 spends more KL and
-#   reconstructs them better (in our run −596.8 against −601.5 nats per cell for β = 1). On held-out cells of this
+#   reconstructs them better (−596.9 against −601.5 nats per cell for β = 1 in the run recorded in
+#   `benchmarks/results/docs_timing.md`). On held-out cells of this
 #   small data set (560 training cells) β > 1 acts as a regulariser and even raises log p(x), while β < 1 overfits.
 # - The importance-sampled log p(x) is a tighter bound than the ELBO, tightening with K; use it (K ≈ 1000) to
 #   compare models, never the ELBO of models trained with different objectives.
-# - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here: +7.4 ± 1.3 nats per cell over two seeds in
+# - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here: +7.2 ± 1.4 nats per cell over two seeds in
 #   the benchmark with fit's defaults (`benchmarks/results/objectives_priors.md`, where β = 2 and 4 give +4.7 and +9.9
-#   and β = 0.5 −4.4). IWAE training does not help held-out cells of so small a data set: K = 5 −5.7 and K = 20 −8.0
+#   and β = 0.5 −4.6). IWAE training does not help held-out cells of so small a data set: K = 5 −6.3 and K = 20 −9.2
 #   nats per cell. On the larger Kang data (2,204 training cells, `benchmarks/results/objectives_kang.md`, fit's
 #   defaults, 5 seeds) the VampPrior gains +4.2 ± 0.6 nats per cell over the standard VAE on every seed (the standard
 #   VAE's seed-to-seed sd is 0.7), and IWAE again loses (K = 5 −4.3, K = 20 −7.9). With `early_stopping=True` IWAE K = 5
