@@ -27,9 +27,10 @@ class InputLayer(nn.Module):
     covariates, the same as ``nn.Linear(n_in + n_cov, n_out)`` over ``cat([x, cov])`` (and initialised the same).
 
     Its gene weight is stored genes × width, so that a sparse input (:class:`Entries`, on the CPU) costs time in
-    proportion to its non-zero entries, forward and backward (see :class:`scvae.kernels._EntriesTimesWeight`): UMI counts over
-    2,000 genes are mostly zeros (94 % on Kang's HVGs, ``benchmarks/results/input_layer.md``). A dense input, one with more than :data:`scvae.kernels.SPARSE_MAX_DENSITY` of its entries
-    non-zero, or one on another device goes through one matrix product."""
+    proportion to its non-zero entries, forward and backward (see :class:`scvae.kernels._EntriesTimesWeight`):
+    UMI counts over 2,000 genes are mostly zeros (94 % on Kang's HVGs, ``benchmarks/results/input_layer.md``).
+    A dense input, one with more than :data:`scvae.kernels.SPARSE_MAX_DENSITY` of its entries non-zero, or one
+    on another device goes through one matrix product."""
 
     def __init__(self, n_in: int, n_out: int, n_cov: int = 0) -> None:
         super().__init__()
