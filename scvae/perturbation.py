@@ -119,7 +119,7 @@ def predict_perturbation(
         2,000 HVGs and 0.945 on all genes, against 0.938 and 0.937 for ``"delta"``, 0.878 and 0.887 for
         :func:`linear_shift` and 0.974 and 0.976 for two halves of the real cells. Run by run (same model and
         cells, ``benchmarks/results/perturbation_paired.md``) it is slightly ahead of ``"delta"`` on the HVGs
-        (in 16 of 21 runs, by 0.003 on average) and ahead on all genes in 20 of 21 runs, and closer to the real
+        (in 16 of 21 runs, by 0.003 on average) and ahead on all genes in 19 of 21 runs, and closer to the real
         cells on the E-distance (mean 47 against 55 on the HVGs; the linear shift, 74, is still closer for the T
         and B cells).
     n_cells
