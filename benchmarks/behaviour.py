@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import logging
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import machine  # benchmarks/ is the script's folder, first on sys.path
 
 import scvae
 from scvae import datasets
@@ -140,12 +140,10 @@ def run_record() -> dict[str, str]:
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True).stdout.strip()
 
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), "")
     return {
         "commit": git("rev-parse", "--short", "HEAD")
         + (" + uncommitted changes" if git("status", "--porcelain", "scvae") else ""),
-        "machine": f"{platform.machine()} {cpu or platform.processor()}".strip(),
+        "machine": machine(),
         "torch": torch.__version__,
     }
 

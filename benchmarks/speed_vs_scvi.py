@@ -75,7 +75,6 @@ import json
 import logging
 import math
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -87,7 +86,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import markdown_table, synthetic_blocks  # benchmarks/ is the script's folder, first on sys.path
+from _common import machine, markdown_table, synthetic_blocks  # benchmarks/ is the script's folder, first on sys.path
 
 OUT = Path(__file__).resolve().parent / "results"
 N_GENES = 2000
@@ -558,22 +557,6 @@ def scaling_slopes(df: pd.DataFrame) -> str:
             slope = np.polyfit(np.log(med.index.to_numpy(float)), np.log(med.to_numpy()), 1)[0]
             lines.append(f"- {tool}: s/epoch ∝ cells^{slope:.2f} over {g['cells'].min():,}–{g['cells'].max():,} cells")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({os.cpu_count()} cores)"
 
 
 def versions() -> str:
