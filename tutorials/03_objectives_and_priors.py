@@ -168,8 +168,8 @@ plt.close()
 # ## Take-aways
 # - β > 1 compresses (lower KL) and loses reconstruction of the training cells; β < 1 spends more KL and
 #   reconstructs them better (−596.9 against −601.5 nats per cell for β = 1 in the run recorded in
-#   `benchmarks/results/docs_timing.md`). On held-out cells of this
-#   small data set (560 training cells) β > 1 acts as a regulariser and even raises log p(x), while β < 1 overfits.
+#   `benchmarks/results/docs_timing.md`). On held-out cells of this small data set (560 training cells) β > 1 acts as
+#   a regulariser and even raises log p(x), while β < 1 overfits.
 # - The importance-sampled log p(x) is a tighter bound than the ELBO, tightening with K; use it (K ≈ 1000) to
 #   compare models, never the ELBO of models trained with different objectives.
 # - The VampPrior gives a clearly higher held-out log p(x) than N(0, I) here: +7.2 ± 1.4 nats per cell over two seeds in
