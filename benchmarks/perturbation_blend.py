@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from _screens import LABELS, held_out, other_types, score, screen_main
+from anndata import AnnData
 from perturbation_kang import CELL_TYPE, CONDITION, CONTROL
 
 import scvae
@@ -32,11 +33,11 @@ SCORES = ("delta_corr_top_change", "delta_corr_top", "delta_corr", "r2_top_chang
 FIXED = (0.5, 0.7, 0.85)
 
 
-def linear_change(adata, target: str, seed: int) -> np.ndarray:  # noqa: ANN001
-    """The balanced linear shift's predicted mean change of ``target`` (its δ)."""
+def linear_change(adata, target: str, seed: int) -> tuple[AnnData, np.ndarray]:  # noqa: ANN001
+    """The balanced linear shift's prediction of ``target`` and its predicted mean change (its δ)."""
     p = linear_shift(adata, **LABELS, target=target, seed=seed)
     ctrl = (adata.obs[CELL_TYPE] == target).to_numpy() & (adata.obs[CONDITION] == CONTROL).to_numpy()
-    return np.asarray(p.X.mean(0)).ravel() - expression_moments(adata.X, np.flatnonzero(ctrl), counts=True)[0]
+    return p, np.asarray(p.X.mean(0)).ravel() - expression_moments(adata.X, np.flatnonzero(ctrl), counts=True)[0]
 
 
 def calibrated_weight(model, train, target: str, seed: int) -> float:  # noqa: ANN001
@@ -46,7 +47,7 @@ def calibrated_weight(model, train, target: str, seed: int) -> float:  # noqa: A
     rest = train[types != target].copy()
     num = den = 0.0
     for t, (real, predicted, _) in others.items():
-        lin = linear_change(rest, t, seed)
+        lin = linear_change(rest, t, seed)[1]
         top = np.argsort(-np.abs(real))[:100]
         d, e = predicted[top] - lin[top], real[top] - lin[top]
         num, den = num + float(d @ e), den + float(d @ d)
@@ -58,11 +59,11 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:  # noqa: ANN00
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
     pred = model.predict_perturbation(train, **LABELS, target=target, n_cells=n_cells, seed=seed)
-    lin = linear_change(train, target, seed)
+    linear, lin = linear_change(train, target, seed)
     gap = lin - pred.var["change"].to_numpy()
     weights = {f"w={w}": w for w in FIXED}
     weights["w calibrated"] = calibrated_weight(model, train, target, seed)
-    preds = {"transport": (pred, False), "linear": (linear_shift(train, **LABELS, target=target, seed=seed), True)}
+    preds = {"transport": (pred, False), "linear": (linear, True)}
     for name, w in weights.items():
         blended = pred.copy()
         blended.layers["expression"] = (pred.layers["expression"] + (1 - w) * gap[None, :]).astype(np.float32)
