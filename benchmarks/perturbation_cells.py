@@ -8,7 +8,7 @@ benchmark) and its gene-wise mean change c (``var["change"]``: predicted minus r
 log-normalised scale, the decoder's bias removed) is carried by three sets of cells:
 
 - ``delta``: the predicted cells themselves (counts drawn from the decoder, log-normalised), what
-  ``predict_perturbation`` returns;
+  ``predict_perturbation`` returns by default (``cells="decoded"``);
 - ``delta, control cells + change``: the target's real control cells, log-normalised, each gene moved by c (the
   linear shift's construction with the model's change in place of the other types' mean difference);
 - ``delta, control cells + own change``: the same cells, each moved by its own decoded change (log1p of 10,000
@@ -40,7 +40,8 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
-    pred = model.predict_perturbation(train, **LABELS, target=target, method="delta", n_cells=n_cells, seed=seed)
+    kw = dict(target=target, method="delta", n_cells=n_cells, cells="decoded", seed=seed)
+    pred = model.predict_perturbation(train, **LABELS, **kw)
     change = pred.var["change"].to_numpy()
     ctrl_log = np.asarray(tl.log_normalize(real_ctrl).toarray(), dtype=np.float64)
 

@@ -149,6 +149,7 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
                     interval=args.interval or None,
                     correct_bias=not name.endswith("_uncorrected"),
                     seed=seed,
+                    **({"cells": args.cells} if getattr(args, "cells", None) else {}),
                 )
                 preds[name] = (pred, False, seconds)
 
@@ -322,6 +323,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         help="predicted cells per held-out type, at least one per control cell (0: one per control cell)",
     )
     p.add_argument("--interval", type=float, default=0.9, help="level of predict_perturbation's intervals (0: none)")
+    p.add_argument(
+        "--cells",
+        choices=("observed", "decoded"),
+        default=None,
+        help="predict_perturbation's cells: what its layers['expression'] holds (default: its own, decoded)",
+    )
     p.add_argument("--vae-args", type=json.loads, default={}, help="extra keyword arguments for the VAE's fit")
     p.add_argument("--cvae-args", type=json.loads, default={}, help="extra keyword arguments for the cVAE's fit")
     p.add_argument("--out", type=Path, default=None, help="output path without suffix")

@@ -154,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         cell_type_key=args.cell_type_key,
         target=args.target,
         correct_bias=not args.no_bias_correction,
-        **_given(args, "method", "seed"),
+        **_given(args, "method", "cells", "seed"),
     )
     pred.write_h5ad(out)
 
@@ -281,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-bias-correction",
         action="store_true",
         help="keep the decoder's error on the target's control cells in layers['expression'] and var['change']",
+    )
+    p.add_argument(
+        "--cells",
+        **LIBRARY,
+        help="observed (the target's control cells moved to the predicted means) or decoded (the model's draws) "
+        "in layers['expression'] (default: predict_perturbation's)",
     )
     p.add_argument("--seed", type=int, **LIBRARY)
 

@@ -194,6 +194,19 @@ def expression_moments(x: Any, rows: np.ndarray, *, counts: bool, chunk: int = 4
     return mean, var
 
 
+def move_to_mean(values: np.ndarray, mean: np.ndarray, *, counts: bool) -> np.ndarray:
+    """Cells × genes (``values``, on the scale of :func:`expression_values`) moved so that each gene's mean over the
+    cells is ``mean``. For counts (log-normalised values, all >= 0) a gene whose mean falls has its values scaled
+    down, so that they stay >= 0 (a target mean below 0 is taken as 0), and one whose mean rises has the same
+    amount added to every cell; otherwise the difference is added. The cells keep their order on each gene."""
+    current = values.mean(0)
+    if counts:
+        target = np.maximum(mean, 0.0)
+        ratio = target / np.where(current > 0, current, 1.0)
+        return np.where(target < current, values * ratio, values + (target - current))
+    return values + (mean - current)
+
+
 def interval_scale(changes: np.ndarray) -> np.ndarray:
     """Per-gene scale of the intervals from the real changes of several cell types (types × genes): the
     standard deviation of each gene's change across the types, plus the median of those over genes (a floor,

@@ -13,6 +13,7 @@ import torch
 from .conditions import (
     expression_moments,
     expression_values,
+    move_to_mean,
     neighbour_shift,
     transport_displacements,
     type_groups,
@@ -102,12 +103,9 @@ def decoder_bias(
 
 
 def subtract_bias(values: np.ndarray, shrunk: np.ndarray, *, counts: bool) -> np.ndarray:
-    """``values`` (predicted cells on the scored scale) less the shrunk bias of :func:`decoder_bias`."""
-    if counts:  # log-normalised values stay >= 0: a gene too high is scaled down, one too low shifted up
-        mean = values.mean(0)
-        ratio = np.maximum(mean - shrunk, 0.0) / np.where(mean > 0, mean, 1.0)
-        return np.where(shrunk > 0, values * ratio, values - shrunk)
-    return values - shrunk
+    """``values`` (predicted cells on the scored scale) less the shrunk bias of :func:`decoder_bias`: log-normalised
+    values stay >= 0, a gene too high is scaled down and one too low shifted up (:func:`move_to_mean`)."""
+    return move_to_mean(values, values.mean(0) - shrunk, counts=counts)
 
 
 def transported_shift(

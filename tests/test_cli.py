@@ -143,7 +143,9 @@ def test_de_writes_a_table(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--method", "delta", "--no-bias-correction"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--method", "delta", "--no-bias-correction"], ["--method", "delta", "--cells", "observed"]]
+)
 def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     kang = scvae.datasets.kang()
     kang = kang[kang.obs["cell_type"].isin(["CD4 T", "CD14 Mono", "B"]).to_numpy(), :300].copy()
@@ -156,10 +158,12 @@ def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     assert main(argv) == 0
     pred = ad.read_h5ad(tmp_path / "pred.h5ad")
     rec = pred.uns["scvae_perturbation"]
-    assert rec["method"] == ("delta" if extra else "transport") and bool(rec["bias_corrected"]) is not bool(extra)
+    uncorrected = "--no-bias-correction" in extra
+    assert rec["method"] == ("delta" if extra else "transport") and bool(rec["bias_corrected"]) is not uncorrected
+    assert rec["cells"] == ("observed" if "--cells" in extra else "decoded")
     assert pred.n_obs == int(((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "control")).sum())
     logx = scvae.tl.log_normalize(pred).toarray()
-    assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is bool(extra)
+    assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is uncorrected  # decoded, uncorrected: X's
 
 
 def test_the_command_line_leaves_every_default_to_the_library():
@@ -178,7 +182,7 @@ def test_the_command_line_leaves_every_default_to_the_library():
     pred += [
         x for opt in ("condition-key", "control", "stimulated", "cell-type-key", "target") for x in (f"--{opt}", "x")
     ]
-    assert _given(parser.parse_args(pred), "method", "seed") == {}
+    assert _given(parser.parse_args(pred), "method", "cells", "seed") == {}
 
 
 def test_python_dash_m_scvae_is_the_command_line(monkeypatch, capsys):

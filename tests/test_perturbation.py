@@ -213,6 +213,34 @@ def test_a_zero_shift_predicts_no_change_once_the_decoders_bias_is_removed(vae, 
         vae.predict_perturbation(same, correct_bias="yes", **kw)
 
 
+def test_observed_cells_are_the_control_cells_moved_to_the_decoded_means(vae, data):
+    """``cells="observed"`` keeps the measured control cells and moves each gene to the decoded prediction's mean:
+    the same change, the cells' own spread."""
+    kw = dict(target=TARGET, n_cells=500, seed=3, **LABELS)
+    decoded = vae.predict_perturbation(data["train"], **kw)  # the default
+    observed = vae.predict_perturbation(data["train"], cells="observed", **kw)
+    assert observed.uns["scvae_perturbation"]["cells"] == "observed"
+    assert decoded.uns["scvae_perturbation"]["cells"] == "decoded"
+    assert (observed.X != decoded.X).nnz == 0  # X holds the model's draws either way
+    np.testing.assert_allclose(observed.var["change"], decoded.var["change"], atol=1e-4)
+    d, o = decoded.layers["expression"], observed.layers["expression"]
+    np.testing.assert_allclose(o.mean(0), d.mean(0), atol=1e-4)
+    assert (o >= 0).all()
+    real = tl.log_normalize(data["train"][observed.obs["source_cell"]]).toarray()
+    rises = o.mean(0) >= real.mean(0)
+    moved = o[:, rises] - real[:, rises]  # a gene that rises: the same amount added to every cell
+    np.testing.assert_allclose(moved, np.broadcast_to(moved.mean(0), moved.shape), atol=1e-4)
+    falls = ~rises & (o.mean(0) > 0)  # one that falls (not to 0): scaled down, zeros stay zeros
+    assert falls.sum() > 10 and ((real[:, falls] == 0) == (o[:, falls] == 0)).all()
+    # the same centre (E-distance), but a distribution closer to the real stimulated cells' (energy distance)
+    res = {k: tl.evaluate_perturbation(p, data["stim"], data["ctrl"]) for k, p in (("obs", observed), ("dec", decoded))}
+    print({k: (round(r["e_distance"], 2), round(r["energy_distance"], 3)) for k, r in res.items()})
+    assert res["obs"]["e_distance"] == pytest.approx(res["dec"]["e_distance"], rel=1e-3)
+    assert res["obs"]["energy_distance"] < 0.7 * res["dec"]["energy_distance"]
+    with pytest.raises(InputError, match="cells must be one of"):
+        vae.predict_perturbation(data["train"], cells="real", **kw)
+
+
 def test_output_structure_and_record(vae, data):
     pred = vae.predict_perturbation(data["train"], target=TARGET, method="delta", **LABELS)
     n_ctrl = data["ctrl"].n_obs

@@ -24,7 +24,12 @@ FIT = dict(progress_bar=False, seed=0)  # fit's defaults, as in the benchmark
 # better linear shift in Pearson-delta over the top-100 |change| genes (CD14 Mono 0.134-0.148, CD4 T 0.046-0.051)
 # and the coverage of those genes' real change by the 90 % intervals (CD14 Mono 0.86-0.93, CD4 T 0.89-0.91); here,
 # on one thread: CD14 Mono 0.134 and 0.89, CD4 T 0.051 and 0.90. The thresholds leave room for the seed spread.
-MEASURED = {"CD14 Mono": dict(margin=0.08, coverage=(0.85, 0.99)), "CD4 T": dict(margin=0.025, coverage=(0.85, 0.97))}
+# The predicted cells are closer to the real stimulated cells than the linear shift's in energy distance on CD14
+# Mono (3.87, spread 0.61, against 6.07), not on CD4 T (0.97 against 0.30).
+MEASURED = {
+    "CD14 Mono": dict(margin=0.08, coverage=(0.85, 0.99), energy_below_linear=True),
+    "CD4 T": dict(margin=0.025, coverage=(0.85, 0.97), energy_below_linear=False),  # not asserted
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,7 @@ def held_out(request, kang) -> dict:
     print(
         target,
         {
-            m: {k: round(s[k], 3) for k in ("delta_corr_top_change", "r2_top", "r2_top_change")}
+            m: {k: round(s[k], 3) for k in ("delta_corr_top_change", "r2_top", "r2_top_change", "energy_distance")}
             for m, s in scores.items()
         },
         {k: round(v, 3) for k, v in scores["scvae"].items() if k.startswith("interval")},
@@ -74,6 +79,9 @@ def test_default_method_beats_both_linear_shifts_and_no_change(held_out):
         assert ours[score] > best, score
     best = max(scores[b]["delta_corr_top_change"] for b in ("linear", "linear_unbalanced"))
     assert ours["delta_corr_top_change"] - best > measured["margin"]
+    if measured["energy_below_linear"]:
+        closest = min(scores[b]["energy_distance"] for b in ("linear", "linear_unbalanced"))
+        assert ours["energy_distance"] < 0.8 * closest
 
 
 def test_intervals_cover_the_real_change(held_out):

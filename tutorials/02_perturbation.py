@@ -85,7 +85,9 @@ print(train)
 # sizes) in `X`, the decoder's expected frequencies in `layers["expected_frequency"]`, the cells log-normalised
 # with the decoder's own error on the CD4 T control cells taken off in `layers["expression"]` (what
 # `evaluate_perturbation` scores; `correct_bias=False` keeps the error), the predicted mean change of each gene
-# in `var["change"]`, what was used in `uns`. With `interval=0.9` it also returns a 90 % interval for each
+# in `var["change"]`, what was used in `uns`. (`cells="observed"` puts the CD4 T control cells as measured in that
+# layer instead, each gene moved to its predicted mean: the same means, a spread closer to real cells as a whole,
+# but a gene induced from near zero, such as ISG15 below, keeps the control cells' shape.) With `interval=0.9` it also returns a 90 % interval for each
 # gene's change (`var["change_lower"]`, `var["change_upper"]`), calibrated by predicting each of the other
 # cell types from the rest in the same way, and widened by the sampling error of a change observed on as many
 # cells as the CD4 T control cells.
