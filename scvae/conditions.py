@@ -207,6 +207,12 @@ def move_to_mean(values: np.ndarray, mean: np.ndarray, *, counts: bool) -> np.nd
     return values + (mean - current)
 
 
+def observed_cells(x: Any, rows: np.ndarray, mean: np.ndarray, *, counts: bool) -> np.ndarray:
+    """``rows`` of ``x`` as measured, on the scale of :func:`expression_values`, each gene moved to ``mean`` by
+    :func:`move_to_mean` (``predict_perturbation(..., cells="observed")``)."""
+    return move_to_mean(expression_values(to_dense_float(x, rows), counts=counts), mean, counts=counts)
+
+
 def interval_scale(changes: np.ndarray) -> np.ndarray:
     """Per-gene scale of the intervals from the real changes of several cell types (types × genes): the
     standard deviation of each gene's change across the types, plus the median of those over genes (a floor,

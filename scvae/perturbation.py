@@ -35,7 +35,7 @@ from .conditions import (
     expression_values,
     interval_scale,
     linear_shift,
-    move_to_mean,
+    observed_cells,
     predicted_obs,
     transport_displacements,
     type_groups,
@@ -49,7 +49,6 @@ from .latent import (
     subtract_bias,
     transported_shift,
 )
-from .loaders import to_dense_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SCVAE
@@ -57,10 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 METHODS = ("delta", "counterfactual", "transport")
-CELLS = ("decoded", "observed")  # what predict_perturbation's layers["expression"] holds
 # linear_shift, balanced_indices and type_groups live in scvae.conditions and are importable from here too
 __all__ = [
-    "CELLS",
     "METHODS",
     "balanced_indices",
     "change_intervals",
@@ -163,21 +160,11 @@ def predict_perturbation(
         from 0.932 to 0.938 (the same models and draws without and with it), most on the small types (NK 0.900 →
         0.923); the smallest, DC (30 control cells), loses 0.006. ``X`` is not affected.
     cells
-        What the cells of ``layers["expression"]`` are; their gene means, and so ``var["change"]``, every score
-        of gene means (Pearson-delta, R², E-distance) and the intervals, are the same either way.
-        ``"decoded"`` (the default): the model's draws (``X``, log-normalised for count likelihoods), with the
-        decoder's bias removed. ``"observed"``: each source control cell as measured (log-normalised for count
-        likelihoods), every gene moved to the predicted mean (:func:`~scvae.conditions.move_to_mean`: a gene that
-        rises by the same amount in every cell, one that falls by scaling its values down, so that they stay at or
-        above 0), much as :func:`linear_shift` moves them. Those cells keep the real cells' spread and gene-gene
-        structure: on Kang (as above, 2,000 HVGs, ``"transport"``, the same models and cells;
-        ``benchmarks/results/perturbation_kang.md`` and ``perturbation_kang_observed.md``) their energy distance to
-        the real stimulated cells is 1.59 against 3.20 for the decoded cells, lower in all 21 runs (the linear
-        shift's, 2.00). But a gene induced from near zero keeps the control cells' shape: its zeros all move to
-        one value and its few expressed cells far above it (ISG15 in CD4 T cells is bimodal where the real
-        stimulated cells are not), so for one gene's distribution, as in :func:`scvae.pl.perturbation_violin`, the
-        decoded cells are the better picture; ``"observed"`` suits comparisons of whole cells (distances,
-        embeddings).
+        What ``layers["expression"]`` holds, with the same gene means either way: ``"decoded"`` (the default), the
+        model's draws; ``"observed"``, the source control cells as measured, each gene moved to the predicted mean
+        (:func:`~scvae.conditions.observed_cells`). Those are closer to real cells as a whole (energy distance 1.59
+        against 3.20 for ``"transport"`` on Kang's HVGs, see the README), but a gene induced from near zero keeps
+        the control cells' shape (ISG15 turns bimodal), so they are no picture of one gene's distribution.
     seed
         Seeds the balanced draw, the choice of control cells and the sampling of counts.
     batch_size
@@ -188,9 +175,8 @@ def predict_perturbation(
     A new AnnData of predicted cells × the model's genes. ``X``: counts drawn from the model's likelihood, with
     each source control cell's library size (so they can be normalised like real data; for non-count
     likelihoods, draws on the model's scale). ``layers["expression"]``: the predicted cells (``cells``) on the
-    scale they are scored on, log-normalised (``log1p`` of counts per 10,000, as :func:`scvae.tl.log_normalize`)
-    for count likelihoods, the model's scale otherwise, with the decoder's bias removed (``correct_bias``);
-    :func:`scvae.tl.evaluate_perturbation` scores this layer. ``layers["expected_frequency"]``: the decoder's expected
+    scale they are scored on, log-normalised (``log1p`` of counts per 10,000) for count likelihoods, the model's
+    scale otherwise, bias removed (``correct_bias``); :func:`scvae.tl.evaluate_perturbation` scores this layer. ``layers["expected_frequency"]``: the decoder's expected
     frequencies (rows sum to 1) for count likelihoods, or ``layers["expected"]``: the likelihood's mean
     otherwise. ``obs``: the source cells' columns with ``condition_key`` set to ``stimulated``,
     ``predicted=True`` and ``source_cell``. ``var["change"]``: the predicted mean change of each gene from the
@@ -213,7 +199,7 @@ def predict_perturbation(
     check_int("n_cells", n_cells, optional=True)
     check_int("n_per_type", n_per_type, optional=True)  # used by "delta" only, but checked whatever the method
     check_bool("correct_bias", correct_bias)
-    check_choice("cells", cells, CELLS)
+    check_choice("cells", cells, ("decoded", "observed"))
     cond, types, (control, stimulated, target) = check_inputs(
         adata, condition_key, control, stimulated, cell_type_key, target, min_cells
     )
@@ -296,12 +282,9 @@ def predict_perturbation(
         bias, shrunk = decoder_bias(model, x, z_own, codes, source, library, batch_size, seed)
         values = subtract_bias(values, shrunk, counts=is_counts)
         record["bias"] = {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
-    record["bias_corrected"] = bool(correct_bias)
     if cells == "observed":  # the target's measured cells, each gene moved to the predicted mean
-        values = move_to_mean(
-            expression_values(to_dense_float(x, source), counts=is_counts), values.mean(0), counts=is_counts
-        )
-    record["cells"] = cells
+        values = observed_cells(x, source, values.mean(0), counts=is_counts)
+    record.update(bias_corrected=bool(correct_bias), cells=cells)
 
     obs = predicted_obs(
         adata,
