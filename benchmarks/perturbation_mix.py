@@ -33,9 +33,10 @@ import numpy as np
 from _screens import LABELS, held_out, score, screen_main
 from anndata import AnnData
 from perturbation_kang import CELL_TYPE, CONDITION, CONTROL
+from perturbation_neighbours import gene_pairs
 
 import scvae
-from scvae.conditions import EXPRESSION_LAYER, transport_pairs, type_groups
+from scvae.conditions import EXPRESSION_LAYER, type_groups
 from scvae.data import log_normalize
 from scvae.latent import posterior_means
 from scvae.loaders import to_dense_float
@@ -69,12 +70,7 @@ def gene_transport(model, train: AnnData, target: str, seed: int) -> np.ndarray:
     logx = to_dense_float(log_normalize(train), slice(None))
     source = np.flatnonzero((types == target) & (cond == CONTROL))
     z = posterior_means(model, x, codes, np.arange(train.n_obs), 1024)
-    anchors, moves = [], []
-    for i, (c, s) in enumerate(groups.values()):  # the pairs of method="transport" (same seeds)
-        pc, ps = transport_pairs(z[c], z[s], seed=seed + i)
-        anchors.append(z[c[pc]])
-        moves.append(logx[s[ps]] - logx[c[pc]])
-    anchors, moves = np.vstack(anchors), np.vstack(moves)
+    anchors, moves = gene_pairs(z, logx, groups, seed)
     _, idx = NearestNeighbors(n_neighbors=K).fit(anchors).kneighbors(z[source])
     return logx[source] + np.stack([moves[i].mean(0) for i in idx])
 

@@ -44,6 +44,17 @@ def cells(like: AnnData, values: np.ndarray) -> AnnData:
     return AnnData(values.astype(np.float32), obs=like.obs.copy(), var=like.var.copy())
 
 
+def gene_pairs(z: np.ndarray, logx: np.ndarray, groups: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``method="transport"``'s pairs of each type's control and stimulated codes (the same seeds): the paired
+    control cells' codes and each pair's displacement in gene space (stimulated − control, log-normalised)."""
+    anchors, moves = [], []
+    for i, (c, s) in enumerate(groups.values()):
+        pc, ps = transport_pairs(z[c], z[s], seed=seed + i)
+        anchors.append(z[c[pc]])
+        moves.append(logx[s[ps]] - logx[c[pc]])
+    return np.vstack(anchors), np.vstack(moves)
+
+
 def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     from sklearn.neighbors import NearestNeighbors
 
@@ -76,12 +87,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
         preds[f"nearest_types k={k}"] = (cells(base, logx[source] + (w @ change)[None, :]), True)
 
     # gene transport: OT pairs in the latent space, displacements in gene space
-    anchors, moves = [], []
-    for i, (c, s) in enumerate(groups.values()):  # the pairs of method="transport" (same seeds)
-        pc, ps = transport_pairs(z[c], z[s], seed=seed + i)
-        anchors.append(z[c[pc]])
-        moves.append(logx[s[ps]] - logx[c[pc]])
-    anchors, moves = np.vstack(anchors), np.vstack(moves)
+    anchors, moves = gene_pairs(z, logx, groups, seed)
     for k in KS:
         _, idx = NearestNeighbors(n_neighbors=k).fit(anchors).kneighbors(z[source])
         shift = np.stack([moves[i].mean(0) for i in idx])
