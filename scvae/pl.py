@@ -142,7 +142,7 @@ def perturbation_violin(
     gene: str,
     *,
     pred_normalized: bool = False,
-    labels: tuple[str, str, str] = ("control", "stimulated (real)", "stimulated (predicted)"),
+    labels: tuple[str, str, str] = ("control", "stimulated\n(real)", "stimulated\n(predicted)"),
     ax: Axes | None = None,
     seed: int = 0,
 ) -> Axes:
