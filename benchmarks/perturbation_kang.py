@@ -149,7 +149,7 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
                     interval=args.interval or None,
                     correct_bias=not name.endswith("_uncorrected"),
                     seed=seed,
-                    **({"cells": args.cells} if getattr(args, "cells", None) else {}),
+                    **({"cells": args.cells} if args.cells else {}),
                 )
                 preds[name] = (pred, False, seconds)
 

@@ -172,17 +172,17 @@ def predict_perturbation(
 
     Returns
     -------
-    A new AnnData of predicted cells × the model's genes. ``X``: counts drawn from the model's likelihood, with
-    each source control cell's library size (so they can be normalised like real data; for non-count
-    likelihoods, draws on the model's scale). ``layers["expression"]``: the predicted cells (``cells``) on the
-    scale they are scored on, log-normalised (``log1p`` of counts per 10,000) for count likelihoods, the model's
-    scale otherwise, bias removed (``correct_bias``); :func:`scvae.tl.evaluate_perturbation` scores this layer. ``layers["expected_frequency"]``: the decoder's expected
-    frequencies (rows sum to 1) for count likelihoods, or ``layers["expected"]``: the likelihood's mean
-    otherwise. ``obs``: the source cells' columns with ``condition_key`` set to ``stimulated``,
+    A new AnnData of predicted cells × the model's genes. ``X``: counts drawn from the model's likelihood, with each
+    source control cell's library size (so they can be normalised like real data; for non-count likelihoods, draws on
+    the model's scale). ``layers["expression"]``: the predicted cells (``cells``) on the scale they are scored on,
+    log-normalised (``log1p`` of counts per 10,000) for count likelihoods, the model's scale otherwise, bias removed
+    (``correct_bias``); :func:`scvae.tl.evaluate_perturbation` scores this layer. ``layers["expected_frequency"]``:
+    the decoder's expected frequencies (rows sum to 1) for count likelihoods, or ``layers["expected"]``: the
+    likelihood's mean otherwise. ``obs``: the source cells' columns with ``condition_key`` set to ``stimulated``,
     ``predicted=True`` and ``source_cell``. ``var["change"]``: the predicted mean change of each gene from the
-    target's control cells, the mean of ``layers["expression"]`` minus the real control cells' mean.
-    With ``interval``: ``var["change_lower"]`` and ``var["change_upper"]``. ``uns["scvae_perturbation"]``:
-    method, ``cells``, δ (for ``"delta"``), labels, the cell types and cell counts used, and the calibration.
+    target's control cells, the mean of ``layers["expression"]`` minus the real control cells' mean. With
+    ``interval``: ``var["change_lower"]`` and ``var["change_upper"]``. ``uns["scvae_perturbation"]``: method,
+    ``cells``, δ (for ``"delta"``), labels, the cell types and cell counts used, and the calibration.
 
     Examples
     --------
