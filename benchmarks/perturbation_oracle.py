@@ -72,7 +72,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     z_c, lib_c = encoded(x, codes, ctrl)
     z_s, lib_s = encoded(x_s, codes_s, np.arange(real_stim.n_obs))
 
-    _, shrunk = decoder_bias(model, x, z_c, codes, ctrl, lib_c, BATCH, seed)  # once: it depends on z_c alone
+    _, shrunk, _ = decoder_bias(model, x, z_c, codes, ctrl, lib_c, BATCH, seed)  # once: it depends on z_c alone
 
     def cells(z: np.ndarray, cm: np.ndarray, library: np.ndarray) -> AnnData:
         values = subtract_bias(decoded(z, library, cm), shrunk, counts=True)

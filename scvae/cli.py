@@ -285,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cells",
         **LIBRARY,
-        help="observed (the target's control cells moved to the predicted means) or decoded (the model's draws) "
-        "in layers['expression'] (default: predict_perturbation's)",
+        help="observed (the target's control cells, changed count by count as the model changes them) or decoded "
+        "(the model's draws) in X and layers['expression'] (default: predict_perturbation's)",
     )
     p.add_argument("--seed", type=int, **LIBRARY)
 

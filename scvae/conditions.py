@@ -207,10 +207,39 @@ def move_to_mean(values: np.ndarray, mean: np.ndarray, *, counts: bool) -> np.nd
     return values + (mean - current)
 
 
-def observed_cells(x: Any, rows: np.ndarray, mean: np.ndarray, *, counts: bool) -> np.ndarray:
-    """``rows`` of ``x`` as measured, on the scale of :func:`expression_values`, each gene moved to ``mean`` by
-    :func:`move_to_mean` (``predict_perturbation(..., cells="observed")``)."""
-    return move_to_mean(expression_values(to_dense_float(x, rows), counts=counts), mean, counts=counts)
+def observed_cells(
+    x: Any,
+    rows: np.ndarray,
+    mean: np.ndarray,
+    *,
+    counts: bool,
+    draws: np.ndarray,
+    after: np.ndarray,
+    before: np.ndarray,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` of ``x`` as measured, each cell changed as the model changes it, then each gene moved to ``mean``
+    (:func:`move_to_mean`); for ``predict_perturbation(..., cells="observed")``. Returns the cells (counts for
+    count likelihoods) and their values on the scale of :func:`expression_values`.
+
+    ``after`` and ``before`` (cells × genes) are the decoder's expected frequencies (or means) of each cell with
+    and without the predicted shift, ``draws`` counts drawn at ``after``. For counts, where a cell's gene falls
+    (ratio r = after / before < 1) its measured count is thinned binomially with probability r; where it rises,
+    the draw thinned with probability 1 − 1 / r is added (a thinned negative binomial is a negative binomial of
+    the same dispersion, so the extra counts have mean after − before and the model's shape). A gene induced from
+    zero thus looks like the model's draws, and one that does not change keeps the measured cells. Otherwise
+    after − before is added to the measured values. Thinning is seeded with ``seed``."""
+    real = to_dense_float(x, rows).astype(np.float64)
+    if not counts:
+        cells = real + (after - before)
+        return cells, move_to_mean(cells, mean, counts=False)
+    after, before = after.astype(np.float64), before.astype(np.float64)
+    ratio = np.divide(after, before, out=np.where(after > 0, np.inf, 1.0), where=before > 0)
+    rng = np.random.default_rng(seed)
+    kept = rng.binomial(np.rint(real).astype(np.int64), np.minimum(ratio, 1.0))
+    added = rng.binomial(np.rint(draws).astype(np.int64), 1.0 - 1.0 / np.maximum(ratio, 1.0))
+    cells = (kept + added).astype(np.float64)
+    return cells, move_to_mean(expression_values(cells, counts=True), mean, counts=True)
 
 
 def interval_scale(changes: np.ndarray) -> np.ndarray:

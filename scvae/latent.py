@@ -91,15 +91,16 @@ def decoder_bias(
     library: np.ndarray | None,
     batch_size: int,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The decoder's bias on the ``source`` cells, per gene on the scored scale: their codes ``z_own`` decoded
-    without a shift, against their real mean; and that bias shrunk where it is within the sampling noise."""
+    without a shift, against their real mean; that bias shrunk where it is within the sampling noise; and the
+    decoder's expected frequencies (or means) of those cells (:func:`decode`)."""
     counts = model.module.counts
-    own, _ = decode(model, z_own, codes[source], library, batch_size, seed + 1)
+    own, expected = decode(model, z_own, codes[source], library, batch_size, seed + 1)
     bias = expression_values(own, counts=counts).mean(0) - expression_moments(x, source, counts=counts)[0]
     cells = np.unique(source)
     noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
-    return bias, bias * (np.square(bias) / (np.square(bias) + noise + 1e-12))
+    return bias, bias * (np.square(bias) / (np.square(bias) + noise + 1e-12)), expected
 
 
 def subtract_bias(values: np.ndarray, shrunk: np.ndarray, *, counts: bool) -> np.ndarray:
