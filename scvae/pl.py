@@ -283,7 +283,8 @@ def perturbation_scores(
         metric names to numbers), e.g. ``{"no change": ..., "linear shift": ..., "scvae": ...}``.
     metrics
         Keys of the results to draw, in order. The default are those between -1 and 1 (Pearson-delta, R², sign
-        agreement); draw the distances (``"e_distance"``, ``"energy_distance"``, lower is better) on their own.
+        agreement); draw the distances (``"e_distance"``, ``"energy_distance"``, ``"wasserstein_top_change"``, lower
+        is better) on their own.
     ax
         A matplotlib axes to draw in (default: a new figure).
     title

@@ -377,6 +377,7 @@ def test_tl_metrics(data, top):
     for key in ("delta_corr_top", "delta_corr_top_change", "r2_top_change", "sign_top", "sign_top_change"):
         assert res[key] == pytest.approx(1.0), key
     assert res["e_distance"] == pytest.approx(0.0, abs=1e-9) and res["energy_distance"] == pytest.approx(0.0, abs=1e-9)
+    assert res["wasserstein_top_change"] == pytest.approx(0.0, abs=1e-9)
     # both directions of change are ranked: the top-changed genes include genes that go down
     changed = res["means"].loc[res["top_change"]]
     assert (changed["real"] < changed["control"]).any() and (changed["real"] > changed["control"]).any()
@@ -389,6 +390,13 @@ def test_tl_metrics(data, top):
     assert np.isnan(none["delta_corr"]) and none["sign_top"] == 0.0
     assert none["e_distance"] == pytest.approx(none["e_distance_control"]) and none["e_distance"] > 1.0
     assert none["energy_distance"] == pytest.approx(none["energy_distance_control"]) and none["energy_distance"] > 0.1
+    # gene by gene: scipy's 1-D Wasserstein distance of the log-normalised values, averaged over the top-changed genes
+    from scipy.stats import wasserstein_distance
+
+    cols = stim.var_names.get_indexer(none["top_change"])  # normalised over all genes, then the top-changed ones
+    s, c = (tl.log_normalize(a).toarray()[:, cols] for a in (stim, ctrl))
+    expected = np.mean([wasserstein_distance(c[:, j], s[:, j]) for j in range(len(cols))])
+    assert none["wasserstein_top_change"] == pytest.approx(expected) and expected > 0.3
     with pytest.raises(InputError, match="missing"):
         tl.mean_r2(stim, ctrl[:, :10])
     with pytest.raises(InputError, match="max_cells must be a positive integer"):

@@ -81,13 +81,14 @@ print(train)
 # ## Train and predict
 #
 # An unconditional negative-binomial VAE on the raw counts (fit's defaults); `predict_perturbation` returns a
-# new AnnData of predicted stimulated CD4 T cells: counts drawn from the model (with the control cells' library
-# sizes) in `X`, the decoder's expected frequencies in `layers["expected_frequency"]`, the cells log-normalised
-# with the decoder's own error on the CD4 T control cells taken off in `layers["expression"]` (what
-# `evaluate_perturbation` scores; `correct_bias=False` keeps the error), the predicted mean change of each gene
-# in `var["change"]`, what was used in `uns`. (`cells="observed"` puts the CD4 T control cells as measured in that
-# layer instead, each gene moved to its predicted mean: the same means, a spread closer to real cells as a whole,
-# but a gene induced from near zero, such as ISG15 below, keeps the control cells' shape.) With `interval=0.9` it also returns a 90 % interval for each
+# new AnnData of predicted stimulated CD4 T cells. Its cells are the CD4 T control cells as measured, each changed
+# as the model changes it (counts thinned where the model lowers a gene, given extra counts drawn from the model
+# where it raises one), so a gene that does not respond keeps the measured cells and one induced from near zero,
+# such as ISG15 below, looks like the model's draws. `X` holds their counts, `layers["expression"]` the same cells
+# log-normalised with each gene moved to its predicted mean, the decoder's own error on the CD4 T control cells
+# taken off (what `evaluate_perturbation` scores; `correct_bias=False` keeps the error); `var["change"]` the
+# predicted mean change of each gene, `uns` what was used. (`cells="decoded"` gives the model's own draws instead,
+# with the same means.) With `interval=0.9` it also returns a 90 % interval for each
 # gene's change (`var["change_lower"]`, `var["change_upper"]`), calibrated by predicting each of the other
 # cell types from the rest in the same way, and widened by the sampling error of a change observed on as many
 # cells as the CD4 T control cells.
@@ -106,7 +107,9 @@ print("interval calibration:", pred.uns["scvae_perturbation"]["interval"])
 # of per-gene means between predicted and real stimulated cells over the top-100 DEGs of the real CD4 T cells
 # (scGen's up-regulated Wilcoxon list); Pearson-delta, the correlation of predicted and real *changes* from
 # control, over the 100 genes that change most (either way); the share of those genes changed in the right
-# direction; and the E-distance between predicted and real cells in a PCA of the real ones (lower is better).
+# direction; the E-distance between predicted and real cells in a PCA of the real ones, which compares their
+# centres, and the energy distance, which compares the whole clouds; and gene by gene, the Wasserstein distance
+# between predicted and real values, averaged over the 100 most changed genes (distances: lower is better).
 # Two baselines: no change (the control cells as the prediction) and a linear shift in gene space.
 
 # %%
@@ -119,7 +122,14 @@ scores = {
     ),
     "scvae transport": result,
 }
-metrics = ("r2_top", "delta_corr_top_change", "sign_top_change", "e_distance")
+metrics = (
+    "r2_top",
+    "delta_corr_top_change",
+    "sign_top_change",
+    "e_distance",
+    "energy_distance",
+    "wasserstein_top_change",
+)
 print(
     f"90 % intervals cover the real change of {result['interval_coverage_top_change']:.0%} of the top-100 "
     f"changed genes (median width {result['interval_width_top_change']:.2f})"
@@ -164,5 +174,6 @@ print(f"figures written to {FIGURES}")
 
 # %% [markdown]
 # `method="delta"` gives scGen's latent arithmetic (one shift for every cell) on the same model; a cVAE
-# (`fit(..., condition_key="condition")`) adds `method="counterfactual"`. For every cell type, every method and both linear baselines over three seeds, see
-# `benchmarks/perturbation_kang.py` and its tables in `benchmarks/results/perturbation_kang.md`.
+# (`fit(..., condition_key="condition")`) adds `method="counterfactual"`. For every cell type, every method and
+# both linear baselines over three seeds, see `benchmarks/perturbation_kang.py` and its tables in
+# `benchmarks/results/perturbation_kang.md`.
