@@ -228,17 +228,17 @@ def observed_cells(
     the draw thinned with probability 1 − 1 / r is added (a thinned negative binomial is a negative binomial of
     the same dispersion, so the extra counts have mean after − before and the model's shape). A gene induced from
     zero thus looks like the model's draws, and one that does not change keeps the measured cells. Otherwise
-    after − before is added to the measured values. Thinning is seeded with ``seed``."""
+    after − before is added to the measured values. Thinning is seeded with ``seed``. The cells are float32."""
     real = to_dense_float(x, rows).astype(np.float64)
     if not counts:
         cells = real + (after - before)
-        return cells, move_to_mean(cells, mean, counts=False)
+        return cells.astype(np.float32), move_to_mean(cells, mean, counts=False)
     after, before = after.astype(np.float64), before.astype(np.float64)
     ratio = np.divide(after, before, out=np.where(after > 0, np.inf, 1.0), where=before > 0)
     rng = np.random.default_rng(seed)
     kept = rng.binomial(np.rint(real).astype(np.int64), np.minimum(ratio, 1.0))
     added = rng.binomial(np.rint(draws).astype(np.int64), 1.0 - 1.0 / np.maximum(ratio, 1.0))
-    cells = (kept + added).astype(np.float64)
+    cells = (kept + added).astype(np.float32)  # float32 as the model's draws, exact for counts below 2**24
     return cells, move_to_mean(expression_values(cells, counts=True), mean, counts=True)
 
 
