@@ -436,7 +436,7 @@ def change_intervals(
             min_cells=min_cells,
             seed=seed,
             batch_size=batch_size,
-            **predict_kw,
+            **{"cells": "decoded", **predict_kw},  # only the means are used, the same for either kind of cells
         )
         error = np.square(real[i] - pred.var["change"].to_numpy())
         scaled = np.sqrt(np.maximum(error - noise[i], 0.0)) / interval_scale(np.delete(real, i, 0))
