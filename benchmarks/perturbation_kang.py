@@ -264,6 +264,14 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
         "Each cell: mean over seeds (spread, max − min). 'halves': two halves of the real stimulated cells, the "
         "noise ceiling. Definitions: `scvae.tl.evaluate_perturbation`.",
         "",
+    ]
+    return "\n".join(md + tables(results, methods, settings["interval"]))
+
+
+def tables(results: pd.DataFrame, methods: list[str], interval: float) -> list[str]:
+    """The report's sections (markdown lines): wins over the baselines, closest to the ceiling, the intervals'
+    coverage (when the results have it, at level ``interval``) and one table per score."""
+    md = [
         "## Wins over the baselines",
         "",
         "Cell types where the method beats the best of no change, the balanced and the unbalanced linear shift by "
@@ -282,7 +290,7 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
         cov = cov.unstack("method")[[m for m in model_methods if m in cov.index.get_level_values(1)]]
         inside = ((cov >= 0.85) & (cov <= 0.95)).sum()
         md += [
-            f"## Intervals: coverage of the real change (interval level {settings['interval']})",
+            f"## Intervals: coverage of the real change (interval level {interval})",
             "",
             "`predict_perturbation(..., interval=...)`: the share of genes whose real change (real stimulated − "
             "control mean) lies within the predicted interval, over the top-100 genes by |real change| "
@@ -302,7 +310,7 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
             markdown(score_table(results, score, methods)),
             "",
         ]
-    return "\n".join(md)
+    return md
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

@@ -46,16 +46,11 @@ from perturbation_kang import (
     CELL_TYPE,
     CONDITION,
     CONTROL,
-    INTERVAL_SCORES,
     MODEL_METHODS,
     RESULTS,
-    SCORES,
     STIMULATED,
-    closest_to_ceiling,
-    markdown,
     run_split,
-    score_table,
-    wins,
+    tables,
 )
 
 import scvae
@@ -146,7 +141,7 @@ def lineage_case(
     return case, lfc.loc[sorted(used, key=list(cells.var_names).index)]
 
 
-def report(results: pd.DataFrame, methods: list[str], command: str, wall: float, case: AnnData) -> str:
+def report(results: pd.DataFrame, methods: list[str], command: str, wall: float, case: AnnData, interval: float) -> str:
     counts = case.obs.groupby([CELL_TYPE, CONDITION], observed=True).size().unstack()
     sizes = ", ".join(f"{t} {int(counts.loc[t, CONTROL])}/{int(counts.loc[t, STIMULATED])}" for t in counts.index)
     md = [
@@ -158,31 +153,8 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
         f"{sorted(int(s) for s in results['seed'].unique())}. Models trained with fit's defaults. Each cell: mean "
         "over seeds (spread, max − min). 'halves': two halves of the held-out stimulated cells, the noise ceiling.",
         "",
-        "## Wins over the baselines",
-        "",
-        "Cell types where the method beats the best of no change, the balanced and the unbalanced linear shift by "
-        "more than the seed spread of either / by any margin (distances: lower is better).",
-        "",
-        markdown(wins(results, methods), index=False),
-        "",
-        "## Closest to the ceiling on the distances",
-        "",
-        markdown(closest_to_ceiling(results, methods)),
-        "",
     ]
-    model_methods = [m for m in methods if m not in BASELINES]
-    if "interval_coverage_top_change" in results and results["interval_coverage_top_change"].notna().any():
-        md += ["## Intervals: coverage of the real change (as in perturbation_kang.md)", ""]
-        for score in INTERVAL_SCORES:
-            md += [f"### {score}", "", markdown(score_table(results, score, model_methods)), ""]
-    for score, higher in ((s, h) for s, h in SCORES.items() if s in results):
-        md += [
-            f"## {score} ({'higher' if higher else 'lower'} is better)",
-            "",
-            markdown(score_table(results, score, methods)),
-            "",
-        ]
-    return "\n".join(md)
+    return "\n".join(md + tables(results, methods, interval))
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -224,7 +196,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             rows.extend(run_split(case, target, args, seed))
             pd.DataFrame(rows).to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
     results = pd.DataFrame(rows)
-    text = report(results, methods, command, time.perf_counter() - start, case)
+    text = report(results, methods, command, time.perf_counter() - start, case, args.interval)
     args.out.with_suffix(".md").write_text(text)
     print(text)
     return results
