@@ -313,10 +313,10 @@ def tables(results: pd.DataFrame, methods: list[str], interval: float) -> list[s
     return md
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser(doc: str = __doc__) -> argparse.ArgumentParser:
+    """The command line of this benchmark (``doc``: the script's docstring, for the description); scripts that run
+    :func:`run_split` on other cells build on it."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--cell-types",
         nargs="+",
@@ -358,6 +358,26 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         help="rewrite <out>.md from <out>.csv (e.g. of a run "
         "stopped early); give the run's other arguments as they were",
     )
+    return p
+
+
+def run_splits(
+    adata: AnnData, cell_types: list[str], args: argparse.Namespace, out: Path
+) -> tuple[pd.DataFrame, float]:
+    """:func:`run_split` for every seed and cell type, ``<out>.csv`` rewritten as each ends; the results and the wall
+    time in seconds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows = []
+    for seed in args.seeds:
+        for target in cell_types:
+            rows.extend(run_split(adata, target, args, seed))
+            pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
+    return pd.DataFrame(rows), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    p = parser()
     args = p.parse_args(argv)
     out = args.out or RESULTS / ("perturbation_kang" if args.n_hvg > 0 else "perturbation_kang_all_genes")
     methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]
@@ -378,15 +398,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if unknown:
         p.error(f"unknown cell types {unknown}; Kang has {sorted(adata.obs[CELL_TYPE].astype(str).unique())}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    rows = []
-    for seed in args.seeds:
-        for target in cell_types:
-            rows.extend(run_split(adata, target, args, seed))
-            pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
-    results = pd.DataFrame(rows)
-    wall = time.perf_counter() - start
+    results, wall = run_splits(adata, cell_types, args, out)
     results.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
     text = report(results, methods, command, wall, vars(args))
     out.with_suffix(".md").write_text(text)

@@ -22,19 +22,17 @@ in turn, the model trained with ``fit``'s defaults on the rest (2,000 HVGs of th
 and baseline scored with ``scvae.tl.evaluate_perturbation``, the ceiling from two halves of the held-out cells.
 A method whose response depends on the cell's state should recover the lineage's response from the target's
 lineage mates, where one shared shift carries an average of the lymphoid and myeloid responses; on B the right
-answer is the shared response alone. ``--interval`` adds ``predict_perturbation``'s intervals and their coverage
-(off by default: they predict every other type once more). Writes ``benchmarks/results/perturbation_lineage.{csv,md}``
+answer is the shared response alone. The options are ``perturbation_kang.py``'s (``--report-only`` too) and the
+case's; ``--interval`` adds ``predict_perturbation``'s intervals and their coverage (off by default: they predict
+every other type once more). Writes ``benchmarks/results/perturbation_lineage.{csv,md}``
 (``perturbation_lineage_intervals`` with ``--interval``; or ``--out``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,7 +47,8 @@ from perturbation_kang import (
     MODEL_METHODS,
     RESULTS,
     STIMULATED,
-    run_split,
+    parser,
+    run_splits,
     tables,
 )
 
@@ -138,7 +137,7 @@ def lineage_case(
         index=cells.obs_names.copy(),
     )
     case = AnnData(X=sp.csr_matrix(out.astype(np.float32)), obs=obs, var=pd.DataFrame(index=cells.var_names.copy()))
-    return case, lfc.loc[sorted(used, key=list(cells.var_names).index)]
+    return case, lfc[lfc.index.isin(used)]
 
 
 def report(results: pd.DataFrame, methods: list[str], command: str, wall: float, case: AnnData, interval: float) -> str:
@@ -147,8 +146,9 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
     md = [
         "# A response that differs between lineages, on real cells (Kang et al. 2018's control PBMCs)",
         "",
-        f"`python benchmarks/perturbation_lineage.py {command}` (scvae {scvae.__version__}; 2-core CPU; wall time "
-        f"{wall:.0f} s). The case: the script's docstring; cells per type (control/stimulated): {sizes}. Genes: "
+        f"`python benchmarks/perturbation_lineage.py {command}` (scvae {scvae.__version__}; 2-core CPU"
+        f"{f'; wall time {wall:.0f} s' if np.isfinite(wall) else ''}). The case: the script's docstring; cells per "
+        f"type (control/stimulated): {sizes}. Genes: "
         f"{int(results['n_genes'].iloc[0])} HVGs of the training cells; seeds "
         f"{sorted(int(s) for s in results['seed'].unique())}. Models trained with fit's defaults. Each cell: mean "
         "over seeds (spread, max − min). 'halves': two halves of the held-out stimulated cells, the noise ceiling.",
@@ -158,27 +158,19 @@ def report(results: pd.DataFrame, methods: list[str], command: str, wall: float,
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--cell-types", nargs="+", default=list(LINEAGE), choices=list(LINEAGE))
-    p.add_argument("--methods", nargs="+", default=list(MODEL_METHODS), choices=MODEL_METHODS)
+    p = parser(__doc__)  # perturbation_kang.py's options, and the case's
     p.add_argument("--case-seed", type=int, default=0, help="seed of the case (halves, genes, folds, counts)")
     p.add_argument("--n-up", type=int, default=60, help="genes up in each response")
     p.add_argument("--n-down", type=int, default=40, help="genes down in each response")
     p.add_argument("--min-mean", type=float, default=0.1, help="fewest mean counts of a response's genes")
-    p.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the training cells; 0: all")
-    p.add_argument("--interval", type=float, default=0.0, help="level of predict_perturbation's intervals (0: none)")
-    p.add_argument(
-        "--out", type=Path, default=None, help="output path without suffix (default: perturbation_lineage[_intervals])"
-    )
+    p.set_defaults(interval=0.0)  # the intervals predict every other type once more: asked for, not by default
     args = p.parse_args(argv)
-    args.out = args.out or RESULTS / ("perturbation_lineage_intervals" if args.interval else "perturbation_lineage")
-    # what perturbation_kang.run_split reads besides these
-    args.n_top, args.n_cells, args.max_epochs, args.lr, args.cells = 100, 1000, None, None, None
-    args.vae_args, args.cvae_args = {}, {}
-    command = shlex.join(sys.argv[1:] if argv is None else argv)
+    out = args.out or RESULTS / ("perturbation_lineage_intervals" if args.interval else "perturbation_lineage")
+    cell_types = args.cell_types or list(LINEAGE)
+    if set(cell_types) - set(LINEAGE):
+        p.error(f"unknown cell types {sorted(set(cell_types) - set(LINEAGE))}; the case has {list(LINEAGE)}")
+    methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]
+    command = shlex.join(sys.argv[1:] if argv is None else argv).replace(" --report-only", "")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     for name in ("scvae", "lightning"):
@@ -188,16 +180,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         scvae.datasets.kang(), seed=args.case_seed, n_up=args.n_up, n_down=args.n_down, min_mean=args.min_mean
     )
     logger.info("case: %d cells, %d changed genes", case.n_obs, len(lfc))
-    methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    start, rows = time.perf_counter(), []
-    for seed in args.seeds:
-        for target in args.cell_types:
-            rows.extend(run_split(case, target, args, seed))
-            pd.DataFrame(rows).to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
-    results = pd.DataFrame(rows)
-    text = report(results, methods, command, time.perf_counter() - start, case, args.interval)
-    args.out.with_suffix(".md").write_text(text)
+    if args.report_only:
+        results, wall = pd.read_csv(out.with_suffix(".csv")), float("nan")
+    else:
+        results, wall = run_splits(case, cell_types, args, out)
+    text = report(results, methods, command, wall, case, args.interval)
+    out.with_suffix(".md").write_text(text)
     print(text)
     return results
 
