@@ -7,6 +7,7 @@ held-out cells with :func:`scvae.tl.evaluate_perturbation` (log-normalised expre
     python benchmarks/perturbation_kang.py --seeds 0 1 2                 # 2,000 HVGs of the training cells
     python benchmarks/perturbation_kang.py --n-hvg 0 --seeds 0            # all 9,015 genes
     python benchmarks/perturbation_kang.py --cell-types "CD4 T" B --seeds 0 --max-epochs 50
+    python benchmarks/perturbation_kang.py --seeds 0 1 2 --methods delta transport scgen --interval 0  # and scGen
 
 Models are trained as a user following the README and ``tutorials/02_perturbation.py`` would: ``fit``'s
 defaults (``scvae.model.fit(train, seed=seed)``, and ``condition_key="condition"`` for the cVAE), unless
@@ -28,6 +29,14 @@ Methods
   control cells do).
 - ``counterfactual``: a cVAE conditioned on the condition; control cells decoded with the stimulated label.
 - ``cvae_delta`` / ``cvae_transport``: the same cVAE, moved by δ or by transport, decoded with the stimulated label.
+- ``scgen`` (the anchor, only when asked for with ``--methods``; needs the ``bench`` extra's pertpy): scGen itself, as
+  pertpy 1.0.3 implements it (``pertpy.tl.Scgen``, the Theis lab's port of scGen), with its defaults (Gaussian VAE,
+  800 hidden units, 100 latent dimensions) on the log-normalised genes (``log1p`` of counts per 10,000, as scGen asks),
+  trained as its tutorial does (``max_epochs=100, batch_size=32, early_stopping=True, early_stopping_patience=25``;
+  ``--scgen-args`` overrides these, e.g. ``'{"early_stopping": false}'``), predicting with
+  ``predict(ctrl_key=..., stim_key=..., celltype_to_predict=target)``: one decoded cell per control cell of the
+  target. Seeded through ``scvi.settings.seed``; pertpy draws its balanced cells without a seed, so these runs are
+  not bit for bit repeatable.
 - ``halves`` (the noise ceiling): two random halves of the real stimulated cells, one scored against the other.
 
 Scores (see ``scvae.tl.evaluate_perturbation`` for their definitions): Pearson-delta over all genes
@@ -69,7 +78,10 @@ logger = logging.getLogger("perturbation_kang")
 CONDITION, CONTROL, STIMULATED, CELL_TYPE = "condition", "control", "stimulated", "cell_type"
 BASELINES = ("no_change", "linear", "linear_unbalanced")
 MODEL_METHODS = ("delta", "delta_uncorrected", "transport", "counterfactual", "cvae_delta", "cvae_transport")
+ANCHORS = ("scgen",)  # other tools, run only when asked for (--methods)
 ALL_METHODS = (*BASELINES, *MODEL_METHODS)
+# scGen's tutorial settings (pertpy.tl.Scgen.train)
+SCGEN_TRAIN = {"max_epochs": 100, "batch_size": 32, "early_stopping": True, "early_stopping_patience": 25}
 # score -> True when higher is better
 SCORES = {
     "delta_corr_top_change": True,
@@ -110,6 +122,45 @@ def select_genes(train: AnnData, n_hvg: int) -> list[str]:
     tmp = AnnData(X=tl.log_normalize(train), var=pd.DataFrame(index=train.var_names.copy()))
     sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg)
     return [str(g) for g in tmp.var_names[tmp.var["highly_variable"].to_numpy()]]
+
+
+def import_pertpy():
+    """pertpy and scvi-tools (for ``scgen``), or an exit that says how to install them."""
+    try:
+        import pertpy
+        import scvi
+    except ImportError as err:  # the anchor is optional: the benchmark's own methods need neither
+        hint = 'pip install -e ".[bench]" (pertpy 1.0, statsmodels < 0.15)'
+        raise SystemExit(f"--methods scgen needs pertpy: {hint}; the import failed with: {err}") from err
+    return pertpy, scvi
+
+
+def scgen_prediction(train: AnnData, target: str, seed: int, train_args: dict) -> tuple[AnnData, float]:
+    """scGen (pertpy's ``Scgen``) trained on the log-normalised training cells; its prediction of ``target``'s
+    stimulated cells (log-normalised) and the training time in seconds."""
+    pt, scvi = import_pertpy()
+    data = AnnData(
+        X=tl.log_normalize(train),
+        obs=train.obs[[CONDITION, CELL_TYPE]].copy(),
+        var=pd.DataFrame(index=train.var_names.copy()),
+    )
+    scvi.settings.seed = seed
+    pt.tl.Scgen.setup_anndata(data, batch_key=CONDITION, labels_key=CELL_TYPE)
+    model = pt.tl.Scgen(data)
+    t0 = time.perf_counter()
+    model.train(**{**SCGEN_TRAIN, "enable_progress_bar": False, **train_args})
+    seconds = time.perf_counter() - t0
+    pred, _ = model.predict(ctrl_key=CONTROL, stim_key=STIMULATED, celltype_to_predict=target)
+    return AnnData(
+        X=np.asarray(pred.X, dtype=np.float32),
+        obs=pred.obs[[CONDITION, CELL_TYPE]].copy(),
+        var=pd.DataFrame(index=train.var_names.copy()),
+    ), seconds
+
+
+def chosen_methods(args: argparse.Namespace) -> list[str]:
+    """The methods a run reports, in table order: the baselines, then the ones asked for."""
+    return [*BASELINES, *[m for m in (*MODEL_METHODS, *ANCHORS) if m in args.methods]]
 
 
 def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) -> list[dict]:
@@ -164,6 +215,10 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
                     **({"cells": args.cells} if args.cells else {}),
                 )
                 preds[name] = (pred, False, seconds)
+
+    if "scgen" in wanted:
+        pred, seconds = scgen_prediction(train, target, seed, args.scgen_args)
+        preds["scgen"] = (pred, True, seconds)  # log-normalised already
 
     perm = np.random.default_rng(seed).permutation(real_stim.n_obs)
     half = real_stim.n_obs // 2
@@ -232,6 +287,28 @@ def wins(results: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def against_anchor(results: pd.DataFrame, methods: list[str], anchor: str = "scgen") -> pd.DataFrame:
+    """Per method and headline score, against ``anchor``: the runs (same seed and cell type) where the method is
+    better, the mean margin (positive: better), and the cell types where its mean is better by more than the seed
+    spread of either."""
+    rows = []
+    for method in (m for m in methods if m not in (*BASELINES, anchor)):
+        row = {"method": method}
+        for score in (s for s in HEADLINE if s in results):
+            sign = 1.0 if SCORES[score] else -1.0
+            runs = results.pivot_table(index=["seed", "cell_type"], columns="method", values=score)
+            margin = sign * (runs[method] - runs[anchor])
+            g = results.groupby(["cell_type", "method"], sort=False)[score]
+            mean, spread = g.mean().unstack("method"), (g.max() - g.min()).unstack("method")
+            lead = sign * (mean[method] - mean[anchor])
+            beyond = lead > np.maximum(spread[method], spread[anchor])
+            row[score] = (
+                f"{int((margin > 0).sum())} of {len(margin)} ({margin.mean():+.3f}); {int(beyond.sum())} of {len(mean)}"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def closest_to_ceiling(results: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """Per cell type, the method with the smallest mean E-distance and energy distance (halves excluded)."""
     out = {}
@@ -284,6 +361,16 @@ def tables(results: pd.DataFrame, methods: list[str], interval: float) -> list[s
         markdown(closest_to_ceiling(results, methods)),
         "",
     ]
+    for anchor in (a for a in ANCHORS if a in methods):
+        md += [
+            f"## Against {anchor}, run by run",
+            "",
+            f"Runs (same seed and cell type) where the method is better than {anchor} (mean margin, positive: better); "
+            f"then the cell types where its mean is better by more than the seed spread of either.",
+            "",
+            markdown(against_anchor(results, methods, anchor), index=False),
+            "",
+        ]
     model_methods = [m for m in methods if m not in BASELINES]
     if "interval_coverage_top_change" in results and results["interval_coverage_top_change"].notna().any():
         cov = results.groupby(["cell_type", "method"], sort=False)["interval_coverage_top_change"].mean()
@@ -330,8 +417,8 @@ def parser(doc: str = __doc__) -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=list(MODEL_METHODS),
-        choices=MODEL_METHODS,
-        help="model methods (the baselines always run)",
+        choices=(*MODEL_METHODS, *ANCHORS),
+        help="model methods (the baselines always run); scgen: the anchor, with pertpy installed",
     )
     p.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes of the training cells; 0: all")
     p.add_argument("--n-top", type=int, default=100, help="number of top genes scored")
@@ -351,6 +438,9 @@ def parser(doc: str = __doc__) -> argparse.ArgumentParser:
     )
     p.add_argument("--vae-args", type=json.loads, default={}, help="extra keyword arguments for the VAE's fit")
     p.add_argument("--cvae-args", type=json.loads, default={}, help="extra keyword arguments for the cVAE's fit")
+    p.add_argument(
+        "--scgen-args", type=json.loads, default={}, help="scgen: keyword arguments for its train, over its tutorial's"
+    )
     p.add_argument("--out", type=Path, default=None, help="output path without suffix")
     p.add_argument(
         "--report-only",
@@ -366,6 +456,8 @@ def run_splits(
 ) -> tuple[pd.DataFrame, float]:
     """:func:`run_split` for every seed and cell type, ``<out>.csv`` rewritten as each ends; the results and the wall
     time in seconds."""
+    if "scgen" in args.methods:
+        import_pertpy()  # before any training: a missing anchor should not cost a split
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = []
@@ -380,7 +472,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p = parser()
     args = p.parse_args(argv)
     out = args.out or RESULTS / ("perturbation_kang" if args.n_hvg > 0 else "perturbation_kang_all_genes")
-    methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]
+    methods = chosen_methods(args)
     command = shlex.join(sys.argv[1:] if argv is None else argv).replace(" --report-only", "")
     if args.report_only:
         results = pd.read_csv(out.with_suffix(".csv"))

@@ -40,13 +40,12 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from perturbation_kang import (
-    BASELINES,
     CELL_TYPE,
     CONDITION,
     CONTROL,
-    MODEL_METHODS,
     RESULTS,
     STIMULATED,
+    chosen_methods,
     parser,
     run_splits,
     tables,
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     cell_types = args.cell_types or list(LINEAGE)
     if set(cell_types) - set(LINEAGE):
         p.error(f"unknown cell types {sorted(set(cell_types) - set(LINEAGE))}; the case has {list(LINEAGE)}")
-    methods = [*BASELINES, *[m for m in MODEL_METHODS if m in args.methods]]
+    methods = chosen_methods(args)
     command = shlex.join(sys.argv[1:] if argv is None else argv).replace(" --report-only", "")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
