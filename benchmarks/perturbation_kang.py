@@ -63,6 +63,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -124,7 +125,7 @@ def select_genes(train: AnnData, n_hvg: int) -> list[str]:
     return [str(g) for g in tmp.var_names[tmp.var["highly_variable"].to_numpy()]]
 
 
-def import_pertpy():
+def import_pertpy() -> tuple[ModuleType, ModuleType]:
     """pertpy and scvi-tools (for ``scgen``), or an exit that says how to install them."""
     try:
         import pertpy
