@@ -80,7 +80,6 @@ CONDITION, CONTROL, STIMULATED, CELL_TYPE = "condition", "control", "stimulated"
 BASELINES = ("no_change", "linear", "linear_unbalanced")
 MODEL_METHODS = ("delta", "delta_uncorrected", "transport", "counterfactual", "cvae_delta", "cvae_transport")
 ANCHORS = ("scgen",)  # other tools, run only when asked for (--methods)
-ALL_METHODS = (*BASELINES, *MODEL_METHODS)
 # scGen's tutorial settings (pertpy.tl.Scgen.train)
 SCGEN_TRAIN = {"max_epochs": 100, "batch_size": 32, "early_stopping": True, "early_stopping_patience": 25}
 # score -> True when higher is better
@@ -248,10 +247,15 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     return rows
 
 
+def mean_and_spread(results: pd.DataFrame, score: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cell types × methods: the mean of ``score`` over seeds, and its spread (max − min)."""
+    g = results.groupby(["cell_type", "method"], sort=False)[score]
+    return g.mean().unstack("method"), (g.max() - g.min()).unstack("method")
+
+
 def score_table(results: pd.DataFrame, score: str, methods: list[str]) -> pd.DataFrame:
     """Cell types × methods: mean over seeds with the spread (max − min) in brackets."""
-    g = results.groupby(["cell_type", "method"], sort=False)[score]
-    mean, spread = g.mean().unstack("method"), (g.max() - g.min()).unstack("method")
+    mean, spread = mean_and_spread(results, score)
     cols = [m for m in [*methods, "halves"] if m in mean]
     out = pd.DataFrame(index=mean.index)
     for m in cols:
@@ -271,8 +275,7 @@ def wins(results: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         row = {"method": method}
         for score in (s for s in HEADLINE if s in results):
             higher = SCORES[score]
-            g = results.groupby(["cell_type", "method"], sort=False)[score]
-            mean, spread = g.mean().unstack("method"), (g.max() - g.min()).unstack("method")
+            mean, spread = mean_and_spread(results, score)
             if method not in mean:
                 continue
             sign = 1.0 if higher else -1.0
@@ -292,15 +295,20 @@ def against_anchor(results: pd.DataFrame, methods: list[str], anchor: str = "scg
     """Per method and headline score, against ``anchor``: the runs (same seed and cell type) where the method is
     better, the mean margin (positive: better), and the cell types where its mean is better by more than the seed
     spread of either."""
+    scores = {
+        s: (
+            1.0 if SCORES[s] else -1.0,
+            results.pivot_table(index=["seed", "cell_type"], columns="method", values=s),
+            *mean_and_spread(results, s),
+        )
+        for s in HEADLINE
+        if s in results
+    }
     rows = []
     for method in (m for m in methods if m not in (*BASELINES, anchor)):
         row = {"method": method}
-        for score in (s for s in HEADLINE if s in results):
-            sign = 1.0 if SCORES[score] else -1.0
-            runs = results.pivot_table(index=["seed", "cell_type"], columns="method", values=score)
+        for score, (sign, runs, mean, spread) in scores.items():
             margin = sign * (runs[method] - runs[anchor])
-            g = results.groupby(["cell_type", "method"], sort=False)[score]
-            mean, spread = g.mean().unstack("method"), (g.max() - g.min()).unstack("method")
             lead = sign * (mean[method] - mean[anchor])
             beyond = lead > np.maximum(spread[method], spread[anchor])
             row[score] = f"{int((margin > 0).sum())} of {len(margin)} ({margin.mean():+.3f})"
@@ -492,8 +500,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if unknown:
         p.error(f"unknown cell types {unknown}; Kang has {sorted(adata.obs[CELL_TYPE].astype(str).unique())}")
 
-    results, wall = run_splits(adata, cell_types, args, out)
-    results.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
+    results, wall = run_splits(adata, cell_types, args, out)  # run_splits has written the csv
     text = report(results, methods, command, wall, vars(args))
     out.with_suffix(".md").write_text(text)
     print(text)
