@@ -53,7 +53,7 @@ def other_types(model, train: AnnData, target: str, seed: int, method: str = "de
     out = {}
     for t, (ctrl, stim) in groups.items():
         real = expression_moments(x, stim, counts=True)[0] - expression_moments(x, ctrl, counts=True)[0]
-        p = model.predict_perturbation(rest, **LABELS, target=t, method=method, n_cells=None, seed=seed)
+        p = model.predict_perturbation(rest, **LABELS, similar=0.0, target=t, method=method, n_cells=None, seed=seed)
         out[t] = (real, p.var["change"].to_numpy(), min(len(ctrl), len(stim)))
     return out
 

@@ -58,7 +58,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:  # noqa: ANN00
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
-    pred = model.predict_perturbation(train, **LABELS, target=target, n_cells=n_cells, seed=seed)
+    pred = model.predict_perturbation(train, **LABELS, similar=0.0, target=target, n_cells=n_cells, seed=seed)
     linear, lin = linear_change(train, target, seed)
     gap = lin - pred.var["change"].to_numpy()
     weights = {f"w={w}": w for w in FIXED}

@@ -41,7 +41,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
     kw = dict(target=target, method="delta", n_cells=n_cells, cells="decoded", seed=seed)
-    pred = model.predict_perturbation(train, **LABELS, **kw)
+    pred = model.predict_perturbation(train, **LABELS, similar=0.0, **kw)
     change = pred.var["change"].to_numpy()
     ctrl_log = np.asarray(tl.log_normalize(real_ctrl).toarray(), dtype=np.float64)
 

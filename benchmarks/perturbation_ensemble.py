@@ -29,7 +29,9 @@ def run(adata, target: str, seed: int, n_hvg: int, members: int) -> list[dict]:
     for k in range(members):
         s = seed * members + k
         model = scvae.model.fit(train, seed=s, progress_bar=False)
-        pred = model.predict_perturbation(train, **LABELS, target=target, method="delta", n_cells=n_cells, seed=s)
+        pred = model.predict_perturbation(
+            train, **LABELS, similar=0.0, target=target, method="delta", n_cells=n_cells, seed=s
+        )
         pred.obs_names = [f"{name}-m{k}" for name in pred.obs_names]
         preds.append(pred)
     scored = {

@@ -82,13 +82,17 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     n_cells = max(1000, real_ctrl.n_obs)
     preds = {"linear": (linear_shift(train, **LABELS, target=target, seed=seed), True)}
     for m in ("delta", "transport"):
-        p = model.predict_perturbation(train, **LABELS, target=target, method=m, n_cells=n_cells, **decoded)
+        p = model.predict_perturbation(
+            train, **LABELS, similar=0.0, target=target, method=m, n_cells=n_cells, **decoded
+        )
         preds[m] = (p, False)
     genes = gene_transport(model, train, target, seed)
     base = real_ctrl[:, list(train.var_names)]
     preds["gene_transport"] = (cells(base, genes), True)
     own = {  # one decoded cell per control cell, in the control cells' order
-        m: model.predict_perturbation(train, **LABELS, target=target, method=m, **decoded).layers[EXPRESSION_LAYER]
+        m: model.predict_perturbation(train, **LABELS, similar=0.0, target=target, method=m, **decoded).layers[
+            EXPRESSION_LAYER
+        ]
         for m in ("delta", "transport")
     }
     for w in WEIGHTS:

@@ -64,7 +64,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     preds = {
         "linear": (linear_shift(train, **LABELS, target=target, seed=seed), True),
         **{
-            m: (model.predict_perturbation(train, **LABELS, target=target, method=m, n_cells=n_cells, seed=seed), False)
+            m: (
+                model.predict_perturbation(
+                    train, **LABELS, similar=0.0, target=target, method=m, n_cells=n_cells, seed=seed
+                ),
+                False,
+            )
             for m in ("delta", "transport")
         },
     }

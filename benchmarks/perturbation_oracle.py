@@ -53,7 +53,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     pred = model.predict_perturbation(
-        train, **LABELS, target=target, method="delta", n_cells=max(1000, real_ctrl.n_obs), seed=seed
+        train, **LABELS, similar=0.0, target=target, method="delta", n_cells=max(1000, real_ctrl.n_obs), seed=seed
     )
 
     x, codes = model.read(train)

@@ -43,7 +43,9 @@ def run(adata, target: str, seed: int, n_hvg: int, base: str = "delta") -> list[
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False, **fit_kw)
     n_cells = max(1000, real_ctrl.n_obs)
-    pred = model.predict_perturbation(train, **LABELS, target=target, method=method, n_cells=n_cells, seed=seed)
+    pred = model.predict_perturbation(
+        train, **LABELS, similar=0.0, target=target, method=method, n_cells=n_cells, seed=seed
+    )
     others = other_types(model, train, target, seed, method).values()
     residuals = [real - predicted for real, predicted, _ in others]
     sizes = [n for _, _, n in others]

@@ -45,7 +45,9 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
     train, real_stim, real_ctrl, top = held_out(adata, target, n_hvg)
     model = scvae.model.fit(train, seed=seed, progress_bar=False)
     n_cells = max(1000, real_ctrl.n_obs)
-    pred = model.predict_perturbation(train, **LABELS, target=target, method="delta", n_cells=n_cells, seed=seed)
+    pred = model.predict_perturbation(
+        train, **LABELS, similar=0.0, target=target, method="delta", n_cells=n_cells, seed=seed
+    )
     reals, preds_t, _ = zip(*other_types(model, train, target, seed).values())
     tops = [np.argsort(-np.abs(r), kind="stable")[:N_TOP] for r in reals]
     r_all = np.concatenate([r[i] for r, i in zip(reals, tops)])

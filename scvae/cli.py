@@ -154,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         cell_type_key=args.cell_type_key,
         target=args.target,
         correct_bias=not args.no_bias_correction,
-        **_given(args, "method", "cells", "seed"),
+        **_given(args, "method", "cells", "similar", "seed"),
     )
     pred.write_h5ad(out)
 
@@ -287,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         **LIBRARY,
         help="observed (the target's control cells, changed count by count as the model changes them) or decoded "
         "(the model's draws) in X and layers['expression'] (default: predict_perturbation's)",
+    )
+    p.add_argument(
+        "--similar",
+        type=float,
+        **LIBRARY,
+        help="weight from 0 to 1 of the change seen in the most alike cell types (default: predict_perturbation's)",
     )
     p.add_argument("--seed", type=int, **LIBRARY)
 

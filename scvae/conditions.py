@@ -1,6 +1,6 @@
 """Cells by condition and cell type, for perturbation prediction without a model: validation of the labels,
-the cell types a response is learnt from, balanced draws, mean expression of a group of cells, and the gene-space
-baseline :func:`linear_shift`. :mod:`scvae.perturbation` builds on these."""
+the cell types a response is learnt from, balanced draws and mean expression of a group of cells.
+:mod:`scvae.baselines` and :mod:`scvae.perturbation` build on these."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ from anndata import AnnData
 from .data import (
     InputError,
     category_order,
-    check_bool,
     check_int,
     check_seed,
     label_text,
     label_texts,
-    log_normalize,
     obs_column,
 )
 from .loaders import to_dense_float
@@ -316,95 +314,3 @@ def neighbour_shift(anchors: np.ndarray, moves: np.ndarray, z: np.ndarray, n_nei
 
 
 # -- gene-space baseline -----------------------------------------------------------------------------------------
-def linear_shift(
-    adata: AnnData,
-    *,
-    condition_key: str,
-    control: str,
-    stimulated: str,
-    cell_type_key: str,
-    target: str,
-    layer: str | None = None,
-    n_per_type: int | None = None,
-    min_cells: int = 10,
-    balanced: bool = True,
-    target_sum: float = 1e4,
-    seed: int = 0,
-) -> AnnData:
-    """Baseline: shift the target's control cells by the difference of means in log-normalised gene space.
-
-    δ = mean log-normalised expression of stimulated − of control cells of the other cell types, balanced as in
-    :func:`predict_perturbation` (same ``n_per_type``, ``min_cells``, ``seed``; with ``balanced=False``: over
-    all their cells as they are, so that large cell types weigh more), added to the target's
-    log-normalised control cells (``normalize_total(target_sum)`` + ``log1p``). Values are not clipped, so the
-    predicted mean of each gene is exactly the target's control mean + δ.
-
-    Parameters
-    ----------
-    adata
-        Cells × genes, counts in ``X`` or ``layer``, holding the target's control cells and other cell types in
-        both conditions. Not modified.
-    condition_key, control, stimulated
-        The ``obs`` column of the condition and its control and stimulated categories.
-    cell_type_key, target
-        The ``obs`` column of cell types and the cell type to predict.
-    layer
-        Read the counts from ``adata.layers[layer]`` instead of ``adata.X``.
-    n_per_type, min_cells
-        Cells per type and condition of the balanced draw (see :func:`balanced_indices`; default: the smallest such
-        group; must be None with ``balanced=False``), and the fewest cells a type needs in each condition to be
-        used (and the target in control).
-    balanced
-        Take δ over a balanced draw (True) or over all cells of the types used (False).
-    target_sum
-        Total each cell is scaled to before ``log1p``.
-    seed
-        Seeds the balanced draw.
-
-    Returns
-    -------
-    A new AnnData whose ``X`` is *log-normalised* (evaluate it with ``pred_normalized=True``); obs as in
-    :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records δ (per gene) and what was used.
-    """
-    seed = check_seed(seed)
-    cond, types, (control, stimulated, target) = check_inputs(
-        adata, condition_key, control, stimulated, cell_type_key, target, min_cells
-    )
-    check_bool("balanced", balanced)
-    if balanced:
-        ctrl_idx, stim_idx, n = balanced_indices(
-            cond,
-            types,
-            control=control,
-            stimulated=stimulated,
-            exclude=[target],
-            n_per_type=n_per_type,
-            min_cells=min_cells,
-            seed=seed,
-        )
-    else:  # every cell of the same cell types, as they are
-        if n_per_type is not None:
-            raise InputError(
-                "n_per_type sets the cells per type of the balanced difference; with balanced=False drop it"
-            )
-        groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
-        ctrl_idx = {t: c for t, (c, _) in groups.items()}
-        stim_idx = {t: st for t, (_, st) in groups.items()}
-    logx = log_normalize(adata, layer=layer, target_sum=target_sum)
-    delta = np.asarray(
-        logx[np.concatenate(list(stim_idx.values()))].mean(0) - logx[np.concatenate(list(ctrl_idx.values()))].mean(0)
-    ).ravel()
-    source = np.flatnonzero((types == target) & (cond == control))
-    pred = to_dense_float(logx, source) + delta[None, :]  # logx is float32 already
-    obs = predicted_obs(adata, source, condition_key=condition_key, stimulated=stimulated, suffix="-shift")
-    record = {
-        "method": "linear_shift",
-        "balanced": bool(balanced),
-        "log_normalized": True,
-        "target_sum": float(target_sum),
-        "cell_types": list(ctrl_idx),
-        "n_per_type": int(n) if balanced else None,
-        "n_control_cells": int(len(source)),
-        "seed": int(seed),
-    }
-    return AnnData(X=pred.astype(np.float32), obs=obs, var=adata.var.copy(), uns={UNS_KEY: record})

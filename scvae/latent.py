@@ -1,5 +1,5 @@
 """The model side of perturbation prediction: posterior means of z for groups of cells, decoding latent codes into
-cells, the decoder's bias on cells it reconstructs, and the latent shift of ``method="transport"``
+cells, the decoder's bias on cells it reconstructs, and the latent shifts of ``method="transport"`` and ``"delta"``
 (:func:`scvae.perturbation.predict_perturbation`). Only the model's public core is used."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .conditions import (
+    balanced_indices,
     expression_moments,
     expression_values,
     move_to_mean,
@@ -148,3 +149,44 @@ def transported_shift(
         "transport from %d cell types (%d paired cells), %d neighbours per cell", len(groups), sum(map(len, anchors)), k
     )
     return shift.astype(np.float32)
+
+
+def balanced_delta(
+    model: SCVAE,
+    x: Any,
+    codes: np.ndarray,
+    cond: np.ndarray,
+    types: np.ndarray,
+    *,
+    control: str,
+    stimulated: str,
+    target: str,
+    n_per_type: int | None,
+    min_cells: int,
+    seed: int,
+    batch_size: int,
+    record: dict[str, Any],
+) -> np.ndarray:
+    """δ of ``method="delta"``: mean z(stimulated) − mean z(control) over the other cell types, balanced
+    (:func:`~scvae.conditions.balanced_indices`; see :func:`predict_perturbation`)."""
+    ctrl_idx, stim_idx, n = balanced_indices(
+        cond,
+        types,
+        control=control,
+        stimulated=stimulated,
+        exclude=[target],
+        n_per_type=n_per_type,
+        min_cells=min_cells,
+        seed=seed,
+    )
+    z_ctrl = posterior_means(model, x, codes, np.concatenate(list(ctrl_idx.values())), batch_size)
+    z_stim = posterior_means(model, x, codes, np.concatenate(list(stim_idx.values())), batch_size)
+    delta = z_stim.mean(0) - z_ctrl.mean(0)
+    record.update(
+        delta=[float(v) for v in delta],
+        delta_norm=float(np.linalg.norm(delta)),
+        cell_types=list(ctrl_idx),
+        n_per_type=int(n),
+    )
+    logger.info("δ from %d cell types × %d cells per condition (|δ| = %.3f)", len(ctrl_idx), n, record["delta_norm"])
+    return delta

@@ -14,6 +14,7 @@ LAYERS = {
     "version": 0,
     "data": 1,
     "conditions": 6,
+    "baselines": 6,
     "loaders": 1,
     "stacked": 1,
     "stores": 1,

@@ -147,8 +147,9 @@ def test_de_writes_a_table(trained):
     "extra",
     [
         [],
-        ["--method", "delta", "--no-bias-correction", "--cells", "decoded"],
+        ["--method", "delta", "--no-bias-correction", "--cells", "decoded", "--similar", "0"],
         ["--method", "delta", "--no-bias-correction"],
+        ["--similar", "0.25"],
     ],
 )
 def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
@@ -164,12 +165,15 @@ def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     pred = ad.read_h5ad(tmp_path / "pred.h5ad")
     rec = pred.uns["scvae_perturbation"]
     uncorrected = "--no-bias-correction" in extra
-    assert rec["method"] == ("delta" if extra else "transport") and bool(rec["bias_corrected"]) is not uncorrected
+    assert rec["method"] == ("delta" if "--method" in extra else "transport")
+    assert bool(rec["bias_corrected"]) is not uncorrected
+    similar = float(extra[extra.index("--similar") + 1]) if "--similar" in extra else 0.5  # the library's default
+    assert rec.get("similar", {"weight": 0.0})["weight"] == similar
     decoded = "--cells" in extra
     assert rec["cells"] == ("decoded" if decoded else "observed")
     assert pred.n_obs == int(((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "control")).sum())
-    logx = scvae.tl.log_normalize(pred).toarray()  # decoded and uncorrected: the layer is X's
-    assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is (uncorrected and decoded)
+    logx = scvae.tl.log_normalize(pred).toarray()  # decoded, uncorrected and unmixed: the layer is X's
+    assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is (uncorrected and decoded and not similar)
 
 
 def test_the_command_line_leaves_every_default_to_the_library():
@@ -188,7 +192,7 @@ def test_the_command_line_leaves_every_default_to_the_library():
     pred += [
         x for opt in ("condition-key", "control", "stimulated", "cell-type-key", "target") for x in (f"--{opt}", "x")
     ]
-    assert _given(parser.parse_args(pred), "method", "cells", "seed") == {}
+    assert _given(parser.parse_args(pred), "method", "cells", "similar", "seed") == {}
 
 
 def test_python_dash_m_scvae_is_the_command_line(monkeypatch, capsys):

@@ -159,6 +159,28 @@ def test_linear_shift_unbalanced(data):
     np.testing.assert_allclose(unbalanced.X, ctrl + delta, atol=1e-5)
 
 
+def test_linear_shift_by_similarity(data):
+    """similar=True: each other type's own difference of means, weighted by how alike its control cells are."""
+    train = data["train"]
+    pred = linear_shift(train, target=TARGET, similar=True, **LABELS)
+    record = pred.uns["scvae_perturbation"]
+    assert record["similar"] is True and record["balanced"] is False and record["cell_types"] == ["CD14 Mono", "CD4 T"]
+    w = np.asarray(record["type_weights"])
+    assert w.sum() == pytest.approx(1.0) and w[1] > w[0]  # B cells are nearer the T cells than the monocytes
+    logx = tl.log_normalize(train)
+    types, stim = train.obs["cell_type"].to_numpy(), (train.obs["condition"] == "stimulated").to_numpy()
+    change = [
+        np.asarray(logx[(types == t) & stim].mean(0) - logx[(types == t) & ~stim].mean(0)).ravel()
+        for t in record["cell_types"]
+    ]
+    ctrl = tl.log_normalize(data["ctrl"]).toarray()
+    np.testing.assert_allclose(pred.X, ctrl + w @ np.stack(change), atol=1e-4)
+    with pytest.raises(InputError, match="with similar=True drop it"):
+        linear_shift(train, target=TARGET, similar=True, n_per_type=5, **LABELS)
+    with pytest.raises(InputError, match="similar must be True or False"):
+        linear_shift(train, target=TARGET, similar="yes", **LABELS)
+
+
 def test_linear_shift_baseline(data, top, no_change):
     pred = linear_shift(data["train"], target=TARGET, **LABELS)
     ctrl_mean = tl.gene_means(data["ctrl"])
@@ -188,7 +210,7 @@ def test_a_zero_shift_predicts_no_change_once_the_decoders_bias_is_removed(vae, 
     same = ad.concat([ctrl, copy_])
     same.obs["condition"] = pd.Categorical(same.obs["condition"], categories=["control", "stimulated"])
     n = int((ctrl.obs["cell_type"] == "CD4 T").sum())  # every cell in both conditions
-    kw = dict(target=TARGET, method="delta", n_cells=3000, n_per_type=n, cells="decoded", **LABELS)
+    kw = dict(target=TARGET, method="delta", n_cells=3000, n_per_type=n, cells="decoded", similar=0.0, **LABELS)
     plain = vae.predict_perturbation(same, correct_bias=False, **kw)
     fixed = vae.predict_perturbation(same, **kw)
     rec = fixed.uns["scvae_perturbation"]
@@ -303,6 +325,23 @@ def test_output_structure_and_record(vae, data):
     assert rec["cell_types"] == ["CD14 Mono", "CD4 T"] and rec["target"] == TARGET
     assert rec["n_per_type"] == 354  # the smallest group: stimulated CD14 Mono
     assert rec["n_control_cells"] == n_ctrl
+
+
+@pytest.mark.parametrize("cells", ["observed", "decoded"])
+def test_similar_mixes_in_the_change_of_the_types_most_alike(vae, data, cells):
+    """similar=w: the predicted mean change is (1 − w) of the model's plus w of linear_shift(similar=True)'s."""
+    train, args = data["train"], {**LABELS, "target": TARGET, "method": "transport", "cells": cells}
+    model_only = vae.predict_perturbation(train, similar=0.0, **args).var["change"].to_numpy()
+    half = vae.predict_perturbation(train, similar=0.5, **args)
+    gene_space = linear_shift(train, target=TARGET, similar=True, **LABELS)
+    shift = tl.gene_means(gene_space, normalized=True) - tl.gene_means(data["ctrl"])
+    ctrl_mean = tl.gene_means(data["ctrl"]).to_numpy()
+    mean = np.maximum(ctrl_mean + 0.5 * model_only + 0.5 * shift.to_numpy(), 0.0)  # log scale: a mean below 0 is 0
+    np.testing.assert_allclose(half.var["change"].to_numpy(), mean - ctrl_mean, atol=1e-4)
+    np.testing.assert_allclose(half.layers["expression"].mean(0), half.var["change"] + ctrl_mean, atol=1e-4)
+    record = half.uns["scvae_perturbation"]["similar"]
+    assert record["weight"] == 0.5 and record["cell_types"] == ["CD14 Mono", "CD4 T"]
+    assert record["type_weights"] == pytest.approx(gene_space.uns["scvae_perturbation"]["type_weights"], rel=1e-4)
 
 
 def test_seeded_and_n_cells(vae, data):
@@ -475,6 +514,8 @@ def _with(adata: AnnData, **changes) -> AnnData:
         (dict(interval=True), r"interval \(a level.*must be a number in \(0, 1\)"),
         (dict(interval=0.9, interval_genes=0), "interval_genes must be a positive integer"),
         (dict(interval=0.9), "needs at least 3 cell types besides 'B'"),  # only CD4 T and CD14 Mono here
+        (dict(similar=1.5), "similar is a weight from 0 to 1"),
+        (dict(similar=True), "similar must be a number"),
     ],
 )
 def test_bad_arguments(vae, data, kwargs, message):
