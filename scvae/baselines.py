@@ -51,7 +51,8 @@ def similar_types_change(
                 rest = np.arange(len(changes)) != i
                 top = np.argsort(-np.abs(changes[i]), kind="stable")[:n_genes]
                 guess = weights(ctrl_means[rest], ctrl_means[i], t) @ changes[rest]
-                r.append(np.corrcoef(guess[top], changes[i][top])[0, 1] if np.ptp(guess[top]) > 0 else 0.0)
+                varies = np.ptp(guess[top]) > 0 and np.ptp(changes[i][top]) > 0  # else no correlation: 0
+                r.append(np.corrcoef(guess[top], changes[i][top])[0, 1] if varies else 0.0)
             scores[t] = float(np.mean(r))
         tau = max(scores, key=scores.get)
     w = weights(ctrl_means, target_mean, tau)
