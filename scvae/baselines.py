@@ -4,6 +4,7 @@ control cells by other cell types' difference of means, pooled or weighted by ho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,28 @@ def similar_types_change(
         "type_weights": [float(v) for v in w],
     }
     return w @ changes, record
+
+
+def similar_types_of(
+    cond: np.ndarray,
+    types: np.ndarray,
+    target_mean: np.ndarray,
+    mean: Callable[[np.ndarray], np.ndarray],
+    *,
+    control: str,
+    stimulated: str,
+    target: str,
+    min_cells: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`similar_types_change` from the cells themselves: ``mean(rows)`` gives the mean expression of some
+    cells, taken over each other type's control and stimulated cells (types with ``min_cells`` in both);
+    ``target_mean``: the target's control mean on the same scale. The record names the types used."""
+    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
+    means = [(mean(ctrl), mean(stim)) for ctrl, stim in groups.values()]
+    change, record = similar_types_change(
+        np.stack([c for c, _ in means]), np.stack([s - c for c, s in means]), target_mean
+    )
+    return change, {"cell_types": list(groups), **record}
 
 
 def linear_shift(
@@ -133,15 +156,21 @@ def linear_shift(
     if similar:
         if n_per_type is not None:
             raise InputError("n_per_type sets the cells per type of the balanced difference; with similar=True drop it")
-        groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
-        means = {
-            t: [np.asarray(logx[rows].mean(0), dtype=np.float64).ravel() for rows in pair] for t, pair in groups.items()
-        }
-        ctrl_means = np.stack([m[0] for m in means.values()])
-        changes = np.stack([m[1] - m[0] for m in means.values()])
-        target_mean = np.asarray(logx[source].mean(0), dtype=np.float64).ravel()
-        delta, chosen = similar_types_change(ctrl_means, changes, target_mean)
-        record.update(similar=True, cell_types=list(groups), **chosen)
+
+        def mean_of(rows: np.ndarray) -> np.ndarray:
+            return np.asarray(logx[rows].mean(0), dtype=np.float64).ravel()
+
+        delta, chosen = similar_types_of(
+            cond,
+            types,
+            mean_of(source),
+            mean_of,
+            control=control,
+            stimulated=stimulated,
+            target=target,
+            min_cells=min_cells,
+        )
+        record.update(similar=True, **chosen)
     else:
         if balanced:
             ctrl_idx, stim_idx, n = balanced_indices(
@@ -177,6 +206,7 @@ def linear_shift(
 
 def toward_similar_types(
     values: np.ndarray,
+    control_mean: np.ndarray,
     x: Any,
     cond: np.ndarray,
     types: np.ndarray,
@@ -189,12 +219,18 @@ def toward_similar_types(
     min_cells: int = 10,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Predicted cells (``values``, on the scale of :func:`~scvae.conditions.expression_values`) moved so that
-    their mean change from the target's control cells (rows of ``x``) is ``1 − weight`` of theirs plus ``weight``
-    of :func:`similar_types_change`'s, from the other types with ``min_cells`` cells per condition (for
-    ``predict_perturbation(..., similar=...)``); returns them and a record of the weighting."""
-    groups = type_groups(cond, types, control=control, stimulated=stimulated, exclude=[target], min_cells=min_cells)
-    means = [[expression_moments(x, rows, counts=counts)[0] for rows in pair] for pair in groups.values()]
-    own = expression_moments(x, np.flatnonzero((types == target) & (cond == control)), counts=counts)[0]
-    change, record = similar_types_change(np.stack([c for c, _ in means]), np.stack([s - c for c, s in means]), own)
-    mean = (1.0 - weight) * values.mean(0) + weight * (own + change)
-    return move_to_mean(values, mean, counts=counts), {"weight": float(weight), "cell_types": list(groups), **record}
+    their mean change from the target's control mean (``control_mean``, of rows of ``x``) is ``1 − weight`` of
+    theirs plus ``weight`` of :func:`similar_types_change`'s, from the other types with ``min_cells`` cells per
+    condition (for ``predict_perturbation(..., similar=...)``); returns them and a record of the weighting."""
+    change, record = similar_types_of(
+        cond,
+        types,
+        control_mean,
+        lambda rows: expression_moments(x, rows, counts=counts)[0],
+        control=control,
+        stimulated=stimulated,
+        target=target,
+        min_cells=min_cells,
+    )
+    mean = (1.0 - weight) * values.mean(0) + weight * (control_mean + change)
+    return move_to_mean(values, mean, counts=counts), {"weight": float(weight), **record}

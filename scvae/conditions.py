@@ -311,6 +311,3 @@ def neighbour_shift(anchors: np.ndarray, moves: np.ndarray, z: np.ndarray, n_nei
     k = min(int(n_neighbors), len(anchors))
     _, idx = NearestNeighbors(n_neighbors=k).fit(anchors).kneighbors(z.astype(np.float64))
     return moves[idx].mean(1), k
-
-
-# -- gene-space baseline -----------------------------------------------------------------------------------------

@@ -287,9 +287,10 @@ def predict_perturbation(
         bias, shrunk, own = decoder_bias(model, x, z_own, codes, source, library, batch_size, seed)
         values = subtract_bias(values, shrunk, counts=is_counts)
         record["bias"] = {"mean_abs": float(np.abs(bias).mean()), "mean_abs_removed": float(np.abs(shrunk).mean())}
+    control_mean = expression_moments(x, controls, counts=is_counts)[0]
     if similar:  # part of the change from the types most alike the target, in gene space
         kw = dict(control=control, stimulated=stimulated, target=target, min_cells=min_cells, counts=is_counts)
-        values, record["similar"] = toward_similar_types(values, x, cond, types, weight=similar, **kw)
+        values, record["similar"] = toward_similar_types(values, control_mean, x, cond, types, weight=similar, **kw)
     if cells == "observed":  # the target's measured cells, changed cell by cell as the model changes them
         own = decode(model, z_own, codes[source], library, batch_size, seed + 1)[1] if own is None else own
         kw = dict(counts=is_counts, draws=counts, after=expected, before=own, seed=seed)
@@ -313,7 +314,6 @@ def predict_perturbation(
         layers={layer: expected, EXPRESSION_LAYER: values.astype(np.float32)},
         uns={UNS_KEY: record},
     )
-    control_mean = expression_moments(x, controls, counts=is_counts)[0]
     out.var["change"] = values.mean(0) - control_mean
     if interval is not None:
         labels = dict(condition_key=condition_key, control=control, stimulated=stimulated, cell_type_key=cell_type_key)
