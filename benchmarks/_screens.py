@@ -38,10 +38,18 @@ def held_out(adata: AnnData, target: str, n_hvg: int) -> tuple[AnnData, AnnData,
     return train, real_stim, real_ctrl, top
 
 
-def other_types(model, train: AnnData, target: str, seed: int, method: str = "delta") -> dict[str, tuple]:  # noqa: ANN001
+def other_types(
+    model,  # noqa: ANN001
+    train: AnnData,
+    target: str,
+    seed: int,
+    method: str = "delta",
+    similar: float = 0.0,
+) -> dict[str, tuple]:
     """Each other type t with at least 10 cells per condition predicted from the rest (the same model, δ from the
-    types other than t and ``target``): {t: (real mean change, predicted ``var["change"]``, min(n control,
-    n stimulated))}, log-normalised means as ``var["change"]``."""
+    types other than t and ``target``; ``method`` and ``similar`` of ``predict_perturbation``): {t: (real mean
+    change, predicted ``var["change"]``, min(n control, n stimulated))}, log-normalised means as
+    ``var["change"]``."""
 
     from scvae.conditions import expression_moments, type_groups
 
@@ -53,7 +61,9 @@ def other_types(model, train: AnnData, target: str, seed: int, method: str = "de
     out = {}
     for t, (ctrl, stim) in groups.items():
         real = expression_moments(x, stim, counts=True)[0] - expression_moments(x, ctrl, counts=True)[0]
-        p = model.predict_perturbation(rest, **LABELS, similar=0.0, target=t, method=method, n_cells=None, seed=seed)
+        p = model.predict_perturbation(
+            rest, **LABELS, similar=similar, target=t, method=method, n_cells=None, cells="decoded", seed=seed
+        )
         out[t] = (real, p.var["change"].to_numpy(), min(len(ctrl), len(stim)))
     return out
 
