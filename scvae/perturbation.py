@@ -118,14 +118,16 @@ def predict_perturbation(
         (:func:`transport_displacements`); each target control cell moves by the mean displacement of its
         ``n_neighbors`` nearest paired control cells, and is decoded (with the stimulated label if the model
         is conditioned on ``condition_key``). Which to use: ``"transport"`` (the default) on a VAE trained with
-        fit's defaults. On Kang (IFN-β, 7 held-out cell types, seeds 0–2, ``benchmarks/results/perturbation_kang.md``
-        and ``perturbation_kang_all_genes.md``) its mean Pearson-delta over the top-100 changed genes is 0.941 on
-        2,000 HVGs and 0.945 on all genes, against 0.938 and 0.937 for ``"delta"``, 0.878 and 0.887 for
-        :func:`linear_shift` and 0.974 and 0.976 for two halves of the real cells. Run by run (same model and
-        cells, ``benchmarks/results/perturbation_paired.md``) it is slightly ahead of ``"delta"`` on the HVGs
-        (in 16 of 21 runs, by 0.003 on average) and ahead on all genes in 19 of 21 runs, and closer to the real
-        cells on the E-distance (mean 47 against 55 on the HVGs; the linear shift, 74, is still closer for the T
-        and B cells).
+        fit's defaults, with ``similar=0.5``. On Kang (IFN-β, 7 held-out cell types, seeds 0–2) the defaults' mean
+        Pearson-delta over the top-100 changed genes is 0.944 on 2,000 HVGs and 0.946 on all genes
+        (``benchmarks/results/perturbation_kang_similar.md``, ``perturbation_kang_all_genes_similar.md``); the
+        model's change alone (``similar=0``) 0.941 and 0.945, against 0.938 and 0.937 for ``"delta"``
+        (``perturbation_kang.md``, ``perturbation_kang_all_genes.md``), 0.878 and 0.887 for :func:`linear_shift`
+        and 0.974 and 0.976 for two halves of the real cells. Run by run (same model and cells,
+        ``benchmarks/results/perturbation_paired.md``) ``"transport"`` is slightly ahead of ``"delta"`` on the
+        HVGs (in 16 of 21 runs, by 0.003 on average) and ahead on all genes in 19 of 21 runs, and closer to the
+        real cells on the E-distance (mean 47 against 55 on the HVGs; the linear shifts are still closer for the
+        T and B cells).
     n_cells
         Number of predicted cells: default one per control cell of the target; otherwise each is used ``n_cells //
         n_control`` times (each time with new draws of counts) and the rest are drawn without replacement (with

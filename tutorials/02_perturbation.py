@@ -19,8 +19,8 @@
 # is then taken from the change seen in the other types, weighted by how alike their control cells are to CD4 T's
 # (`similar=0.5`, the default; `similar=0` keeps the model's change alone). (`method="delta"`, scGen's
 # latent arithmetic, moves every cell by one δ = mean z(stimulated) − mean z(control) over the other types; the
-# benchmark finds `"transport"` slightly ahead on 2,000 HVGs and ahead on all genes and on the E-distance:
-# `benchmarks/results/perturbation_paired.md`.)
+# benchmark finds `"transport"` slightly ahead on 2,000 HVGs and ahead on all genes, and on the HVGs closer on
+# the E-distance: `benchmarks/results/perturbation_paired.md`.)
 #
 # Runs headless in under a minute on two CPU cores (benchmarks/results/docs_timing.md); `SCVAE_TUTORIAL_FAST=1`
 # shortens training for smoke tests.
