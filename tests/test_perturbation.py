@@ -18,7 +18,14 @@ from anndata import AnnData
 import scvae
 from scvae import tl
 from scvae.data import InputError
-from scvae.perturbation import balanced_indices, change_intervals, linear_shift, predict_perturbation, type_groups
+from scvae.perturbation import (
+    MIN_PREDICTED_CELLS,
+    balanced_indices,
+    change_intervals,
+    linear_shift,
+    predict_perturbation,
+    type_groups,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # models trained on Kang cells
 
@@ -308,7 +315,9 @@ def test_observed_cells_keep_the_measured_cells_and_the_decoded_means(vae, data)
 def test_output_structure_and_record(vae, data):
     pred = vae.predict_perturbation(data["train"], target=TARGET, method="delta", **LABELS)
     n_ctrl = data["ctrl"].n_obs
-    assert pred.shape == (n_ctrl, len(vae.genes))
+    assert n_ctrl < MIN_PREDICTED_CELLS and pred.shape == (MIN_PREDICTED_CELLS, len(vae.genes))  # at least 1,000
+    counts = pred.obs["source_cell"].value_counts()
+    assert len(counts) == n_ctrl and counts.max() - counts.min() <= 1  # every control cell used equally often
     assert list(pred.var_names) == vae.genes
     x = pred.X.toarray()
     assert np.all(x >= 0) and np.all(x == np.round(x))
@@ -556,7 +565,7 @@ def test_bad_data(vae, cvae, data):
     few = train[np.setdiff1d(np.arange(train.n_obs), b_ctrl[5:])].copy()
     with pytest.raises(InputError, match="'B' has only 5 'control' cells, fewer than min_cells=10"):
         vae.predict_perturbation(few, target=TARGET, **LABELS)
-    assert vae.predict_perturbation(few, target=TARGET, min_cells=5, **LABELS).n_obs == 5
+    assert vae.predict_perturbation(few, target=TARGET, min_cells=5, n_cells=5, **LABELS).n_obs == 5
     with pytest.raises(InputError, match="has only 5 'control' cells"):
         linear_shift(few, target=TARGET, **LABELS)
     cond, types = train.obs["condition"].astype(str).to_numpy(), train.obs["cell_type"].astype(str).to_numpy()
