@@ -22,7 +22,7 @@ Methods
   (``scvae.perturbation.linear_shift``).
 - ``linear_similar`` (in runs since 2026-12-07): the same shift with the other types weighted by how alike their
   control cells are to the target's (``linear_shift(..., similar=True)``), a stronger gene-space baseline.
-- ``delta``: scGen's latent arithmetic on an unconditional VAE (``predict_perturbation``'s default).
+- ``delta``: scGen's latent arithmetic on an unconditional VAE.
 - ``delta_uncorrected``: ``delta`` with ``correct_bias=False`` (the decoder's error on the target's control cells
   left in the prediction; every other method has it taken off, ``predict_perturbation``'s default), from the
   same model and the same draws, to measure what the correction does.
@@ -30,9 +30,10 @@ Methods
   transport pairs control and stimulated codes of each other type; a target cell moves as its nearest paired
   control cells do).
 - ``transport_similar``: ``transport`` with ``similar=--similar`` (0.5): that share of the predicted change taken
-  from ``linear_similar``'s.
+  from ``linear_similar``'s (``predict_perturbation``'s defaults; every other method passes ``similar=0``).
 - ``counterfactual``: a cVAE conditioned on the condition; control cells decoded with the stimulated label.
-- ``cvae_delta`` / ``cvae_transport``: the same cVAE, moved by δ or by transport, decoded with the stimulated label.
+- ``cvae_delta`` / ``cvae_transport``: the same cVAE, moved by δ or by transport, decoded with the stimulated label;
+  ``cvae_transport_similar``: ``cvae_transport`` with ``similar=--similar``.
 - ``scgen`` (the anchor, only when asked for with ``--methods``; needs the ``bench`` extra's pertpy): scGen itself, as
   pertpy 1.0.3 implements it (``pertpy.tl.Scgen``, the Theis lab's port of scGen), with its defaults (Gaussian VAE,
   800 hidden units, 100 latent dimensions) on the log-normalised genes (``log1p`` of counts per 10,000, as scGen asks),
@@ -90,6 +91,7 @@ MODEL_METHODS = (
     "counterfactual",
     "cvae_delta",
     "cvae_transport",
+    "cvae_transport_similar",
 )
 ANCHORS = ("scgen",)  # other tools, run only when asked for (--methods)
 # scGen's tutorial settings (pertpy.tl.Scgen.train)
@@ -216,7 +218,12 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
             "cvae",
             {"condition_key": CONDITION},
             args.cvae_args,
-            (("counterfactual", "counterfactual"), ("cvae_delta", "delta"), ("cvae_transport", "transport")),
+            (
+                ("counterfactual", "counterfactual"),
+                ("cvae_delta", "delta"),
+                ("cvae_transport", "transport"),
+                ("cvae_transport_similar", "transport"),
+            ),
         ),
     )
     for _, model_kw, extra, methods in plans:
