@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from _common import seed_tables
@@ -65,6 +66,24 @@ def other_types(
             rest, **LABELS, similar=similar, target=t, method=method, n_cells=None, cells="decoded", seed=seed
         )
         out[t] = (real, p.var["change"].to_numpy(), min(len(ctrl), len(stim)))
+    return out
+
+
+def pooled_slope(reals: Sequence[np.ndarray], preds: Sequence[np.ndarray], n_top: int | None) -> float:
+    """Least-squares slope through 0 of the real changes on the predicted ones, pooled over types, over all genes
+    (``n_top=None``) or each type's ``n_top`` genes of largest |real change|: by how much to stretch the prediction."""
+    keep = [np.argsort(-np.abs(r), kind="stable")[:n_top] if n_top else np.arange(len(r)) for r in reals]
+    r = np.concatenate([a[i] for a, i in zip(reals, keep, strict=True)])
+    p = np.concatenate([a[i] for a, i in zip(preds, keep, strict=True)])
+    return float(r @ p / (p @ p))
+
+
+def stretched(pred: AnnData, alpha: float) -> AnnData:
+    """A copy of ``predict_perturbation``'s ``pred`` whose cells' ``layers["expression"]`` each move by
+    (``alpha`` − 1) × the predicted change, so that their mean change is ``alpha`` times ``pred``'s."""
+    out = pred.copy()
+    change = pred.var["change"].to_numpy()
+    out.layers["expression"] = (pred.layers["expression"] + (alpha - 1.0) * change[None, :]).astype(np.float32)
     return out
 
 

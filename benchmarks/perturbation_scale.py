@@ -24,7 +24,7 @@ against the real held-out cells, beside the balanced linear shift. Writes
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, other_types, score, screen_main
+from _screens import LABELS, held_out, other_types, pooled_slope, score, screen_main, stretched
 
 import scvae
 from scvae.conditions import expression_moments
@@ -32,13 +32,6 @@ from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "r2_top_change", "r2_top", "r2_all", "e_distance", "slope_target", "alpha")
 N_TOP = 100
-
-
-def slope(real: np.ndarray, pred: np.ndarray) -> float:
-    """Least-squares slope of ``real`` on ``pred`` through the origin, over the ``N_TOP`` genes of largest
-    |real|."""
-    top = np.argsort(-np.abs(real), kind="stable")[:N_TOP]
-    return float(real[top] @ pred[top] / (pred[top] @ pred[top]))
 
 
 def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
@@ -49,26 +42,20 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:
         train, **LABELS, similar=0.0, target=target, method="delta", n_cells=n_cells, seed=seed
     )
     reals, preds_t, _ = zip(*other_types(model, train, target, seed).values())
-    tops = [np.argsort(-np.abs(r), kind="stable")[:N_TOP] for r in reals]
-    r_all = np.concatenate([r[i] for r, i in zip(reals, tops)])
-    p_all = np.concatenate([p[i] for p, i in zip(preds_t, tops)])
     alphas = {
-        "pooled": float(r_all @ p_all / (p_all @ p_all)),
-        "median": float(np.median(list(map(slope, reals, preds_t)))),
+        "pooled": pooled_slope(reals, preds_t, N_TOP),
+        "median": float(np.median([pooled_slope([r], [p], N_TOP) for r, p in zip(reals, preds_t, strict=True)])),
     }
 
     stim_mean, ctrl_mean = (
         expression_moments(model.read(a)[0], np.arange(a.n_obs), counts=True)[0] for a in (real_stim, real_ctrl)
     )
     real_change = stim_mean - ctrl_mean
-    slope_target = slope(real_change, pred.var["change"].to_numpy())
+    slope_target = pooled_slope([real_change], [pred.var["change"].to_numpy()], N_TOP)
 
     preds = {"delta": (pred, False), "linear": (linear_shift(train, **LABELS, target=target, seed=seed), True)}
     for name, a in alphas.items():
-        scaled = pred.copy()
-        change = pred.var["change"].to_numpy()
-        scaled.layers["expression"] = (pred.layers["expression"] + (a - 1.0) * change[None, :]).astype(np.float32)
-        preds[f"delta × {name} α"] = (scaled, False)
+        preds[f"delta × {name} α"] = (stretched(pred, a), False)
     rows = score(preds, real_stim, real_ctrl, top, target, seed, SCORES[:-2])
     for row in rows:
         row["slope_target"] = slope_target

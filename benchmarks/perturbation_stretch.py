@@ -24,7 +24,7 @@ mean over seeds, spread max − min). A screen: ``predict_perturbation`` does no
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, other_types, parser, run_screen, score
+from _screens import LABELS, held_out, other_types, parser, pooled_slope, run_screen, score, stretched
 
 import scvae
 from scvae.perturbation import linear_shift
@@ -41,15 +41,6 @@ SCORES = (
     "alpha",
 )
 N_TOP = 100
-
-
-def pooled_slope(reals: list[np.ndarray], preds: list[np.ndarray], n_top: int | None) -> float:
-    """Least-squares slope through 0 of the real changes on the predicted ones, pooled over types, over all genes
-    (``n_top=None``) or each type's ``n_top`` genes of largest |real change|."""
-    keep = [np.argsort(-np.abs(r), kind="stable")[:n_top] if n_top else np.arange(len(r)) for r in reals]
-    r = np.concatenate([a[i] for a, i in zip(reals, keep, strict=True)])
-    p = np.concatenate([a[i] for a, i in zip(preds, keep, strict=True)])
-    return float(r @ p / (p @ p))
 
 
 def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:  # noqa: ANN001
@@ -71,9 +62,7 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:  # noqa: ANN00
         "default": (pred, False),
     }
     for name, a in alphas.items():
-        stretched = pred.copy()
-        stretched.layers["expression"] = (pred.layers["expression"] + (a - 1.0) * change[None, :]).astype(np.float32)
-        preds[f"default × {name}"] = (stretched, False)
+        preds[f"default × {name}"] = (stretched(pred, a), False)
     rows = score(preds, real_stim, real_ctrl, top, target, seed, SCORES[:-2])
     for row in rows:
         row["slope_target"] = slope_target

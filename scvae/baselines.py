@@ -143,7 +143,8 @@ def linear_shift(
     Returns
     -------
     A new AnnData whose ``X`` is *log-normalised* (evaluate it with ``pred_normalized=True``); obs as in
-    :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records δ (per gene) and what was used.
+    :func:`predict_perturbation`; ``uns["scvae_perturbation"]`` records what was used (the cell types, the balanced
+    draw or the similar types' weights, the seed).
     """
     seed = check_seed(seed)
     cond, types, (control, stimulated, target) = check_inputs(

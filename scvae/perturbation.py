@@ -223,9 +223,8 @@ def predict_perturbation(
     rng = np.random.default_rng(seed)
     controls = source = np.flatnonzero((types == target) & (cond == control))
     n_predicted = max(MIN_PREDICTED_CELLS, len(source)) if n_cells is None else int(n_cells)
-    if n_predicted != len(source) or n_cells is not None:  # each control cell equally often, the rest drawn
-        reps, rest = divmod(n_predicted, len(source))
-        source = np.concatenate([np.repeat(source, reps), np.sort(rng.choice(source, rest, replace=False))])
+    reps, rest = divmod(n_predicted, len(source))  # each control cell equally often, the rest drawn (none: no draw)
+    source = np.concatenate([np.repeat(source, reps), np.sort(rng.choice(source, rest, replace=False))])
 
     record: dict[str, Any] = {
         "method": method,
