@@ -126,7 +126,7 @@ def predict_perturbation(
         ``perturbation_kang_all_genes.md``), :func:`linear_shift` 0.878 and 0.887, two halves of the real cells
         0.974 and 0.976. Run by run (``benchmarks/results/perturbation_paired.md``) ``"transport"`` is ahead of
         ``"delta"`` in 16 of 21 runs on the HVGs and 19 of 21 on all genes, and closer on the E-distance (mean 47
-        against 55 on the HVGs; the linear shifts are still closer for the T and B cells).
+        against 55 on the HVGs). A cVAE with the same call trades R² over scGen's list for a lower E-distance (README).
     n_cells
         Number of predicted cells (default: one per control cell, at least :data:`MIN_PREDICTED_CELLS`), each control
         cell used equally often (new draws each time), the rest drawn without replacement (``seed``). The means
