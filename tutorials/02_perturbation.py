@@ -145,7 +145,7 @@ print(
     f"changed genes (median width {result['interval_width_top_change']:.2f})"
 )
 table = pd.DataFrame({k: {m: v[m] for m in metrics} for k, v in scores.items()}).T
-print(table.round(3))
+print(table.round(3).to_string())  # every column, whatever the terminal width
 ax = scvae.pl.perturbation_scores(scores, title=f"{TARGET}: scores against the real cells")
 ax.figure.tight_layout()
 ax.figure.savefig(FIGURES / "02_scores.png", dpi=120)
@@ -184,9 +184,9 @@ print(f"figures written to {FIGURES}")
 
 # %% [markdown]
 # `method="delta"` gives scGen's latent arithmetic (one shift for every cell) on the same model; a cVAE
-# (`fit(..., condition_key="condition")`) adds `method="counterfactual"`. The same `predict_perturbation` call on
-# such a cVAE gives predicted cells closer to the real ones' centre (E-distance 36 against 42 on average over the 7
-# Kang types), but a lower R² over scGen's DEG list and, on all genes, intervals that cover too little on some types,
-# so the VAE stays the recommendation (the README's perturbation section has the figures). For every cell type,
-# every method and both linear baselines over three seeds, see `benchmarks/perturbation_kang.py` and its tables in
-# `benchmarks/results/perturbation_kang.md`.
+# (`fit(..., condition_key="condition")`) adds `method="counterfactual"`. The same `predict_perturbation` call on such
+# a cVAE gives predicted cells closer to the real ones' centre (E-distance 36 against 42, the mean over the 7 Kang types
+# and seeds 0–2 on 2,000 HVGs), but a lower R² over scGen's DEG list and, on all genes, intervals that cover too
+# little on some types, so the VAE stays the recommendation (the README's perturbation section has the figures). For
+# every cell type, every method and both linear baselines over three seeds, see `benchmarks/perturbation_kang.py`
+# and its tables in `benchmarks/results/perturbation_kang.md`.

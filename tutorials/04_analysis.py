@@ -19,7 +19,7 @@
 #    the Drop-seq batch, never seen, is mapped onto it (only the new batch's parameters are trained, scArches
 #    style) and its cell lines are transferred from the reference.
 #
-# Runs headless in about six minutes on two CPU cores (benchmarks/results/docs_timing.md);
+# Runs headless in about five minutes on two CPU cores (benchmarks/results/docs_timing.md);
 # `SCVAE_TUTORIAL_FAST=1` shortens training for smoke tests.
 
 # %%
