@@ -191,7 +191,7 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     labels = dict(
         condition_key=CONDITION, control=CONTROL, stimulated=STIMULATED, cell_type_key=CELL_TYPE, target=target
     )
-    n_cells = max(args.n_cells, real_ctrl.n_obs) if args.n_cells else None
+    n_cells = max(args.n_cells, real_ctrl.n_obs) if args.n_cells else real_ctrl.n_obs  # 0: one per control cell
     fit_kw = dict(seed=seed, progress_bar=False)
     if args.max_epochs:
         fit_kw["max_epochs"] = args.max_epochs
