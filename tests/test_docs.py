@@ -40,7 +40,7 @@ def test_readme_quickstart_runs_as_written_and_integrates_batches():
 EXPECTED = {
     "01_quickstart.py": ([r"scvae\s+k-NN accuracy [01]\.\d{3}\s+batch mixing \d\.\d\d"], ["01_history", "01_umap"]),
     "02_perturbation.py": (
-        [r"90 % intervals cover the real change of \d+% of the top-100 changed genes", r"scvae transport\s+0\.\d+"],
+        [r"90 % intervals cover the real change of \d+% of the top-100 changed genes", r"scvae \(default\)\s+0\.\d+"],
         ["02_scores", "02_intervals", "02_reg_mean", "02_violin"],
     ),
     "03_objectives_and_priors.py": ([r"IWAE K=5\s+-\d+\.\d+", r"VampPrior\s+-\d+\.\d+"], ["03_beta", "03_iwae_vamp"]),

@@ -130,7 +130,7 @@ scores = {
         top_genes=top,
         pred_normalized=True,
     ),
-    "scvae transport": result,
+    "scvae (default)": result,
 }
 metrics = (
     "r2_top",

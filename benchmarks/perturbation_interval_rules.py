@@ -1,0 +1,181 @@
+"""Screen: rules for the width of ``predict_perturbation``'s intervals, from one set of calibration predictions.
+
+    python benchmarks/perturbation_interval_rules.py --seeds 0 1 2              # 2,000 HVGs
+    python benchmarks/perturbation_interval_rules.py --seeds 0 1 2 --n-hvg 0    # all genes
+
+For each held-out Kang cell type (as ``perturbation_kang.py``: its stimulated cells left out, 2,000 HVGs of the
+training cells or all genes, ``fit``'s defaults) the default prediction (``predict_perturbation``'s defaults) is
+made, and what ``change_intervals`` calibrates on is collected once: each other type t predicted from the rest by
+the model alone (``similar=0``), its real change and the sampling variance se² of it, and the change the types
+most alike suggest (``scvae.baselines.similar_types_change``, from the types other than t and the target); for the
+target, the model's change alone and the similar types' change. Every rule then gives a half-width
+√((q s)² + z² se²) around the default's predicted change, q the largest over t of the 0.9 quantile of t's scaled
+errors over its 100 genes of largest real change, and differs in the scale s and the noise taken out:
+
+- ``spread``: s = the spread of each gene's real change across the types (``scvae.conditions.interval_scale``),
+  the model's share of t's error √max(e² − se², 0): ``change_intervals``' rule;
+- ``spread + disagreement``: s = √(spread² + d²), d the model's change minus the similar types' change (genes on
+  which the model and the nearest types disagree get wider intervals), the same noise;
+- ``spread, noise at z``: the spread, and √max(e² − z² se², 0), the smallest q that covers the gene;
+- ``disagreement, noise at z``: both.
+
+Scored against the target's real change (real stimulated − control mean, log-normalised, as
+``scvae.tl.evaluate_perturbation``): the share of the top-100 |change| genes and of all genes inside the interval,
+and the median width over the top-100. The collected arrays are kept in ``--cache`` (one file per run, reused if
+present). Writes ``benchmarks/results/perturbation_interval_rules[_all_genes].{csv,md}`` (mean over seeds,
+spread max − min), with the number of types whose top-change coverage lies within 0.85–0.95. A screen.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from _common import seed_tables
+from _screens import LABELS, held_out, parser
+from perturbation_kang import CELL_TYPE, CONDITION, CONTROL, STIMULATED
+from scipy.stats import norm
+
+import scvae
+from scvae.baselines import similar_types_of
+from scvae.conditions import expression_moments, interval_scale, type_groups
+
+LEVEL = 0.9
+RULES = {  # name: (scale from the disagreement too?, noise taken out at z² se² rather than se²?)
+    "spread": (False, False),
+    "spread + disagreement": (True, False),
+    "spread, noise at z": (False, True),
+    "disagreement, noise at z": (True, True),
+}
+SCORES = ("interval_coverage_top_change", "interval_coverage", "interval_width_top_change")
+
+
+def collect(adata, target: str, seed: int, n_hvg: int, path: Path) -> None:  # noqa: ANN001
+    """Train, predict with the defaults and collect the calibration arrays into ``path`` (an .npz)."""
+    train, real_stim, _, _ = held_out(adata, target, n_hvg)
+    model = scvae.model.fit(train, seed=seed, progress_bar=False)
+    pred = model.predict_perturbation(train, **LABELS, target=target, seed=seed)
+    alone = model.predict_perturbation(train, **LABELS, target=target, similar=0.0, cells="decoded", seed=seed)
+    x = model.read(train)[0]
+    cond, types = (train.obs[k].astype(str).to_numpy() for k in (CONDITION, CELL_TYPE))
+    own = np.flatnonzero((types == target) & (cond == CONTROL))
+    own_mean, own_var = expression_moments(x, own, counts=True)
+    labels = dict(control=CONTROL, stimulated=STIMULATED, min_cells=10)
+    similar = similar_types_of(
+        cond, types, own_mean, lambda rows: expression_moments(x, rows, counts=True)[0], target=target, **labels
+    )[0]
+    x_stim = model.read(real_stim)[0]
+    real = expression_moments(x_stim, np.arange(real_stim.n_obs), counts=True)[0] - own_mean
+    groups = type_groups(cond, types, control=CONTROL, stimulated=STIMULATED, exclude=[target], min_cells=10)
+    rest = train[types != target].copy()
+    x_rest = model.read(rest)[0]
+    cond_r, types_r = (rest.obs[k].astype(str).to_numpy() for k in (CONDITION, CELL_TYPE))
+    calibration = {}
+    for i, (t, (ctrl, stim)) in enumerate(groups.items()):
+        (mc, vc), (ms, vs) = (expression_moments(x, rows, counts=True) for rows in (ctrl, stim))
+        p = model.predict_perturbation(rest, **LABELS, target=t, similar=0.0, cells="decoded", seed=seed)
+        t_mean = expression_moments(x_rest, np.flatnonzero((types_r == t) & (cond_r == CONTROL)), counts=True)[0]
+        mean_r = lambda rows: expression_moments(x_rest, rows, counts=True)[0]  # noqa: E731
+        o = similar_types_of(cond_r, types_r, t_mean, mean_r, target=t, **labels)[0]
+        calibration.update(
+            {
+                f"real_{i}": ms - mc,
+                f"m_{i}": p.var["change"].to_numpy(),
+                f"o_{i}": o,
+                f"noise_{i}": vc / len(ctrl) + vs / len(stim),
+            }
+        )
+    np.savez(
+        path,
+        change=pred.var["change"].to_numpy(),
+        m=alone.var["change"].to_numpy(),
+        o=similar,
+        r=real,
+        target_noise=2.0 * own_var / len(own),
+        cal_types=np.array(list(groups)),
+        **calibration,
+    )
+
+
+def top(v: np.ndarray, n: int = 100) -> np.ndarray:
+    return np.argsort(-np.abs(v), kind="stable")[:n]
+
+
+def scale(changes: np.ndarray, disagreement: np.ndarray | None) -> np.ndarray:
+    """``interval_scale(changes)``, joined with the disagreement (root sum of squares) when one is given."""
+    spread = interval_scale(changes)
+    return spread if disagreement is None else np.hypot(spread, disagreement)
+
+
+def rules(path: Path) -> dict[str, dict[str, float]]:
+    """Each rule's coverage of the target's real change and width, from the arrays collected in ``path``."""
+    d = np.load(path)
+    cal = [{k: d[f"{k}_{i}"] for k in ("real", "m", "o", "noise")} for i in range(len(d["cal_types"]))]
+    reals = np.stack([c["real"] for c in cal])
+    z2 = norm.ppf(0.5 + LEVEL / 2) ** 2
+    r, change, genes = d["r"], d["change"], top(d["r"])
+    out = {}
+    for name, (apart, at_z) in RULES.items():
+        q = 0.0
+        for i, c in enumerate(cal):
+            others = np.delete(reals, i, 0)
+            s = scale(others, c["m"] - c["o"] if apart else None)
+            error = np.sqrt(np.maximum(np.square(c["real"] - c["m"]) - (z2 if at_z else 1.0) * c["noise"], 0.0))
+            q = max(q, float(np.quantile((error / s)[top(c["real"])], LEVEL)))
+        s = scale(reals, d["m"] - d["o"] if apart else None)
+        half = np.sqrt(np.square(q * s) + z2 * d["target_noise"])
+        inside = np.abs(r - change) <= half
+        out[name] = {
+            "interval_coverage_top_change": float(inside[genes].mean()),
+            "interval_coverage": float(inside.mean()),
+            "interval_width_top_change": float(np.median(2.0 * half[genes])),
+        }
+    return out
+
+
+def main() -> None:
+    p = parser(__doc__, [0, 1, 2])
+    p.add_argument("--cache", type=Path, default=Path("/tmp/scvae_interval_rules"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    gene_set = "all" if args.n_hvg <= 0 else "hvg"
+    name = "perturbation_interval_rules" + ("_all_genes" if gene_set == "all" else "")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    adata, t0, rows = scvae.datasets.kang(), time.perf_counter(), []
+    for seed in args.seeds:
+        for target in args.cell_types:
+            path = args.cache / f"{gene_set}_{seed}_{target.replace(' ', '_')}.npz"
+            if not path.exists():
+                collect(adata, target, seed, args.n_hvg, path)
+            new = [{"cell_type": target, "seed": seed, "method": m, **s} for m, s in rules(path).items()]
+            print(pd.DataFrame(new).round(3).to_string(index=False), flush=True)
+            rows += new
+    df = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / f"{name}.csv", index=False)
+    cov = df.groupby(["method", "cell_type"])["interval_coverage_top_change"].mean()
+    within = ", ".join(f"{m} {int(cov[m].between(0.85, 0.95).sum())} of {len(cov[m])}" for m in RULES)
+    parts = [
+        f"# Screen: rules for the width of the perturbation intervals ({'all genes' if gene_set == 'all' else f'{args.n_hvg} HVGs'})\n",
+        f"`python benchmarks/{Path(sys.argv[0]).name} --seeds {' '.join(map(str, args.seeds))} --cell-types "
+        + " ".join(f'"{t}"' for t in args.cell_types)
+        + f" --n-hvg {args.n_hvg}` ({time.perf_counter() - t0:.0f} s, 2-core CPU; runs found in --cache are not "
+        "redone). What each row is: the script's docstring. Each cell: mean over seeds (max − min).\n",
+        f"Cell types whose mean top-change coverage lies within 0.85–0.95: {within}.\n",
+        *seed_tables(df, SCORES, args.cell_types),
+    ]
+    text = "\n".join(parts).replace(
+        "width_top_change (higher is better)", "width_top_change (narrower at the same coverage)"
+    )
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
