@@ -28,7 +28,8 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
 def seed_tables(df: pd.DataFrame, scores: Sequence[str], rows: Sequence[str]) -> list[str]:
     """One markdown section per score of a screen's rows (columns ``cell_type``, ``seed``, ``method`` and the
     scores): mean over seeds (max − min) per cell type and method, in the order ``rows`` and of first appearance,
-    with the mean over types last. Distances: lower is better; the rest: higher."""
+    with the mean over types last. Distances: lower is better; interval widths: narrower at the same coverage;
+    the rest: higher."""
     methods = list(dict.fromkeys(df["method"]))
     parts = []
     for score in scores:
@@ -37,10 +38,9 @@ def seed_tables(df: pd.DataFrame, scores: Sequence[str], rows: Sequence[str]) ->
         cell = cell.loc[list(rows), methods]
         means = df.groupby("method")[score].mean()
         cell.loc["mean over types"] = [f"{means[m]:.3f}" for m in methods]
-        better = "lower" if "distance" in score else "higher"
-        parts.append(
-            f"## {score} ({better} is better)\n\n" + markdown_table(cell.rename_axis("cell_type").reset_index()) + "\n"
-        )
+        better = "lower is better" if "distance" in score else "higher is better"
+        better = "narrower at the same coverage" if "width" in score else better
+        parts.append(f"## {score} ({better})\n\n" + markdown_table(cell.rename_axis("cell_type").reset_index()) + "\n")
     return parts
 
 

@@ -170,9 +170,7 @@ def main() -> None:
         f"Cell types whose mean top-change coverage lies within 0.85–0.95: {within}.\n",
         *seed_tables(df, SCORES, args.cell_types),
     ]
-    text = "\n".join(parts).replace(
-        "width_top_change (higher is better)", "width_top_change (narrower at the same coverage)"
-    )
+    text = "\n".join(parts)
     (args.out / f"{name}.md").write_text(text)
     print(text)
 
