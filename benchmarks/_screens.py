@@ -161,12 +161,13 @@ def screen_main(
     scores: Sequence[str],
 ) -> None:
     """The command line of a screen with no options of its own: the common arguments (:func:`parser`, default
-    ``seeds``), then ``run(adata, target, seed, n_hvg)`` for every seed and cell type (:func:`run_screen`)."""
+    ``seeds``), then ``run(adata, target, seed, n_hvg)`` for every seed and cell type (:func:`run_screen`). With
+    ``--n-hvg 0`` (all genes) the results are ``<name>_all_genes``, so they do not replace the HVGs' ones."""
     args = parser(doc, seeds).parse_args()
     run_screen(
         args,
         lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
-        name=name,
+        name=name + ("_all_genes" if args.n_hvg <= 0 else ""),
         title=title,
         options="",
         scores=scores,

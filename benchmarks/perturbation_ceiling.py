@@ -23,7 +23,7 @@ trained. Writes ``benchmarks/results/perturbation_ceiling.{csv,md}`` (``_all_gen
 from __future__ import annotations
 
 import numpy as np
-from _screens import held_out, parser, run_screen
+from _screens import held_out, screen_main
 
 from scvae import tl
 from scvae.data import log_normalize
@@ -67,14 +67,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:  # noqa: ANN00
 
 
 def main() -> None:
-    args = parser(__doc__, [0, 1, 2]).parse_args()
-    name = "perturbation_ceiling" + ("_all_genes" if args.n_hvg <= 0 else "")
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
-        name=name,
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0, 1, 2],
+        name="perturbation_ceiling",
         title="Diagnostic: two ceilings for the Pearson-delta (halves of the real cells; a perfect mean)",
-        options="",
         scores=SCORES,
     )
 

@@ -24,7 +24,7 @@ mean over seeds, spread max − min). A screen: ``predict_perturbation`` does no
 from __future__ import annotations
 
 import numpy as np
-from _screens import LABELS, held_out, other_types, parser, pooled_slope, run_screen, score, stretched
+from _screens import LABELS, held_out, other_types, pooled_slope, score, screen_main, stretched
 
 import scvae
 from scvae.perturbation import linear_shift
@@ -71,14 +71,12 @@ def run(adata, target: str, seed: int, n_hvg: int) -> list[dict]:  # noqa: ANN00
 
 
 def main() -> None:
-    args = parser(__doc__, [0, 1, 2]).parse_args()
-    name = "perturbation_stretch" + ("_all_genes" if args.n_hvg <= 0 else "")
-    run_screen(
-        args,
-        lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
-        name=name,
+    screen_main(
+        __doc__,
+        run,
+        seeds=[0, 1, 2],
+        name="perturbation_stretch",
         title="Screen: the default's predicted change stretched by a scale learnt on the other cell types",
-        options="",
         scores=SCORES,
     )
 
