@@ -5,9 +5,9 @@ predict the held-out response better than ``fit``'s default?
 
 ``perturbation_oracle.md`` found the default VAE close to what its own decoder gives back from the real stimulated
 cells' codes, so the decoder looked like the limit. This screen changes the decoder and nothing else: for each
-held-out Kang type (as ``perturbation_kang.py``: its stimulated cells left out, 2,000 HVGs of the training cells)
-and seed, one model per variant is trained and predicts with ``predict_perturbation``'s defaults
-(``method="transport"``, ``similar=0.5``, 1,000 cells):
+held-out Kang type (as ``perturbation_kang.py``: its stimulated cells left out, 2,000 HVGs of the training cells, or
+all genes with ``--n-hvg 0``) and seed, one model per variant is trained and predicts with
+``predict_perturbation``'s defaults (``method="transport"``, ``similar=0.5``, 1,000 cells):
 
 - ``default``: ``fit``'s defaults (negative binomial, one hidden layer of 128);
 - ``2 layers``: ``n_layers=2`` in encoder and decoder;
@@ -16,8 +16,8 @@ and seed, one model per variant is trained and predicts with ``predict_perturbat
   scGen's input), so the model predicts on the scale that is scored.
 
 Beside them the gene-space ``linear_similar`` baseline. Scored with ``scvae.tl.evaluate_perturbation``. Writes
-``benchmarks/results/perturbation_decoder.{csv,md}`` (mean over seeds, spread max − min). A screen: it changes
-nothing in scvae.
+``benchmarks/results/perturbation_decoder.{csv,md}`` (``_all_genes`` with ``--n-hvg 0``; mean over seeds, spread
+max − min). A screen: it changes nothing in scvae.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
     run_screen(
         args,
         lambda adata, target, seed: run(adata, target, seed, args.n_hvg, args.variants),
-        name="perturbation_decoder",
+        name="perturbation_decoder" + ("_all_genes" if args.n_hvg <= 0 else ""),
         title="Screen: other decoders (depth, likelihood, Gaussian on log-normalised data) against the default",
         options="--variants " + " ".join(f'"{v}"' if " " in v else v for v in args.variants),
         scores=SCORES,
