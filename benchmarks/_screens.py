@@ -122,9 +122,12 @@ def run_screen(
     title: str,
     options: str,
     scores: Sequence[str],
-) -> None:
+) -> str:
     """``run(adata, target, seed)`` for every seed and cell type on Kang; writes ``<name>.csv`` as the runs end and
-    ``<name>.md`` (``title``; the command: the script, ``options``, then the common arguments) at the end."""
+    ``<name>.md`` (``title``; the command: the script, ``options``, then the common arguments) at the end, and
+    returns the name used: with ``--n-hvg 0`` (all genes) ``<name>_all_genes``, so that such a run does not replace
+    the HVGs' results."""
+    name += "_all_genes" if args.n_hvg <= 0 else ""
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     adata = scvae.datasets.kang()
@@ -149,6 +152,7 @@ def run_screen(
     parts += seed_tables(df, scores, args.cell_types)
     (args.out / f"{name}.md").write_text("\n".join(parts))
     print("\n".join(parts))
+    return name
 
 
 def screen_main(
@@ -161,13 +165,12 @@ def screen_main(
     scores: Sequence[str],
 ) -> None:
     """The command line of a screen with no options of its own: the common arguments (:func:`parser`, default
-    ``seeds``), then ``run(adata, target, seed, n_hvg)`` for every seed and cell type (:func:`run_screen`). With
-    ``--n-hvg 0`` (all genes) the results are ``<name>_all_genes``, so they do not replace the HVGs' ones."""
+    ``seeds``), then ``run(adata, target, seed, n_hvg)`` for every seed and cell type (:func:`run_screen`)."""
     args = parser(doc, seeds).parse_args()
     run_screen(
         args,
         lambda adata, target, seed: run(adata, target, seed, args.n_hvg),
-        name=name + ("_all_genes" if args.n_hvg <= 0 else ""),
+        name=name,
         title=title,
         options="",
         scores=scores,

@@ -22,11 +22,11 @@ max − min). A screen: it changes nothing in scvae.
 
 from __future__ import annotations
 
-import numpy as np
 from _screens import LABELS, held_out, parser, run_screen, score
 
 import scvae
 from scvae.data import log_normalize
+from scvae.loaders import to_dense_float
 from scvae.perturbation import linear_shift
 
 SCORES = ("delta_corr_top_change", "delta_corr_top", "r2_top_change", "r2_top", "e_distance")
@@ -41,8 +41,7 @@ VARIANTS = {
 def log_normalised(train):  # noqa: ANN001, ANN201
     """A copy of ``train`` whose ``X`` is dense log1p(counts per 10,000), float32."""
     out = train.copy()
-    x = log_normalize(train)
-    out.X = np.asarray(x.todense() if hasattr(x, "todense") else x, dtype=np.float32)
+    out.X = to_dense_float(log_normalize(train), slice(None))
     return out
 
 
@@ -67,7 +66,7 @@ def main() -> None:
     run_screen(
         args,
         lambda adata, target, seed: run(adata, target, seed, args.n_hvg, args.variants),
-        name="perturbation_decoder" + ("_all_genes" if args.n_hvg <= 0 else ""),
+        name="perturbation_decoder",
         title="Screen: other decoders (depth, likelihood, Gaussian on log-normalised data) against the default",
         options="--variants " + " ".join(f'"{v}"' if " " in v else v for v in args.variants),
         scores=SCORES,

@@ -133,7 +133,6 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/scvae_interval_rules"))
     args = p.parse_args()
     gene_set = "all" if args.n_hvg <= 0 else "hvg"
-    name = "perturbation_interval_rules" + ("_all_genes" if gene_set == "all" else "")
     args.cache.mkdir(parents=True, exist_ok=True)
 
     def run(adata, target: str, seed: int) -> list[dict]:  # noqa: ANN001
@@ -144,7 +143,7 @@ def main() -> None:
 
     genes = "all genes" if gene_set == "all" else f"{args.n_hvg} HVGs"
     title = f"Screen: rules for the width of the perturbation intervals ({genes})"
-    run_screen(args, run, name=name, title=title, options="", scores=SCORES)
+    name = run_screen(args, run, name="perturbation_interval_rules", title=title, options="", scores=SCORES)
     cov = pd.read_csv(args.out / f"{name}.csv").groupby(["method", "cell_type"])["interval_coverage_top_change"].mean()
     within = ", ".join(f"{m} {int(cov[m].between(0.85, 0.95).sum())} of {len(cov[m])}" for m in RULES)
     line = f"\nCell types whose mean top-change coverage lies within 0.85–0.95: {within}. Runs found in --cache "
