@@ -29,8 +29,9 @@ errors over its 100 genes of largest real change, and differs in the scale s and
 Scored against the target's real change (real stimulated − control mean, log-normalised, as
 ``scvae.tl.evaluate_perturbation``): the share of the top-100 |change| genes and of all genes inside the interval,
 and the median width over the top-100. The collected arrays are kept in ``--cache`` (one file per run, reused if
-present). Writes ``benchmarks/results/perturbation_interval_rules[_all_genes].{csv,md}`` (mean over seeds,
-spread max − min), with the number of types whose top-change coverage lies within 0.85–0.95. A screen.
+present and holding the control means). Writes ``benchmarks/results/perturbation_interval_rules[_all_genes].{csv,md}``
+(mean over seeds, spread max − min), with the number of types whose top-change coverage lies within 0.85–0.95.
+A screen.
 """
 
 from __future__ import annotations
