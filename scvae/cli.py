@@ -154,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         cell_type_key=args.cell_type_key,
         target=args.target,
         correct_bias=not args.no_bias_correction,
-        **_given(args, "method", "cells", "similar", "seed"),
+        **_given(args, "method", "cells", "similar", "n_cells", "interval", "seed"),
     )
     pred.write_h5ad(out)
 
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "file); OUTPUT then holds obs and the latent space, not the counts",
             )
         elif name != "info":
-            p.add_argument("input", help="input .h5ad (raw counts in X, or in --layer)")
+            p.add_argument("input", help="input .h5ad (counts where the model reads them: X, or fit's --layer)")
         if name != "info":
             p.add_argument("-o", "--output", required=True, help=f"output {'.csv' if name == 'de' else '.h5ad'}")
             p.add_argument(
@@ -293,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         **LIBRARY,
         help="weight from 0 to 1 of the change seen in the most alike cell types (default: predict_perturbation's)",
+    )
+    p.add_argument(
+        "--n-cells", type=int, **LIBRARY, help="predicted cells (default: one per control cell, at least 1,000)"
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        **LIBRARY,
+        help="level, e.g. 0.9: also write an interval for each gene's predicted mean change, var['change_lower'] "
+        "and var['change_upper'], calibrated on the other cell types (needs 3 or more with cells in both conditions)",
     )
     p.add_argument("--seed", type=int, **LIBRARY)
 

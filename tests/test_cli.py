@@ -177,6 +177,33 @@ def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     assert np.allclose(pred.layers["expression"], logx, atol=1e-5) is (uncorrected and decoded and not similar)
 
 
+@pytest.mark.slow
+def test_predict_perturbation_writes_intervals_and_n_cells(tmp_path, capsys):
+    """--interval writes each gene's interval around var['change'] (calibrated on the other types), --n-cells sets
+    the number of predicted cells; with too few other types to calibrate on, one line and status 2."""
+    kang = scvae.datasets.kang()
+    kang = kang[kang.obs["cell_type"].isin(["CD4 T", "CD14 Mono", "B", "CD8 T", "NK"]).to_numpy(), :300].copy()
+    kang = kang[~((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "stimulated")).to_numpy()].copy()
+    kang.write_h5ad(tmp_path / "kang.h5ad")
+    kang[kang.obs["cell_type"].isin(["CD4 T", "CD14 Mono", "B"]).to_numpy()].write_h5ad(tmp_path / "three.h5ad")
+    scvae.model.fit(kang, max_epochs=2, progress_bar=False).save(tmp_path / "model")
+    argv = ["predict-perturbation", str(tmp_path / "kang.h5ad"), "--model-dir", str(tmp_path / "model")]
+    argv += ["-o", str(tmp_path / "pred.h5ad"), "--condition-key", "condition", "--control", "control"]
+    argv += ["--stimulated", "stimulated", "--cell-type-key", "cell_type", "--target", "B", "-q"]
+    assert main([*argv, "--interval", "0.9", "--n-cells", "200"]) == 0
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    lower, change, upper = pred.var[["change_lower", "change", "change_upper"]].to_numpy().T
+    assert pred.n_obs == 200 and np.all(lower < change) and np.all(change < upper)
+    calibration = pred.uns["scvae_perturbation"]["interval"]
+    assert calibration["level"] == 0.9 and set(calibration["type_quantiles"]) == {"CD4 T", "CD14 Mono", "CD8 T", "NK"}
+    capsys.readouterr()
+    argv[1], argv[5] = str(tmp_path / "three.h5ad"), str(tmp_path / "pred3.h5ad")
+    assert main([*argv, "--interval", "0.9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs at least 3 cell types besides 'B'" in err[0], err
+    assert not (tmp_path / "pred3.h5ad").exists()
+
+
 def test_the_command_line_leaves_every_default_to_the_library():
     """An option left out is not passed on, so the library's own default applies (declared once, there)."""
     from scvae.cli import _given, build_parser
@@ -193,7 +220,7 @@ def test_the_command_line_leaves_every_default_to_the_library():
     pred += [
         x for opt in ("condition-key", "control", "stimulated", "cell-type-key", "target") for x in (f"--{opt}", "x")
     ]
-    assert _given(parser.parse_args(pred), "method", "cells", "similar", "seed") == {}
+    assert _given(parser.parse_args(pred), "method", "cells", "similar", "n_cells", "interval", "seed") == {}
 
 
 def test_python_dash_m_scvae_is_the_command_line(monkeypatch, capsys):
