@@ -292,12 +292,10 @@ class SCVAE:
         Returns
         -------
         float32 array, cells × genes (``n_samples=1``) or ``n_samples`` × cells × genes."""
-        seed = check_seed(seed)
-        n_samples = check_int("n_samples", n_samples)
+        seed, n_samples = check_seed(seed), check_int("n_samples", n_samples)
         x, codes = self.read(adata)
         decode_codes = self._decode_codes(adata, transform_batch)
-        device = self.device
-        gen = torch.Generator(device=device).manual_seed(seed)
+        device, gen = self.device, torch.Generator(device=self.device).manual_seed(seed)
         draws = np.zeros((n_samples, x.shape[0], x.shape[1]), dtype=np.float32)
         for start, batch, mean, logvar in self.encoded(x, codes, batch_size):
             db = torch.from_numpy(decode_codes[start : start + batch_size]).to(device)
@@ -424,6 +422,11 @@ def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
             )
     except (KeyError, TypeError) as err:
         raise InputError(f"{cfg_file} lacks or misspells a setting ({err}); was it edited by hand?") from err
+    history, genes, shape = doc.get("history", {}), spec.genes, module_config(spec)  # the shape genes, labels give
+    if (config.n_genes, config.n_categories) != (shape.n_genes, shape.n_categories) or len(set(genes)) < len(genes):
+        raise InputError(f"{cfg_file}: its genes and labels do not fit its network; was it edited by hand?")
+    if len({len(v) for v in history.values()}) > 1:
+        raise InputError(f"{cfg_file}: its history's columns differ in length; was it edited by hand?")
     module = VAE(config)
     try:
         state = torch.load(w_file, map_location=map_location, weights_only=True)
@@ -431,7 +434,7 @@ def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not ours or is damaged
         raise InputError(f"{w_file} could not be read as this model's weights (truncated or tampered?): {err}") from err
     module.eval()
-    return SCVAE(module, spec, settings, record, pd.DataFrame(doc.get("history", {})))
+    return SCVAE(module, spec, settings, record, pd.DataFrame(history))
 
 
 def write_latent(model: SCVAE, adata: AnnData, key_added: str) -> None:

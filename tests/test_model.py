@@ -1,5 +1,6 @@
 """The AnnData API: fit, latent quality, outputs, persistence, reproducibility and bad input."""
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -121,6 +122,18 @@ def test_load_refuses_damaged_or_foreign_files(pbmc_model, tmp_path):
     cfg.write_text(text.replace('"n_latent"', '"n_latents"'))
     with pytest.raises(InputError, match="misspells a setting.*n_latents"):
         scvae.model.load(tmp_path / "v")
+    doc = json.loads(text)
+    for edit in ("fewer genes", "one gene twice", "history"):  # each would fail later, far from the file
+        bad = json.loads(text)
+        if edit == "fewer genes":
+            bad["data"]["genes"] = doc["data"]["genes"][:-3]
+        elif edit == "one gene twice":
+            bad["data"]["genes"] = [doc["data"]["genes"][0], *doc["data"]["genes"][:-1]]
+        else:
+            bad["history"] = {k: v[:2] if i else v for i, (k, v) in enumerate(doc["history"].items())}
+        cfg.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match="scvae.json: its .*(do not fit its network|differ in length).*by hand"):
+            scvae.model.load(tmp_path / "v")
     with pytest.raises(FileNotFoundError, match="not a saved scvae model"):
         scvae.model.load(tmp_path)
 
