@@ -247,22 +247,22 @@ def e_distances(pred: np.ndarray, real: np.ndarray) -> tuple[float, float]:
       distributions are equal, so it also penalises a prediction that is too narrow or too wide.
 
     Both average over all pairs, self-pairs included (as pertpy does): for finite sets they are biased upwards by
-    roughly the within-set spread divided by the number of cells, so sets of different sizes are not compared
-    on an equal footing (two halves of the real cells, each half as large, pay more of it than a full-size
-    prediction does).
+    roughly the within-set spread divided by the number of cells, so sets of different sizes are not compared on an
+    equal footing (two halves of the real cells, each half as large, pay more of it than a full-size prediction).
 
     Parameters
     ----------
     pred, real
-        The two sets of points, cells × dimensions (same dimensions; any number of cells each).
+        The two sets of points, cells × dimensions (same dimensions, finite; any number of cells each).
 
     Returns
     -------
-    (e_distance, energy_distance) as floats.
-    """
+    (e_distance, energy_distance) as floats."""
     from scipy.spatial.distance import cdist
 
     a, b = np.asarray(pred, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise InputError(f"pred and real must be finite cells × dimensions arrays, of shapes {a.shape}, {b.shape}")
     ab, aa, bb = cdist(a, b, "sqeuclidean"), cdist(a, a, "sqeuclidean"), cdist(b, b, "sqeuclidean")
     e = 2.0 * ab.mean() - aa.mean() - bb.mean()
     energy = 2.0 * np.sqrt(ab).mean() - np.sqrt(aa).mean() - np.sqrt(bb).mean()

@@ -471,6 +471,10 @@ def test_e_distances_match_their_definitions():
     same_mean -= same_mean.mean(0) - x.mean(0)
     e2, energy2 = tl.e_distances(x, same_mean)
     assert e2 == pytest.approx(0.0, abs=1e-9) and energy2 > 0.5
+    with pytest.raises(InputError, match="must be finite cells × dimensions arrays"):
+        tl.e_distances(np.where(x > 2, np.nan, x), y)  # no silent NaN
+    with pytest.raises(InputError, match=r"of shapes \(40, 3\), \(60, 2\)"):
+        tl.e_distances(x, y[:, :2])
 
 
 def test_plots(vae, data):
