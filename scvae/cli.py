@@ -71,6 +71,8 @@ def _check_output(inp: str, out: str, force: bool, suffix: str = ".h5ad") -> Pat
 
 
 def _model_dir_free(model_dir: str | None, force: bool) -> None:
+    if model_dir and Path(model_dir).exists() and not Path(model_dir).is_dir():
+        raise CommandError(f"--model-dir {model_dir} is a file; a model is saved as a folder: give a folder's path")
     if model_dir and Path(model_dir).exists() and any(Path(model_dir).iterdir()) and not force:
         raise CommandError(f"model folder {model_dir} exists and is not empty; pass --force to replace it")
 
@@ -134,11 +136,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from .data import check_key_added
     from .trained import LATENT_KEY, uns_record
 
     model = _load(args.model_dir)
     adata, out = _read_cells(args.input, args.output, args.force)
-    key = getattr(args, "key_added", LATENT_KEY)
+    key = check_key_added(getattr(args, "key_added", LATENT_KEY), adata)
     _write_cells(adata, out, model.get_latent(adata), key, uns_record(model, key))
 
 
@@ -214,7 +217,8 @@ def _load(model_dir: str):
     from . import model as m
 
     if not Path(model_dir).is_dir():
-        raise CommandError(f"model folder {model_dir} does not exist")
+        what = "is a file, not a model's folder" if Path(model_dir).exists() else "does not exist"
+        raise CommandError(f"model folder {model_dir} {what} (give the folder that 'scvae fit --model-dir' wrote)")
     return m.load(model_dir)
 
 

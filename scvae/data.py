@@ -68,16 +68,18 @@ def uns_key(key_added: str) -> str:
 
 
 def check_key_added(value: Any, adata: Any = None) -> str:
-    """``key_added`` as given, or an :class:`InputError` unless it is a non-empty string whose record slot,
-    ``adata.uns[uns_key(value)]``, is free or holds an earlier run's record under the same key (so that, e.g.,
-    ``key_added="X_pca"`` does not replace Scanpy's ``uns["pca"]``)."""
+    """``key_added`` as given, or an :class:`InputError` unless it is a non-empty string whose slots,
+    ``adata.obsm[value]`` and ``adata.uns[uns_key(value)]``, are free or hold an earlier run's results under the
+    same key (so that, e.g., ``key_added="X_pca"`` replaces neither Scanpy's ``obsm["X_pca"]`` nor ``uns["pca"]``)."""
     if not isinstance(value, str) or not value:
         raise InputError(f"key_added must be a non-empty string (the obsm key to write), got {value!r}")
     held = getattr(adata, "uns", {}).get(uns_key(value))
-    if held is not None and not (isinstance(held, Mapping) and held.get("key_added") == value):
+    if (held is not None or value in (getattr(adata, "obsm", None) or {})) and not (
+        isinstance(held, Mapping) and held.get("key_added") == value
+    ):
         raise InputError(
-            f"key_added={value!r} would record the run in adata.uns[{uns_key(value)!r}], which holds something "
-            "else; choose another key_added (e.g. 'X_scvae')"
+            f"key_added={value!r} would replace adata.obsm[{value!r}] and adata.uns[{uns_key(value)!r}], which hold "
+            f"something else; choose another key_added (e.g. 'X_scvae'), or delete those first"
         )
     return value
 
@@ -110,7 +112,7 @@ def refuse_view(adata: AnnData, name: str = "adata") -> None:
     if adata.is_view:
         raise InputError(
             f"{name} is a view of another AnnData (e.g. adata[mask]); results cannot be written into a view. "
-            f"Make it an object of its own first: {name} = adata[mask].copy()"
+            f"Make it an object of its own first: {name} = {'adata[mask].to_memory()' if adata.isbacked else 'adata[mask].copy()'}"
         )
 
 
@@ -132,7 +134,7 @@ def get_matrix(adata: AnnData, layer: str | None, name: str = "adata") -> Matrix
     if layer is not None and layer not in adata.layers:
         raise InputError(
             f"layer {layer!r} is not in {name}.layers (available: {list(adata.layers.keys()) or 'none'}); add it "
-            f"({name}.layers[{layer!r}] = counts), or train on {name}.X with fit(..., layer=None)"
+            f"({name}.layers[{layer!r}] = counts): a model reads the layer it was fitted on (fit reads X with layer=None)"
         )
     x, where = (adata.X if layer is None else adata.layers[layer]), data_location(layer, name)
     if x is None:
@@ -254,22 +256,24 @@ class CategoryEncoder:
         cats: dict[str, list[str]] = {}
         for key in keys:
             col = obs_column(adata, key)
-            if not isinstance(col.dtype, pd.CategoricalDtype):
-                raw = pd.unique(col.to_numpy())
+            if isinstance(col.dtype, pd.CategoricalDtype):  # the categories some cell has
+                raw = col.cat.categories[np.bincount(col.cat.codes, minlength=len(col.cat.categories)) > 0]
+            else:
+                raw = pd.factorize(col)[1]
                 if col.dtype.kind == "f" and (np.mod(raw, 1) != 0).any():
                     raise InputError(
                         f"adata.obs[{key!r}] holds continuous numbers ({len(raw)} distinct values, e.g. "
                         f"{raw[0]!r}); a label must be a category (a batch, a condition). If these numbers are "
                         f"categories, convert them: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
                     )
-                as_text = pd.Series(label_texts(raw))
-                if as_text.duplicated().any():  # e.g. 1 and "1": one label once written as text
-                    same = as_text[as_text.duplicated(keep=False)].index
-                    raise InputError(
-                        f"adata.obs[{key!r}] holds values that differ but read the same as text "
-                        f"({[raw[i] for i in same][:4]}); make them one type, e.g. "
-                        f"adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
-                    )
+            as_text = pd.Series(label_texts(raw))
+            if as_text.duplicated().any():  # e.g. 1 and "1": one label once written as text
+                same = as_text[as_text.duplicated(keep=False)].index
+                raise InputError(
+                    f"adata.obs[{key!r}] holds values that differ but read the same as text "
+                    f"({[raw[i] for i in same][:4]}); make them one type, e.g. "
+                    f"adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)"
+                )
             cats[key] = category_order(col, present_only=True)
         return cls(cats)
 
@@ -338,7 +342,7 @@ def category_order(col: pd.Series, *, present_only: bool = False) -> list[str]:
         if present_only:
             cats = cats[np.bincount(col.cat.codes[col.cat.codes >= 0], minlength=len(cats)) > 0]
         return label_texts(cats)
-    return sorted(set(label_texts(pd.unique(col.dropna()))))
+    return sorted(set(label_codes(col.dropna())[0]))  # the texts encode() reads (pandas' own, e.g. for dates)
 
 
 def obs_column(adata: AnnData, key: str, what: str | None = None, owner: str = "adata") -> pd.Series:

@@ -155,12 +155,15 @@ def open_files(paths: Sequence[str | Path], *, label: str = "file", keys: Sequen
         )
     dropped = {p.name: a.n_vars - len(shared) for p, a in zip(paths, adatas) if a.n_vars > len(shared)}
     if dropped:
-        logger.info(
+        logger.warning(
             "using the %d genes every file has; genes only some files have are left out: %s", len(shared), dropped
         )
     keys = list(keys) if keys is not None else [p.stem for p in paths]
     if len(set(keys)) != len(keys):
-        raise InputError(f"the files' keys must differ, got {keys}; pass keys= to name them")
+        raise InputError(
+            f"the files' keys (by default their names without the suffix) must differ, got {keys}; pass keys= to "
+            "name them, or give files with different names (the command line names them by their files)"
+        )
     names = pd.Index(np.concatenate([np.asarray(a.obs_names) for a in adatas]))
     collection = AnnCollection(
         adatas,

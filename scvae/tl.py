@@ -5,7 +5,7 @@ perturbation responses against real cells."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,15 @@ def rank_genes_groups(
     seed = check_seed(seed)
     from .de import differential_expression
 
+    refuse_view(adata)  # the result would land in the view (which then becomes a copy), not in its parent
+    if not isinstance(key_added, str) or not key_added:
+        raise InputError(f"key_added must be a non-empty string (the uns key to write), got {key_added!r}")
+    held = adata.uns.get(key_added)
+    if held is not None and not (isinstance(held, Mapping) and held.get("params", {}).get("method") == "scvae"):
+        raise InputError(
+            f"key_added={key_added!r}: adata.uns[{key_added!r}] holds something else (not an earlier scvae "
+            f"ranking); choose another key_added, or delete it first"
+        )
     categories = sorted(set(label_text(obs_column(adata, groupby, "groupby"))))  # those some cell has, as text
     wanted = categories if isinstance(groups, str) and groups == "all" else as_label_list(groups)
     if not (isinstance(reference, str) and reference == "rest"):

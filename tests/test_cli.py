@@ -66,6 +66,12 @@ def test_embed_and_info(trained, capsys):
         (["fit", "{data}", "-o", "no_dir/o.h5ad"], "does not exist; create it first"),
         (["embed", "{kang}", "--model-dir", "{model}", "-o", "o.h5ad"], "genes are missing"),
         (["info", "no_such_model"], "does not exist"),
+        (["info", "{txt}"], "is a file, not a model's folder"),
+        (["fit", "{data}", "-o", "o.h5ad", "--model-dir", "{txt}"], "is a file; a model is saved as a folder"),
+        (
+            ["embed", "{umap}", "--model-dir", "{model}", "-o", "o.h5ad", "--key-added", "X_umap"],
+            r"would replace adata.obsm['X_umap']",
+        ),
         (
             ["de", "{data}", "--model-dir", "{model}", "-o", "de.txt", "--groupby", "cell_type", "--group1", "B"],
             "must end in .csv",
@@ -88,11 +94,15 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, trained, tmp_path,
     norm = ad.read_h5ad(DATA)
     norm.X = norm.X / 3.0
     norm.write_h5ad(tmp_path / "norm.h5ad")
+    umap = ad.read_h5ad(DATA)
+    umap.obsm["X_umap"] = np.zeros((umap.n_obs, 2))  # the user's UMAP, without Scanpy's uns["umap"]
+    umap.write_h5ad(tmp_path / "umap.h5ad")
     paths = {
         "bad": "bad.h5ad",
         "txt": "x.txt",
         "data": str(DATA),
         "norm": "norm.h5ad",
+        "umap": "umap.h5ad",
         "exists": "exists.h5ad",
         "kang": str(scvae.datasets.data_dir() / "kang_ifnb_counts.h5ad"),
         "model": str(trained / "model"),

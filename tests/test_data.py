@@ -155,6 +155,20 @@ def test_labels_read_the_same_whether_stored_as_integers_floats_or_text():
     assert category_order(cat) == ["3", "1", "2"] and category_order(cat, present_only=True) == ["3", "1"]
 
 
+def test_labels_that_read_the_same_are_refused_and_dates_encode_as_they_were_fitted():
+    """A categorical column with categories 1 and "1" would merge two labels into one; a column of dates is
+    written as text one way when fitted and must be read the same way when encoded."""
+    a = _adata(COUNTS, batch=pd.Categorical([1, "1"] * 20, categories=[1, "1"]))
+    with pytest.raises(InputError, match=r"differ but read the same as text \(\[1, '1'\]\)"):
+        CategoryEncoder.fit(a, ["batch"])
+    a.obs["batch"] = pd.Categorical([1, "1"] * 20, categories=[1, "1", "unused"])[:40].remove_categories("1")
+    assert CategoryEncoder.fit(a[a.obs["batch"].notna().to_numpy()], ["batch"]).categories == {"batch": ["1"]}
+    a.obs["batch"] = pd.to_datetime(["2020-01-01", "2021-06-30"] * 20)
+    enc = CategoryEncoder.fit(a, ["batch"])
+    assert enc.categories == {"batch": ["2020-01-01 00:00:00", "2021-06-30 00:00:00"]}
+    np.testing.assert_array_equal(enc.encode(a)[:, 0], [0, 1] * 20)
+
+
 def test_align_genes_reorders_ignores_extras_and_names_missing_genes():
     a = _adata(COUNTS)
     assert align_genes(a, list(a.var_names)) is None

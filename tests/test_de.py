@@ -132,6 +132,13 @@ def test_rank_genes_groups_writes_scanpys_layout(pbmc_model):
     assert two.uns["rank_genes_groups_scvae"]["names"].dtype.names == tuple(sorted([MONO, "CD19+ B"]))
     with pytest.raises(InputError, match="n_genes must be a positive integer"):
         tl.rank_genes_groups(two, model, "cell_type", n_genes=-5)
+    tl.rank_genes_groups(two, model, "cell_type", n_samples=50, n_genes=5)  # its own earlier result: replaced
+    two.uns["pca"] = {"variance_ratio": np.ones(3)}
+    with pytest.raises(InputError, match=r"adata.uns\['pca'\] holds something else"):
+        tl.rank_genes_groups(two, model, "cell_type", n_samples=50, key_added="pca")
+    with pytest.raises(InputError, match="is a view"):
+        tl.rank_genes_groups(two[:100], model, "cell_type", n_samples=50)
+    assert list(two.uns["pca"]) == ["variance_ratio"]
 
 
 @pytest.mark.parametrize(

@@ -209,9 +209,13 @@ def test_odd_arguments_and_labels_get_errors_that_name_the_fix(pbmc_model, tmp_p
     assert list(query.obs["cell_type"]) == list(adata.obs["cell_type"][:50])  # the query's labels as they were
     small = adata[:200].copy()
     small.uns["pca"] = {"variance_ratio": np.ones(3)}  # Scanpy's record of a PCA
-    with pytest.raises(InputError, match=r"would record the run in adata.uns\['pca'\], which holds something else"):
+    with pytest.raises(InputError, match=r"would replace adata.obsm\['X_pca'\] and adata.uns\['pca'\], which hold"):
         scvae.model.fit(small, key_added="X_pca", max_epochs=1, progress_bar=False)
     assert list(small.uns["pca"]) == ["variance_ratio"] and "X_pca" not in small.obsm
+    small.obsm["X_umap"] = np.zeros((small.n_obs, 2))  # a UMAP without its record: still the user's
+    with pytest.raises(InputError, match=r"would replace adata.obsm\['X_umap'\].*or delete those first"):
+        scvae.model.fit(small, key_added="X_umap", max_epochs=1, progress_bar=False)
+    assert small.obsm["X_umap"].shape == (200, 2)
     with pytest.raises(InputError, match=r"held out by validation_size=0.99: lower it"):
         scvae.model.fit(adata[:200].copy(), validation_size=0.99, max_epochs=1, progress_bar=False)
 
