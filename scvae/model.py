@@ -233,6 +233,13 @@ def fit(
             f"adata.obs[{condition_key!r}] has a single category ({labels.categories[condition_key]}); a condition "
             "needs at least two (e.g. control and stimulated). Pass it as a covariate or drop condition_key"
         )
+    for key, cats in labels.categories.items():  # e.g. a cell barcode passed as the batch
+        if len(cats) > max(100, adata.n_obs // 2):
+            logger.warning(
+                "adata.obs[%r] has %d categories for %d cells, where a label (a batch, a condition) has a few; check "
+                "that it is the column you meant",
+                *(key, len(cats), adata.n_obs),
+            )
     spec = DataSpec(
         genes=[str(g) for g in adata.var_names],
         categories=labels.categories,

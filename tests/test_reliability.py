@@ -1,6 +1,7 @@
 """Reliability: interruption, resumption, reproducibility in fresh processes, and property-based checks that
 no input layout corrupts the user's AnnData or yields NaN."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -174,7 +175,7 @@ def test_interrupt_handler_is_not_left_behind_after_an_error(pbmc):
     assert signal.getsignal(signal.SIGINT) is previous
 
 
-def test_odd_arguments_and_labels_get_errors_that_name_the_fix(pbmc_model, tmp_path):
+def test_odd_arguments_and_labels_get_errors_that_name_the_fix(pbmc_model, tmp_path, caplog):
     """What a Scanpy user may hand over besides the data: missing labels in a groupby column, labels given as
     numbers or None, no groups left to rank, a string for a True/False option, a file where a folder goes, an
     empty prefix that would overwrite the query's own labels, too few cells left after the validation split."""
@@ -216,6 +217,10 @@ def test_odd_arguments_and_labels_get_errors_that_name_the_fix(pbmc_model, tmp_p
     with pytest.raises(InputError, match=r"would replace adata.obsm\['X_umap'\].*or delete those first"):
         scvae.model.fit(small, key_added="X_umap", max_epochs=1, progress_bar=False)
     assert small.obsm["X_umap"].shape == (200, 2)
+    small.obs["barcode"] = small.obs_names  # a label per cell: trained, with a warning
+    with caplog.at_level(logging.WARNING, logger="scvae"):
+        scvae.model.fit(small, batch_key="barcode", max_epochs=1, progress_bar=False)
+    assert "adata.obs['barcode'] has 200 categories for 200 cells" in caplog.text
     with pytest.raises(InputError, match=r"held out by validation_size=0.99: lower it"):
         scvae.model.fit(adata[:200].copy(), validation_size=0.99, max_epochs=1, progress_bar=False)
 
