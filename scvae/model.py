@@ -21,13 +21,12 @@ from .data import (
     check_int,
     check_key_added,
     refuse_view,
-    validate_matrix,
 )
 from .likelihoods import COUNT_LIKELIHOODS
 from .loaders import to_dense_float
 from .module import VAE, ModuleConfig
 from .settings import Runtime, TrainSettings, default_lr, default_max_epochs
-from .stores import check_labels, is_collection, matrix
+from .stores import check_labels, is_collection, matrix, validate
 from .trained import LATENT_KEY, SCVAE, TrainingRecord, load, module_config, write_latent
 
 __all__ = ["SCVAE", "fit", "load"]
@@ -289,7 +288,7 @@ def fit(
         raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue")
     runtime = Runtime(accelerator, devices, strategy, data_on_device, progress_bar, checkpoint_dir, num_nodes=num_nodes)
 
-    validate_matrix(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where())
+    validate(x, likelihood, counts=likelihood in COUNT_LIKELIHOODS, where=spec.where())
     codes = labels.encode(adata)
 
     from .train import fit_module, read_checkpoint  # Lightning is imported when a model trains, not with scvae

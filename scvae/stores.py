@@ -24,7 +24,7 @@ import pandas as pd
 from anndata import AnnData
 from anndata.experimental import AnnCollection
 
-from .data import InputError, get_matrix
+from .data import InputError, get_matrix, validate_matrix
 from .stacked import Stacked
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,15 @@ def matrix(cells: AnnData | AnnCollection, layer: str | None, name: str = "adata
     """The cells × genes matrix of an AnnData (:func:`scvae.data.get_matrix`, messages calling it ``name``) or of
     a collection."""
     return collection_matrix(cells, layer) if is_collection(cells) else get_matrix(cells, layer, name)
+
+
+def validate(x: Any, likelihood: str, *, counts: bool, where: str) -> None:
+    """:func:`scvae.data.validate_matrix` of a matrix, or of each file of a collection's (:class:`Stacked`) in
+    turn, with the file named in the message."""
+    if not isinstance(x, Stacked):
+        return validate_matrix(x, likelihood, counts=counts, where=where)
+    for part, cols, name in zip(x.parts, x.columns, x.names):
+        validate_matrix(Stacked([part], [cols], [name]), likelihood, counts=counts, where=f"{name}: {where}")
 
 
 def check_labels(cells: AnnData | AnnCollection, keys: Sequence[str]) -> None:

@@ -32,13 +32,12 @@ from .data import (
     check_seed,
     get_matrix,
     uns_key,
-    validate_matrix,
 )
 from .likelihoods import Likelihood
 from .loaders import Minibatch, is_backed_matrix, to_dense_float
 from .module import VAE, ModuleConfig, reparameterize
 from .settings import TrainSettings
-from .stores import check_labels, collection_matrix, is_collection
+from .stores import check_labels, collection_matrix, is_collection, validate
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class SCVAE:
                     f"{name} = {name}[:, model.genes].to_memory()"
                 )
             x = x if idx is None else x[:, idx]
-        validate_matrix(x, self.likelihood, counts=self.module.counts, where=self.spec.where(name))
+        validate(x, self.likelihood, counts=self.module.counts, where=self.spec.where(name))
         return x, self.labels.encode(adata, overrides, name)
 
     def batches(

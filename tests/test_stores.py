@@ -121,6 +121,13 @@ def test_bad_collections_fail_with_a_message_that_names_the_file(files, tmp_path
     csc.write_zarr(tmp_path / "csc.zarr")
     with pytest.raises(InputError, match="stored as CSC"):
         open_zarr(tmp_path / "csc.zarr")
+    normalised = ad.read_h5ad(paths[1])
+    normalised.X = normalised.X / 2.0
+    normalised.write_h5ad(tmp_path / "normalised.h5ad")
+    with pytest.raises(InputError, match="normalised.h5ad: adata.X has non-integer values"):
+        scvae.model.fit(open_files([paths[0], tmp_path / "normalised.h5ad"]), **FIT)
+    with pytest.raises(InputError, match="the files' keys .* must differ.*give files with different names"):
+        open_files([paths[0], paths[0]])
 
 
 def test_the_command_line_trains_on_several_files(files, tmp_path, capsys):
