@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,10 +47,7 @@ from .data import (
 )
 from .loaders import to_dense_float
 from .module import reparameterize
-from .trained import refuse_nonfinite
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import SCVAE
+from .trained import SCVAE, refuse_nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +207,8 @@ def differential_expression(
     ``group1``, ``group2``). For ``mode="vanilla"``, ``proba_de`` is P(rho_1 > rho_2) and ``proba_not_de``
     its complement.
     """
+    if not isinstance(model, SCVAE):
+        raise InputError(f"model must be a trained scvae.model.SCVAE, got {type(model).__name__}")
     seed = check_seed(seed)
     check_choice("mode", mode, MODES)
     if not model.module.counts:

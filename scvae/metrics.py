@@ -8,9 +8,13 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
+from .data import InputError, check_int
+
 
 def _neighbours(rep: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k nearest other cells of each cell (Euclidean)."""
+    if check_int("k", k) >= len(rep):
+        raise InputError(f"k={k} neighbours need more than {k} cells, got {len(rep)}; lower k")
     return NearestNeighbors(n_neighbors=k + 1).fit(rep).kneighbors(rep, return_distance=False)[:, 1:]
 
 
@@ -66,7 +70,7 @@ def batch_mixing(
     rep = np.asarray(rep)
     codes, _ = pd.factorize(np.asarray(batches))
     if codes.max(initial=-1) < 1:
-        raise ValueError("batch mixing needs cells from more than one batch")
+        raise InputError("batch mixing needs cells from more than one batch")
     other = (codes[_neighbours(rep, k)] != codes[:, None]).mean(1)
     if labels is None:
         share = np.bincount(codes) / len(codes)
@@ -78,7 +82,7 @@ def batch_mixing(
     expected = 1.0 - table[types, codes] / per_type[types]
     keep = (per_type[types] >= min_cells) & (expected > 0)
     if not keep.any():
-        raise ValueError("no cell type with at least min_cells cells is present in more than one batch")
+        raise InputError("no cell type with at least min_cells cells is present in more than one batch")
     return float(np.mean(other[keep] / expected[keep]))
 
 

@@ -180,7 +180,7 @@ def predict_perturbation(
     seed
         Seeds the balanced draw, the choice of control cells and the sampling of counts.
     batch_size
-        Cells per forward pass.
+        Cells per forward pass; the draws depend on it (the same seed and batch_size give the same prediction).
 
     Returns
     -------
@@ -296,7 +296,8 @@ def predict_perturbation(
         own = decode(model, z_own, codes[source], library, batch_size, seed + 1)[1] if own is None else own
         kw = dict(counts=is_counts, draws=counts, after=expected, before=own, seed=seed)
         counts, values = observed_cells(x, source, values.mean(0), **kw)
-    record.update(bias_corrected=bool(correct_bias), cells=cells)
+    record.update(bias_corrected=bool(correct_bias), cells=cells, min_cells=int(min_cells))
+    record.setdefault("similar", {"weight": 0.0})  # the model's change alone
 
     obs = predicted_obs(
         adata,

@@ -29,12 +29,18 @@ def history(model: SCVAE, *, ax: Sequence[Axes] | None = None) -> Sequence[Axes]
     -------
     The three matplotlib axes."""
     import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
 
-    hist = model.history
-    if hist.empty:
-        raise ValueError("the model has no training history (was it trained?)")
+    from .data import InputError
+
+    hist = getattr(model, "history", None)
+    if not isinstance(hist, pd.DataFrame) or hist.empty:
+        raise InputError("model has no training history: pass a model returned by scvae.model.fit (or loaded)")
     if ax is None:
         _, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    elif np.size(ax) != 3:
+        raise InputError(f"ax must be three matplotlib axes, e.g. plt.subplots(1, 3)[1]; got {np.size(ax)}")
     for a, metric, title in zip(
         ax, ("elbo", "reconstruction", "kl"), ("ELBO per cell", "reconstruction log-lik. per cell", "KL per cell")
     ):
@@ -99,8 +105,10 @@ def reg_mean_plot(
     """
     import matplotlib.pyplot as plt
 
+    from .data import check_int
     from .tl import evaluate_perturbation
 
+    n_labels = check_int("n_labels", n_labels, 0)
     if result is None:
         result = evaluate_perturbation(
             pred, real_stim, real_ctrl, n_top=n_top, top_genes=top_genes, pred_normalized=pred_normalized
@@ -227,10 +235,14 @@ def volcano(de: pd.DataFrame, *, n_labels: int = 15, ax: Axes | None = None, tit
     """
     import matplotlib.pyplot as plt
     import numpy as np
+    import pandas as pd
 
+    from .data import InputError, check_int
+
+    n_labels = check_int("n_labels", n_labels, 0)
     for col in ("lfc_mean", "bayes_factor", "is_de"):
-        if col not in de:
-            raise ValueError(f"the table has no {col!r} column; pass the output of model.differential_expression")
+        if not isinstance(de, pd.DataFrame) or col not in de:
+            raise InputError(f"de has no {col!r} column; pass the table of model.differential_expression")
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4.2))
     called = de["is_de"].to_numpy(bool)

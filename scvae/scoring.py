@@ -90,6 +90,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _genes_in(adata: AnnData, genes: Sequence[str], what: str) -> list[str]:
+    if not isinstance(adata, AnnData):
+        raise InputError(f"{what} must be an AnnData object (cells × genes), got {type(adata).__name__}")
     genes = [str(g) for g in genes]
     names = pd.Index(adata.var_names.astype(str))
     missing = [g for g in genes if g not in names]
@@ -226,9 +228,8 @@ def top_changed_genes(means: pd.DataFrame, n: int) -> list[str]:
     -------
     The gene names, largest change first.
     """
-    change = (means["real"] - means["control"]).abs().to_numpy()
-    order = np.argsort(-change, kind="stable")
-    return [str(g) for g in means.index[order[:n]]]
+    order = np.argsort(-(means["real"] - means["control"]).abs().to_numpy(), kind="stable")
+    return [str(g) for g in means.index[order[: check_int("n", n)]]]
 
 
 def _sign_agreement(d_pred: pd.Series, d_real: pd.Series) -> float:
@@ -378,10 +379,9 @@ def evaluate_perturbation(
     and ``n_genes``, ``top_genes``, ``top_change``, ``n_pcs``, and ``means``: a DataFrame of per-gene means
     (columns ``control``, ``real``, ``predicted``).
     """
-    seed = check_seed(seed)
-    check_int("n_pcs", n_pcs)
-    check_int("max_cells", max_cells)
-    genes = [str(g) for g in pred.var_names]
+    seed, direction = check_seed(seed), check_choice("direction", direction, DIRECTIONS)
+    n_top, n_pcs, max_cells = check_int("n_top", n_top), check_int("n_pcs", n_pcs), check_int("max_cells", max_cells)
+    genes = _genes_in(pred, pred.var_names if isinstance(pred, AnnData) else [], "pred")
     _genes_in(real_stim, genes, "real_stim")
     _genes_in(real_ctrl, genes, "real_ctrl")
     stim, ctrl = real_stim[:, genes], real_ctrl[:, genes]

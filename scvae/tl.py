@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,12 +36,15 @@ __all__ = [
     "transfer_labels",
 ]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .trained import SCVAE
+
 logger = logging.getLogger(__name__)
 
 
 def rank_genes_groups(
     adata: AnnData,
-    model: Any,
+    model: SCVAE,
     groupby: str,
     *,
     groups: str | Sequence[str] = "all",
@@ -206,6 +209,8 @@ def transfer_labels(
     """
     from sklearn.neighbors import NearestNeighbors
 
+    if not isinstance(use_rep, str):
+        raise InputError(f"use_rep must be an obsm key (a string, e.g. 'X_scvae'), got {use_rep!r}")
     reps = []
     for what, adata in (("ref_adata", ref_adata), ("query_adata", query_adata)):
         if not isinstance(adata, AnnData):

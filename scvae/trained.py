@@ -179,7 +179,7 @@ class SCVAE:
         give_mean
             Return the posterior mean of q(z | x); otherwise one draw from it, seeded by ``seed``.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; seeded draws depend on it (the same seed and batch_size give the same result).
         seed
             Seeds the draw (``give_mean=False``).
 
@@ -231,7 +231,7 @@ class SCVAE:
         n_samples
             Draws of z averaged (1: the posterior mean alone).
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; seeded draws depend on it (the same seed and batch_size give the same result).
         seed
             Seeds the draws of z.
         return_numpy
@@ -284,7 +284,7 @@ class SCVAE:
         transform_batch
             Decode with other labels, as in :meth:`get_normalized_expression`.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; seeded draws depend on it (the same seed and batch_size give the same result).
         seed
             Seeds the draws of z and of x'.
 
@@ -318,7 +318,7 @@ class SCVAE:
             Replace a model already in a non-empty ``path`` (otherwise: ``FileExistsError``)."""
         if (path := Path(path)).exists() and not path.is_dir():
             raise FileExistsError(f"{path} is a file; a model is saved as a folder: give a folder's path")
-        if path.exists() and any(path.iterdir()) and not overwrite:
+        if not check_bool("overwrite", overwrite) and path.exists() and any(path.iterdir()):
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace the model there")
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
@@ -431,7 +431,7 @@ def load(path: str | Path, *, map_location: str = "cpu") -> SCVAE:
         state = torch.load(w_file, map_location=map_location, weights_only=True)
         module.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not ours or is damaged
-        raise InputError(f"{w_file} could not be read as this model's weights (truncated or tampered?): {err}") from err
+        raise InputError(f"{w_file} (damaged?) could not be read onto map_location={map_location!r}: {err}") from err
     module.eval()
     return SCVAE(module, spec, settings, record, pd.DataFrame(history))
 

@@ -178,7 +178,7 @@ def test_predict_perturbation_writes_predicted_cells(extra, tmp_path):
     assert rec["method"] == ("delta" if "--method" in extra else "transport")
     assert bool(rec["bias_corrected"]) is not uncorrected
     similar = float(extra[extra.index("--similar") + 1]) if "--similar" in extra else 0.5  # the library's default
-    assert rec.get("similar", {"weight": 0.0})["weight"] == similar
+    assert rec["similar"]["weight"] == similar and rec["min_cells"] == 10
     decoded = "--cells" in extra
     assert rec["cells"] == ("decoded" if decoded else "observed")
     n_control = int(((kang.obs["cell_type"] == "B") & (kang.obs["condition"] == "control")).sum())

@@ -50,6 +50,12 @@ def test_table_is_complete_sorted_and_coherent(mono_de, pbmc_model):
     assert df.loc["LYZ", "non_zeros_proportion1"] > df.loc["LYZ", "non_zeros_proportion2"]
     ax = scvae.pl.volcano(df, n_labels=5)
     assert len(ax.texts) == 5 and ax.texts[0].get_text() == df.index[0]
+    with pytest.raises(InputError, match="n_labels must be a non-negative integer"):
+        scvae.pl.volcano(df, n_labels=-3)
+    with pytest.raises(InputError, match="de has no 'is_de' column"):
+        scvae.pl.volcano(df.drop(columns="is_de"))
+    with pytest.raises(InputError, match="model must be a trained scvae.model.SCVAE, got str"):
+        tl.rank_genes_groups(pbmc_model[1].copy(), "model", "cell_type", groups=[MONO])
 
 
 def test_monocyte_markers_found_and_agree_with_wilcoxon(mono_de, pbmc_model):

@@ -311,6 +311,8 @@ def test_bad_input_is_refused_with_a_useful_message(small):
         scvae.tl.transfer_labels(ref, query, label_key="celltype")
     with pytest.raises(InputError, match="larger than the number of reference cells"):
         scvae.tl.transfer_labels(ref, query, label_key="cell_type", k=ref.n_obs + 1)
+    with pytest.raises(InputError, match="use_rep must be an obsm key"):
+        scvae.tl.transfer_labels(ref, query, label_key="cell_type", use_rep=["X_scvae"])
     ref.obs["cell_type"] = ref.obs["cell_type"].astype(object)
     ref.obs.iloc[0, ref.obs.columns.get_loc("cell_type")] = np.nan
     with pytest.raises(InputError, match="missing values"):

@@ -78,6 +78,15 @@ def test_training_improves_the_validation_elbo_and_history_plots(pbmc_model):
     assert np.isclose(h["elbo_train"], h["reconstruction_train"] - h["kl_train"]).all()
     axes = model.plot_history()
     assert len(axes) == 3 and axes[0].get_title().startswith("ELBO")
+    import matplotlib.pyplot as plt
+
+    with pytest.raises(InputError, match="ax must be three matplotlib axes"):
+        scvae.pl.history(model, ax=plt.subplots()[1])
+    with pytest.raises(InputError, match="model has no training history"):
+        scvae.pl.history("model")
+    with pytest.raises(InputError, match=r"k=0 neighbours|k must be a positive integer"):
+        knn_accuracy(model.get_latent(pbmc_model[1]), pbmc_model[1].obs["cell_type"], k=0)
+    plt.close("all")
 
 
 def test_scanpy_pipeline_runs_on_the_latent(pbmc_model, tmp_path):
@@ -110,7 +119,7 @@ def test_load_refuses_damaged_or_foreign_files(pbmc_model, tmp_path):
     model.save(tmp_path / "m")
     weights = tmp_path / "m" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(InputError, match="truncated or tampered"):
+    with pytest.raises(InputError, match="damaged"):
         scvae.model.load(tmp_path / "m")
     model.save(tmp_path / "v", overwrite=True)
     cfg = tmp_path / "v" / "scvae.json"
@@ -136,6 +145,11 @@ def test_load_refuses_damaged_or_foreign_files(pbmc_model, tmp_path):
             scvae.model.load(tmp_path / "v")
     with pytest.raises(FileNotFoundError, match="not a saved scvae model"):
         scvae.model.load(tmp_path)
+    model.save(tmp_path / "v", overwrite=True)
+    with pytest.raises(InputError, match="could not be read onto map_location='nowhere'"):
+        scvae.model.load(tmp_path / "v", map_location="nowhere")
+    with pytest.raises(InputError, match="overwrite must be True or False, got 'no'"):
+        model.save(tmp_path / "v", overwrite="no")  # a truthy string must not replace the saved model
 
 
 def test_a_model_saved_in_format_1_loads_and_embeds_as_it_did(tmp_path):

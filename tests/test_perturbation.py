@@ -410,6 +410,13 @@ def test_input_unchanged(vae, cvae, data, top):
     tl.mean_r2(ctrl, stim)
     for k, a in data.items():
         _assert_same(a, before[k])
+    genes = list(stim.var_names[:5])  # with top_genes given, n_top and direction are still checked
+    with pytest.raises(InputError, match="n_top must be a positive integer, got 0"):
+        tl.evaluate_perturbation(ctrl, stim, ctrl, top_genes=genes, n_top=0)
+    with pytest.raises(InputError, match="direction must be one of"):
+        tl.evaluate_perturbation(ctrl, stim, ctrl, top_genes=genes, direction="sideways")
+    with pytest.raises(InputError, match="n must be a positive integer, got -1"):
+        tl.top_changed_genes(pd.DataFrame({"real": [1.0, 2.0], "control": [0.0, 0.0]}), -1)
 
 
 # -- evaluation and plots ------------------------------------------------------------------------------------------
@@ -482,6 +489,8 @@ def test_plots(vae, data):
 
     pred = vae.predict_perturbation(data["train"], target=TARGET, **LABELS)
     ax = scvae.pl.reg_mean_plot(pred, data["stim"], data["ctrl"], n_top=50, title="B")
+    with pytest.raises(InputError, match="n_labels must be a non-negative integer, got 'x'"):
+        scvae.pl.reg_mean_plot(pred, data["stim"], data["ctrl"], n_labels="x")
     assert "R²" in ax.get_legend().get_texts()[0].get_text() and len(ax.texts) == 10
     gene = "ISG15" if "ISG15" in pred.var_names else str(pred.var_names[0])
     ax = scvae.pl.perturbation_violin(pred, data["stim"], data["ctrl"], gene)
