@@ -174,7 +174,8 @@ def expression_values(block: np.ndarray, *, counts: bool, target_sum: float = 1e
     if not counts:
         return block
     sums = block.sum(1, keepdims=True)
-    return np.log1p(block * (target_sum / np.where(sums > 0, sums, 1.0)))
+    out = block * (target_sum / np.where(sums > 0, sums, 1.0))
+    return np.log1p(out, out=out)  # in place: one new array
 
 
 def expression_moments(x: Any, rows: np.ndarray, *, counts: bool, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -198,11 +199,14 @@ def move_to_mean(values: np.ndarray, mean: np.ndarray, *, counts: bool) -> np.nd
     down, so that they stay >= 0 (a target mean below 0 is taken as 0), and one whose mean rises has the same
     amount added to every cell; otherwise the difference is added. The cells keep their order on each gene."""
     current = values.mean(0)
-    if counts:
-        target = np.maximum(mean, 0.0)
-        ratio = target / np.where(current > 0, current, 1.0)
-        return np.where(target < current, values * ratio, values + (target - current))
-    return values + (mean - current)
+    if not counts:
+        return values + (mean - current)
+    target = np.maximum(mean, 0.0)
+    falls = target < current
+    scale = np.where(falls, target / np.where(current > 0, current, 1.0), 1.0)  # per gene: one new array, not three
+    moved = values * scale
+    moved += np.where(falls, 0.0, target - current)
+    return moved
 
 
 def observed_cells(

@@ -82,15 +82,15 @@ def _draw_rho(
     over the label codes in ``decode_codes`` (one array of codes per batch category, or the cells' own)."""
     device = model.device
     noise = torch.randn((len(rows), model.module.n_latent), generator=gen, device=device)  # independent of batch_size
-    out = []
+    out = torch.empty((len(rows), x.shape[1]))  # filled batch by batch: no list of batches to concatenate
     for start, batch, mean, logvar in model.encoded(x, codes, batch_size, rows):
         r = rows[start : start + batch_size]
         z = reparameterize(mean, logvar, noise[start : start + batch_size])
         rho = torch.zeros(batch.x.shape, device=device)
         for dc in decode_codes:
             rho += model.decoded(z, torch.from_numpy(dc[r]).to(device)).expression()
-        out.append((rho / len(decode_codes)).cpu())
-    return torch.cat(out)
+        out[start : start + len(r)] = (rho / len(decode_codes)).cpu()
+    return out
 
 
 def _observed(x: Any, mask: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:

@@ -71,16 +71,15 @@ def decode(
     """Draws from p(x | z, c, l) and the decoder's expected frequencies (count likelihoods) or mean."""
     device = model.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    draws, expected = [], []
+    draws, expected = (np.empty((len(z), model.module.n_genes), dtype=np.float32) for _ in range(2))  # filled in place
     for start in range(0, len(z), batch_size):
         sl = slice(start, start + batch_size)
         zb = torch.from_numpy(np.ascontiguousarray(z[sl], dtype=np.float32)).to(device)
         cb = torch.from_numpy(codes[sl]).to(device)
         lib = None if library is None else torch.from_numpy(library[sl, None].astype(np.float32)).to(device)
         px = model.decoded(zb, cb, lib)
-        draws.append(px.sample(gen).cpu())
-        expected.append(px.expression().cpu())
-    return torch.cat(draws).numpy(), torch.cat(expected).numpy()
+        draws[sl], expected[sl] = px.sample(gen).cpu().numpy(), px.expression().cpu().numpy()
+    return draws, expected
 
 
 def decoder_bias(
@@ -98,7 +97,8 @@ def decoder_bias(
     decoder's expected frequencies (or means) of those cells (:func:`decode`)."""
     counts = model.module.counts
     own, expected = decode(model, z_own, codes[source], library, batch_size, seed + 1)
-    bias = expression_values(own, counts=counts).mean(0) - expression_moments(x, source, counts=counts)[0]
+    decoded_mean = sum(expression_values(own[i : i + 4096], counts=counts).sum(0) for i in range(0, len(own), 4096))
+    bias = decoded_mean / max(len(own), 1) - expression_moments(x, source, counts=counts)[0]
     cells = np.unique(source)
     noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
     return bias, bias * (np.square(bias) / (np.square(bias) + noise + 1e-12)), expected

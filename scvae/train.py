@@ -174,7 +174,8 @@ def _refuse_blown_up(history: pd.DataFrame, best_epoch: int, x: Any, rows: np.nd
     if best_epoch < 1 or f"elbo_{split}" not in history:
         return
     elbo = float(history[f"elbo_{split}"].iloc[best_epoch - 1])
-    rows = np.sort(np.random.default_rng(seed).permutation(np.asarray(rows))[:2000])
+    n = min(2000, max(100, 10_000_000 // x.shape[1]))  # at most 2,000 cells and 10 million entries, held dense
+    rows = np.sort(np.random.default_rng(seed).permutation(np.asarray(rows))[:n])
     baseline = no_latent_log_likelihood(to_dense_float(x, rows), module.config.likelihood)
     if elbo < baseline - (BLOWN_UP_FACTOR - 1.0) * abs(baseline):
         raise TrainingDiverged(
