@@ -19,7 +19,11 @@ _FILES = {
 
 def data_dir() -> Path:
     """Where the bundled files are: ``$SCVAE_DATA_DIR``, the installed package's ``_data``, or the source
-    tree's ``data/``."""
+    tree's ``data/``.
+
+    Returns
+    -------
+    The folder's path."""
     candidates = [Path(p) for p in [os.environ.get("SCVAE_DATA_DIR")] if p]
     here = Path(__file__).resolve().parent
     candidates += [here / "_data", here.parent / "data"]
@@ -38,18 +42,30 @@ def _read(name: str) -> ad.AnnData:
 
 def pbmc68k() -> ad.AnnData:
     """700 PBMCs × 765 genes, raw counts, 10 cell types in ``obs['cell_type']`` (Zheng et al. 2017, as
-    subsampled in Scanpy's ``pbmc68k_reduced``, counts recovered from its log-normalised ``.raw``)."""
+    subsampled in Scanpy's ``pbmc68k_reduced``, counts recovered from its log-normalised ``.raw``).
+
+    Returns
+    -------
+    A new AnnData, counts in ``X`` (CSR)."""
     return _read("pbmc68k")
 
 
 def kang() -> ad.AnnData:
     """2,754 PBMCs × 9,015 genes, raw counts, control vs 6 h interferon-β (Kang et al. 2018), with
-    ``obs['condition']`` (control / stimulated) and ``obs['cell_type']`` (9 types)."""
+    ``obs['condition']`` (control / stimulated) and ``obs['cell_type']`` (9 types).
+
+    Returns
+    -------
+    A new AnnData, counts in ``X`` (CSR)."""
     return _read("kang")
 
 
 def cellbench() -> ad.AnnData:
     """1,408 cells × 3,000 highly variable genes, raw counts, five lung-adenocarcinoma lines in five batches
     over two technologies (CellBench, Tian et al. 2019): ``obs['batch']``, ``obs['tech']``,
-    ``obs['cell_type']``."""
+    ``obs['cell_type']``.
+
+    Returns
+    -------
+    A new AnnData, counts in ``X`` (CSR)."""
     return _read("cellbench")

@@ -30,6 +30,10 @@ def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str]
         One label per cell, e.g. ``adata.obs["cell_type"]``.
     k
         Number of neighbours (the cell itself excluded).
+
+    Returns
+    -------
+    The accuracy, from 0 to 1.
     """
     codes, _ = pd.factorize(np.asarray(labels), sort=True)
     nbr = codes[_neighbours(np.asarray(rep), k)]
@@ -66,6 +70,10 @@ def batch_mixing(
         Number of neighbours (the cell itself excluded).
     labels, min_cells
         Cell types, and the fewest cells a type needs to count (see above).
+
+    Returns
+    -------
+    The mixing score: 1 for batches mixed as well as their shares allow, 0 for none mixed.
     """
     rep = np.asarray(rep)
     codes, _ = pd.factorize(np.asarray(batches))
@@ -98,6 +106,10 @@ def ilisi(rep: np.ndarray, batches: np.ndarray | pd.Series | Sequence[str], k: i
         One batch label per cell.
     k
         Number of neighbours (besides the cell itself).
+
+    Returns
+    -------
+    The median iLISI, from 1 to the number of batches.
     """
     codes, _ = pd.factorize(np.asarray(batches))
     nbr = np.concatenate([np.arange(len(codes))[:, None], _neighbours(np.asarray(rep), k)], axis=1)
