@@ -35,7 +35,7 @@ def held_out(adata: AnnData, target: str, n_hvg: int) -> tuple[AnnData, AnnData,
     train = train[:, genes].copy()
     real_stim = adata[is_target & is_stim][:, genes].copy()
     real_ctrl = adata[is_target & ~is_stim][:, genes].copy()
-    top = tl.rank_de_genes(adata[is_target][:, genes].copy(), CONDITION, STIMULATED, CONTROL, 100)
+    top = tl.rank_de_genes(adata[is_target][:, genes].copy(), CONDITION, STIMULATED, CONTROL, n=100)
     return train, real_stim, real_ctrl, top
 
 

@@ -187,7 +187,7 @@ def run_split(adata: AnnData, target: str, args: argparse.Namespace, seed: int) 
     real_stim = adata[is_target & is_stim][:, genes].copy()
     real_ctrl = adata[is_target & ~is_stim][:, genes].copy()
     both = adata[is_target][:, genes].copy()
-    top = tl.rank_de_genes(both, CONDITION, STIMULATED, CONTROL, args.n_top)  # scGen's list: up, Wilcoxon
+    top = tl.rank_de_genes(both, CONDITION, STIMULATED, CONTROL, n=args.n_top)  # scGen's list: up, Wilcoxon
     labels = dict(
         condition_key=CONDITION, control=CONTROL, stimulated=STIMULATED, cell_type_key=CELL_TYPE, target=target
     )

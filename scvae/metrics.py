@@ -18,7 +18,7 @@ def _neighbours(rep: np.ndarray, k: int) -> np.ndarray:
     return NearestNeighbors(n_neighbors=k + 1).fit(rep).kneighbors(rep, return_distance=False)[:, 1:]
 
 
-def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str], k: int = 15) -> float:
+def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str], *, k: int = 15) -> float:
     """Leave-one-out k-NN classification accuracy: the fraction of cells whose label is the majority label of
     their ``k`` nearest neighbours in ``rep`` (ties go to the first label in sorted order).
 
@@ -45,8 +45,8 @@ def knn_accuracy(rep: np.ndarray, labels: np.ndarray | pd.Series | Sequence[str]
 def batch_mixing(
     rep: np.ndarray,
     batches: np.ndarray | pd.Series | Sequence[str],
-    k: int = 15,
     *,
+    k: int = 15,
     labels: np.ndarray | pd.Series | Sequence[str] | None = None,
     min_cells: int = 20,
 ) -> float:
@@ -94,7 +94,7 @@ def batch_mixing(
     return float(np.mean(other[keep] / expected[keep]))
 
 
-def ilisi(rep: np.ndarray, batches: np.ndarray | pd.Series | Sequence[str], k: int = 30) -> float:
+def ilisi(rep: np.ndarray, batches: np.ndarray | pd.Series | Sequence[str], *, k: int = 30) -> float:
     """Median local inverse Simpson index of batches over each cell's ``k``-neighbourhood (itself included):
     1 when neighbourhoods hold one batch, up to the number of batches when they are evenly mixed.
 

@@ -108,8 +108,8 @@ def rank_de_genes(
     groupby: str,
     group1: str,
     group2: str,
-    n: int = 100,
     *,
+    n: int = 100,
     layer: str | None = None,
     normalized: bool = False,
     method: str = "wilcoxon",
@@ -178,8 +178,8 @@ def rank_de_genes(
 def mean_r2(
     pred: AnnData,
     real: AnnData,
-    genes: Sequence[str] | None = None,
     *,
+    genes: Sequence[str] | None = None,
     pred_normalized: bool = False,
     real_normalized: bool = False,
 ) -> float:
@@ -407,7 +407,7 @@ def evaluate_perturbation(
             ),
             var=pd.DataFrame(index=names),
         )
-        top_genes = rank_de_genes(both, "group", "stimulated", "control", n_top, direction=direction)
+        top_genes = rank_de_genes(both, "group", "stimulated", "control", n=n_top, direction=direction)
     else:
         top_genes = _genes_in(pred, top_genes, "pred")
     top, changed = list(top_genes), top_changed_genes(means, n_top)

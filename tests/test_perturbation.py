@@ -75,7 +75,7 @@ def top(data) -> list[str]:
         ),
         var=data["stim"].var.copy(),
     )
-    return tl.rank_de_genes(both, "condition", "stimulated", "control", 100)
+    return tl.rank_de_genes(both, "condition", "stimulated", "control", n=100)
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +405,7 @@ def test_input_unchanged(vae, cvae, data, top):
     vae.predict_perturbation(train, target=TARGET, **LABELS)
     cvae.predict_perturbation(train, target=TARGET, method="counterfactual", **LABELS)
     linear_shift(train, target=TARGET, **LABELS)
-    tl.rank_de_genes(train, "condition", "stimulated", "control", 10)
+    tl.rank_de_genes(train, "condition", "stimulated", "control", n=10)
     tl.evaluate_perturbation(ctrl, stim, ctrl, n_top=20)
     tl.mean_r2(ctrl, stim)
     for k, a in data.items():
