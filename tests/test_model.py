@@ -275,7 +275,7 @@ def test_other_likelihoods_fit_real_data(pbmc, likelihood):
         ({"seed": 2**64}, "seed must be an integer in"),
         ({"likelihood": "gamma"}, "likelihood must be one of"),
         ({"batch_key": "missing"}, "'missing' is not a column of adata.obs"),
-        ({"layer": "counts"}, "layer 'counts' is not in adata.layers"),
+        ({"layer": "counts"}, r"layer 'counts' is not in adata.layers .*fit reads X with layer=None"),
         ({"batch_key": "cell_type", "condition_key": "cell_type"}, "must be different columns"),
         ({"validation_size": 1.5}, "validation_size"),
         ({"dispersion": "gene-batch"}, "needs batch_key"),

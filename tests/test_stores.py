@@ -2,6 +2,7 @@
 file, labels and genes matched across files, and a clear error for every bad collection."""
 
 import hashlib
+import logging
 import sys
 
 import anndata as ad
@@ -42,12 +43,16 @@ def files(pbmc, tmp_path):
     return paths, tmp_path / "whole.h5ad"
 
 
-def test_a_collection_trains_the_same_model_as_one_backed_file(files):
+def test_a_collection_trains_the_same_model_as_one_backed_file(files, caplog):
     paths, whole_path = files
     before = [_digest(p) for p in paths]
-    collection = open_files(paths)
+    with caplog.at_level(logging.WARNING, logger="scvae"):
+        collection = open_files(paths)
     assert collection.n_obs == 700 and collection.n_vars == 765  # EXTRA is not in every file
+    assert "genes only some files have are left out: {'part2.h5ad': 1}" in caplog.text  # said, as a warning
     whole = ad.read_h5ad(whole_path, backed="r")
+    with pytest.raises(InputError, match=r"adata = adata\[mask\].to_memory\(\)"):  # .copy() fails in backed mode
+        scvae.model.fit(whole[:100], **FIT)
     m1 = scvae.model.fit(whole, batch_key="batch", **FIT)
     m2 = scvae.model.fit(collection, batch_key="batch", **FIT)
     assert m2.genes == list(collection.var_names)
