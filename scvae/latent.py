@@ -13,7 +13,6 @@ import torch
 from .conditions import (
     balanced_indices,
     expression_moments,
-    expression_values,
     move_to_mean,
     neighbour_shift,
     transport_displacements,
@@ -97,8 +96,8 @@ def decoder_bias(
     decoder's expected frequencies (or means) of those cells (:func:`decode`)."""
     counts = model.module.counts
     own, expected = decode(model, z_own, codes[source], library, batch_size, seed + 1)
-    decoded_mean = sum(expression_values(own[i : i + 4096], counts=counts).sum(0) for i in range(0, len(own), 4096))
-    bias = decoded_mean / max(len(own), 1) - expression_moments(x, source, counts=counts)[0]
+    decoded_mean = expression_moments(own, np.arange(len(own)), counts=counts)[0]  # read in chunks, as x is
+    bias = decoded_mean - expression_moments(x, source, counts=counts)[0]
     cells = np.unique(source)
     noise = expression_moments(x, cells, counts=counts)[1] / len(cells)  # variance of the cells' mean
     return bias, bias * (np.square(bias) / (np.square(bias) + noise + 1e-12)), expected

@@ -237,7 +237,9 @@ def fit(
             logger.warning(
                 "adata.obs[%r] has %d categories for %d cells, where a label (a batch, a condition) has a few; check "
                 "that it is the column you meant",
-                *(key, len(cats), adata.n_obs),
+                key,
+                len(cats),
+                adata.n_obs,
             )
     spec = DataSpec(
         genes=[str(g) for g in adata.var_names],

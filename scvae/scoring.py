@@ -381,7 +381,7 @@ def evaluate_perturbation(
     """
     seed, direction = check_seed(seed), check_choice("direction", direction, DIRECTIONS)
     n_top, n_pcs, max_cells = check_int("n_top", n_top), check_int("n_pcs", n_pcs), check_int("max_cells", max_cells)
-    genes = _genes_in(pred, pred.var_names if isinstance(pred, AnnData) else [], "pred")
+    genes = _genes_in(pred, getattr(pred, "var_names", []), "pred")
     _genes_in(real_stim, genes, "real_stim")
     _genes_in(real_ctrl, genes, "real_ctrl")
     stim, ctrl = real_stim[:, genes], real_ctrl[:, genes]
